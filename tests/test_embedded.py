@@ -233,6 +233,27 @@ def test_a_port_in_use_fails_start_with_the_reason(binary: ServerBinary) -> None
         server.close()
 
 
+def test_a_picked_port_taken_before_the_server_binds_it_is_replaced(
+    binary: ServerBinary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_free_port = embedded._free_port
+        monkeypatch.setattr(embedded, "_free_port", lambda: next(picks, None) or real_free_port())
+        with EmbeddedServer(binary) as server:
+            assert server.port != taken
+            assert _ping(server.url)
+
+
+def test_without_a_binary_the_default_one_is_used() -> None:
+    with EmbeddedServer() as server:
+        assert server.binary == default_server_binary()
+        assert _ping(server.url)
+
+
 def test_requirepass_through_extra_args(binary: ServerBinary) -> None:
     with EmbeddedServer(binary, extra_args=["--requirepass", "s3cret"]) as server:
         assert _ping(server.url, password="s3cret")
