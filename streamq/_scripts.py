@@ -1,0 +1,175 @@
+"""The Lua scripts streamq runs on the server, each one atomic.
+
+Scripts fence every settlement by ownership: XACK has no owner check, so a worker that was paused past its
+lease (SIGSTOP, a long GC, a partition) would otherwise acknowledge or dead-letter an entry that another
+worker has reclaimed and may be processing. Each script first asks XPENDING which of the ids this consumer
+still holds and acts on those only; the rest come back as "lost" for the caller to log and count.
+
+Only _wire.py runs these.
+"""
+
+from __future__ import annotations
+
+# Shared prelude: owned(stream, group, consumer, ids, min_id, max_id) -> set of ids this consumer holds,
+# found with one XPENDING range query over the batch.
+_OWNED = """
+local function owned(stream, group, consumer, ids, min_id, max_id)
+    local mine = {}
+    if #ids == 0 then return mine end
+    local rows = redis.call('XPENDING', stream, group, min_id, max_id, #ids, consumer)
+    for i = 1, #rows do mine[rows[i][1]] = true end
+    -- An id the range missed (cut at `count`, or outside bounds the caller got wrong) is checked alone;
+    -- ids that are really gone are rare (lost leases), so this costs nothing on the common path.
+    for i = 1, #ids do
+        local id = ids[i]
+        if not mine[id] then
+            local one = redis.call('XPENDING', stream, group, id, id, 1, consumer)
+            if #one == 1 then mine[id] = true end
+        end
+    end
+    return mine
+end
+
+local function chunked(command, key, group, ids)
+    local size = 4000
+    for i = 1, #ids, size do
+        local last = math.min(i + size - 1, #ids)
+        if group then
+            redis.call(command, key, group, unpack(ids, i, last))
+        else
+            redis.call(command, key, unpack(ids, i, last))
+        end
+    end
+end
+
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# Settle one batch on one stream key: acknowledge successes, schedule retries, dead-letter the rest.
+# KEYS: stream, delayed zset, dead-letter stream, stats hash
+# ARGV: group, consumer, delete_after_ack ('1' on the retry stream, read by this group only),
+#       min_id, max_id, n_ack, n_retry, n_dead,
+#       n_ack ids, n_retry x (id, delay_ms, record), n_dead x (id, n_fields, field, value, ...)
+# Returns the ids this consumer no longer held (its lease was lost), which were left alone.
+SETTLE = (
+    _OWNED
+    + """
+local stream, delayed, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, consumer, delete_after = ARGV[1], ARGV[2], ARGV[3] == '1'
+local n_ack, n_retry, n_dead = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local pos = 9
+local all = {}
+local acks = {}
+for i = 1, n_ack do acks[i] = ARGV[pos]; all[#all + 1] = ARGV[pos]; pos = pos + 1 end
+local retries = {}
+for i = 1, n_retry do
+    retries[i] = pos; all[#all + 1] = ARGV[pos]; pos = pos + 3
+end
+local deads = {}
+for i = 1, n_dead do
+    deads[i] = pos; all[#all + 1] = ARGV[pos]; pos = pos + 2 + tonumber(ARGV[pos + 1])
+end
+
+local mine = owned(stream, group, consumer, all, ARGV[4], ARGV[5])
+local settled, lost = {}, {}
+local n_acked, n_retried, n_dead_done = 0, 0, 0
+for i = 1, #acks do
+    if mine[acks[i]] then settled[#settled + 1] = acks[i]; n_acked = n_acked + 1
+    else lost[#lost + 1] = acks[i] end
+end
+local now = nil
+for i = 1, #retries do
+    local p = retries[i]
+    local id = ARGV[p]
+    if mine[id] then
+        now = now or now_ms()
+        redis.call('ZADD', delayed, now + tonumber(ARGV[p + 1]), ARGV[p + 2])
+        settled[#settled + 1] = id; n_retried = n_retried + 1
+    else lost[#lost + 1] = id end
+end
+for i = 1, #deads do
+    local p = deads[i]
+    local id = ARGV[p]
+    if mine[id] then
+        local n = tonumber(ARGV[p + 1])
+        redis.call('XADD', dlq, '*', unpack(ARGV, p + 2, p + 1 + n))
+        settled[#settled + 1] = id; n_dead_done = n_dead_done + 1
+    else lost[#lost + 1] = id end
+end
+if #settled > 0 then
+    chunked('XACK', stream, group, settled)
+    if delete_after then chunked('XDEL', stream, nil, settled) end
+end
+if n_acked > 0 then redis.call('HINCRBY', stats, 'acked', n_acked) end
+if n_retried > 0 then redis.call('HINCRBY', stats, 'retried', n_retried) end
+if n_dead_done > 0 then redis.call('HINCRBY', stats, 'dead', n_dead_done) end
+if #lost > 0 then redis.call('HINCRBY', stats, 'lease_lost', #lost) end
+return lost
+"""
+)
+
+# Renew the lease on in-flight entries: reset their idle time so XAUTOCLAIM elsewhere leaves them alone.
+# XCLAIM with JUSTID does not count a delivery. Only entries this consumer still holds are touched.
+# KEYS: stream. ARGV: group, consumer, min_id, max_id, ids... Returns the ids no longer held.
+RENEW = (
+    _OWNED
+    + """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local ids = {}
+for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+local mine = owned(stream, group, consumer, ids, ARGV[3], ARGV[4])
+local keep, lost = {}, {}
+for i = 1, #ids do
+    if mine[ids[i]] then keep[#keep + 1] = ids[i] else lost[#lost + 1] = ids[i] end
+end
+local size = 4000
+for i = 1, #keep, size do
+    -- JUSTID follows the ids, so build the argument list (unpack() must be the last argument).
+    local args = {stream, group, consumer, 0}
+    for j = i, math.min(i + size - 1, #keep) do args[#args + 1] = keep[j] end
+    args[#args + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(args))
+end
+return lost
+"""
+)
+
+# Move retries whose backoff has passed from the delayed zset to the group's retry stream.
+# KEYS: delayed zset, retry stream. ARGV: limit. Returns {moved, ms until the next one is due or -1}.
+MOVE_DUE = (
+    _OWNED
+    + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for i = 1, #due do redis.call('XADD', KEYS[2], '*', 'r', due[i]) end
+if #due > 0 then chunked('ZREM', KEYS[1], nil, due) end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #nxt == 0 then return {#due, -1} end
+return {#due, math.max(0, tonumber(nxt[2]) - now)}
+"""
+)
+
+# Replay one dead letter into the group's retry stream, removing it from the dead-letter stream, atomically:
+# a replay racing another replay or a purge moves the entry once or not at all.
+# KEYS: dead-letter stream, retry stream. ARGV: dead-letter id, retry record. Returns the new id or false.
+REPLAY = """
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], '*', 'r', ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"""
+
+# Delete a consumer only if it holds nothing on either stream key: DELCONSUMER drops a consumer's pending
+# entries for good, so the check and the delete must be one step.
+# KEYS: stream, retry stream. ARGV: group, consumer. Returns 1 if deleted.
+REAP = """
+for i = 1, #KEYS do
+    local ok, rows = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2])
+    if ok and #rows > 0 then return 0 end
+end
+for i = 1, #KEYS do pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2]) end
+return 1
+"""

@@ -1,0 +1,494 @@
+"""The only module that sends stream commands: packing, reply parsing, scripts, server differences.
+
+redis-py stays the client (connections, TLS, auth, reconnects, errors). On the hot path this module packs
+commands itself and reads raw hiredis replies without redis-py's response callbacks, because per-command
+packing and reply conversion in Python cost more than the server's own work (see benchmarks/RESULTS.md).
+Everything that leaves this module is typed: stream ids as bytes, payloads as bytes, counts as ints.
+
+Server differences handled here: XAUTOCLAIM replies with two elements before Redis 7.0 (deleted entries
+then come back with nil fields) and three from 7.0 (deleted ids listed apart); pending entries whose
+payload was trimmed come back as (id, nil) from XREADGROUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError, NoScriptError, OutOfMemoryError, ResponseError
+
+from . import _scripts
+from .errors import ConfigurationError, ServerError
+
+Arg = bytes | str | int | float
+
+
+def _b(value: Arg) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return repr(value).encode() if isinstance(value, float) else str(value).encode()
+
+
+def pack(*args: Arg) -> bytes:
+    """One command in RESP, as the server reads it."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = _b(arg)
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded on first use and again after the server forgets it."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def pack(self, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
+        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+SETTLE = Script("settle", _scripts.SETTLE)
+RENEW = Script("renew", _scripts.RENEW)
+MOVE_DUE = Script("move_due", _scripts.MOVE_DUE)
+REPLAY = Script("replay", _scripts.REPLAY)
+REAP = Script("reap", _scripts.REAP)
+ALL_SCRIPTS = (SETTLE, RENEW, MOVE_DUE, REPLAY, REAP)
+
+
+def _is_noscript(reply: object) -> bool:
+    # redis-py maps the NOSCRIPT code to NoScriptError and strips it from the message.
+    return isinstance(reply, NoScriptError)
+
+
+# ---------------------------------------------------------------------------------------------- replies
+
+
+class StreamBatch(NamedTuple):
+    """Entries read from one stream key, column by column (cheap to build, cheap to walk)."""
+
+    key: str
+    ids: list[bytes]
+    fields: list[list[bytes] | None]  # None: the entry was deleted or trimmed while pending
+
+
+class Claimed(NamedTuple):
+    """One XAUTOCLAIM step: entries now held by the caller, and pending ids whose entry no longer exists."""
+
+    cursor: bytes
+    batch: StreamBatch
+    deleted: list[bytes]
+    deliveries: dict[bytes, int]  # id -> times delivered, counting this claim
+
+
+def parse_read(reply: Any) -> list[StreamBatch]:
+    """XREADGROUP reply -> one StreamBatch per stream key that had entries."""
+    if not reply:
+        return []
+    out = []
+    # RESP3 (redis-py 8's default) replies with a map of key -> entries; RESP2 with [[key, entries], ...].
+    for key, entries in reply.items() if isinstance(reply, dict) else reply:
+        if entries:
+            out.append(
+                StreamBatch(
+                    key.decode() if isinstance(key, bytes) else key,
+                    [entry[0] for entry in entries],
+                    [entry[1] for entry in entries],
+                )
+            )
+    return out
+
+
+def parse_autoclaim(key: str, reply: Any) -> tuple[bytes, StreamBatch, list[bytes]]:
+    """XAUTOCLAIM reply on any server: [cursor, entries] before 7.0, [cursor, entries, deleted] from 7.0.
+
+    Before 7.0 an entry deleted while pending comes back with nil fields (or as a bare nil); from 7.0 the
+    server drops it from the PEL and lists its id apart. Both end up in `deleted`.
+    """
+    cursor = reply[0]
+    ids: list[bytes] = []
+    fields: list[list[bytes] | None] = []
+    deleted: list[bytes] = list(reply[2]) if len(reply) > 2 and reply[2] else []
+    for entry in reply[1] or ():
+        if entry is None:
+            continue  # a deleted entry with not even its id left: nothing to acknowledge by id
+        if entry[1] is None:
+            deleted.append(entry[0])
+        else:
+            ids.append(entry[0])
+            fields.append(entry[1])
+    return cursor, StreamBatch(key, ids, fields), deleted
+
+
+def parse_pending(reply: Any) -> dict[bytes, int]:
+    """Extended XPENDING reply -> {id: delivery count}."""
+    return {row[0]: int(row[3]) for row in reply or ()}
+
+
+def payload_of(fields: list[bytes] | None, name: bytes) -> bytes | None:
+    """The value of field `name` in a flat [field, value, ...] list."""
+    if fields is None:
+        return None
+    if len(fields) == 2 and fields[0] == name:
+        return fields[1]
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
+
+
+def decode_id(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def _raise_for_key(stream: str, error: ResponseError) -> None:
+    text = str(error)
+    if text.startswith("WRONGTYPE"):
+        raise ConfigurationError(f"key {stream!r} exists and is not a stream: {text}") from error
+    if isinstance(error, OutOfMemoryError):
+        raise ServerError(f"the server is out of memory and refuses writes (maxmemory): {text}") from error
+    if isinstance(error, NoPermissionError):
+        raise ConfigurationError(f"the Redis user may not run this command on {stream!r}: {text}") from error
+    raise error
+
+
+# ---------------------------------------------------------------------------------------- connection
+
+
+class Link:
+    """One connection borrowed from a redis-py pool and kept by one loop for its whole life.
+
+    Holding the connection spares the pool's per-command bookkeeping on the hot path and lets a blocking
+    read own its socket (a BLOCK read would otherwise hold a pooled connection anyway). On any transport
+    error the connection is disconnected; the next call reconnects through redis-py.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._conn: Any = None
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = await self._client.connection_pool.get_connection()
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._client.connection_pool.release(conn)
+
+    async def roundtrip(
+        self, payload: bytes, replies: int, *, timeout_s: float | None = None
+    ) -> list[Any]:
+        """Send packed commands at once and read `replies` replies; error replies come back as values.
+
+        `timeout_s` bounds the whole exchange (a blocking read's own BLOCK plus a margin); without it the
+        client's socket_timeout applies to each read. A timeout leaves the reply stream unknown, so the
+        connection is dropped rather than reused out of step.
+        """
+        conn = await self._connection()
+        try:
+            if timeout_s is None:
+                return await self._exchange(conn, payload, replies, None)
+            async with asyncio.timeout(timeout_s):
+                return await self._exchange(conn, payload, replies, math.inf)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+
+    @staticmethod
+    async def _exchange(conn: Any, payload: bytes, replies: int, read_timeout: float | None) -> list[Any]:
+        await conn.send_packed_command(payload, check_health=False)
+        out: list[Any] = []
+        for _ in range(replies):
+            try:
+                out.append(await conn.read_response(disable_decoding=True, timeout=read_timeout))
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+
+    async def call(self, *args: Arg, timeout_s: float | None = None) -> Any:
+        (reply,) = await self.roundtrip(pack(*args), 1, timeout_s=timeout_s)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def scripts(self, calls: Sequence[tuple[Script, Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
+        """Run scripts in one round trip; load them if the server has forgotten them (restart, FLUSH)."""
+        replies = await self.roundtrip(b"".join(s.pack(k, a) for s, k, a in calls), len(calls))
+        if any(_is_noscript(r) for r in replies):
+            await self.load_scripts()
+            replies = await self.roundtrip(b"".join(s.pack(k, a) for s, k, a in calls), len(calls))
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    async def load_scripts(self) -> None:
+        await self.roundtrip(b"".join(pack("SCRIPT", "LOAD", s.source) for s in ALL_SCRIPTS), len(ALL_SCRIPTS))
+
+
+# ---------------------------------------------------------------------------------------- producing
+
+
+def pack_xadd_many(stream: str, payloads: Iterable[bytes], maxlen: int | None, approximate: bool) -> bytes:
+    """XADD per payload, packed into one buffer: the constant head is built once per call."""
+    key = stream.encode()
+    if maxlen is None:
+        head = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nd\r\n" % (len(key), key)
+    else:
+        limit = str(maxlen).encode()
+        trim = b"$1\r\n~\r\n" if approximate else b"$1\r\n=\r\n"
+        head = b"*8\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$6\r\nMAXLEN\r\n%s$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nd\r\n" % (
+            len(key), key, trim, len(limit), limit,
+        )  # fmt: skip
+    return b"".join([b"%s$%d\r\n%s\r\n" % (head, len(p), p) for p in payloads])
+
+
+def xadd_ids(stream: str, replies: list[Any]) -> list[str]:
+    ids = []
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            _raise_for_key(stream, reply)
+        ids.append(reply.decode())
+    return ids
+
+
+async def xadd_many(
+    link: Link, stream: str, payloads: Sequence[bytes], *, maxlen: int | None, approximate: bool
+) -> list[str]:
+    """Append every payload to `stream` in one round trip; returns the new entry ids."""
+    if not payloads:
+        return []
+    replies = await link.roundtrip(pack_xadd_many(stream, payloads, maxlen, approximate), len(payloads))
+    return xadd_ids(stream, replies)
+
+
+def xadd_many_sync(
+    client: redis.Redis, stream: str, payloads: Sequence[bytes], *, maxlen: int | None, approximate: bool
+) -> list[str]:
+    """The same as xadd_many, for plain synchronous code (a Django view)."""
+    if not payloads:
+        return []
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(pack_xadd_many(stream, payloads, maxlen, approximate), check_health=False)
+        replies: list[Any] = []
+        for _ in range(len(payloads)):
+            try:
+                replies.append(conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return xadd_ids(stream, replies)
+
+
+# ---------------------------------------------------------------------------------------- consuming
+
+
+async def read_group(
+    link: Link, group: str, consumer: str, keys: Sequence[str], *, count: int, block_ms: int
+) -> list[StreamBatch]:
+    """XREADGROUP of new entries on every key; waits up to block_ms when there are none."""
+    args: list[Arg] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if block_ms > 0:
+        args += ["BLOCK", block_ms]
+    args += ["STREAMS", *keys, *([">"] * len(keys))]
+    # The read may legitimately wait block_ms; give the socket that long plus a margin, never less
+    # (a socket timeout shorter than BLOCK turns every quiet period into an error, redis-py#3138).
+    reply = await link.call(*args, timeout_s=block_ms / 1000 + 10.0)
+    return parse_read(reply)
+
+
+async def autoclaim(
+    link: Link, key: str, group: str, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int
+) -> Claimed:
+    """One XAUTOCLAIM step plus the delivery counts of what it claimed, in one round trip.
+
+    XAUTOCLAIM claims only entries idle for min_idle_ms, atomically, so two reclaimers never both take
+    one entry and a worker renewing its lease never loses one. Its reply lacks delivery counts, which
+    streamq needs to count attempts lost to crashes, so XPENDING for this consumer rides along.
+    """
+    replies = await link.roundtrip(
+        pack("XAUTOCLAIM", key, group, consumer, min_idle_ms, cursor, "COUNT", count)
+        + pack("XPENDING", key, group, "-", "+", count * 4 + 1000, consumer),
+        2,
+    )
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    next_cursor, batch, deleted = parse_autoclaim(key, replies[0])
+    return Claimed(next_cursor, batch, deleted, parse_pending(replies[1]))
+
+
+async def pending_counts(link: Link, key: str, group: str, consumer: str, count: int) -> dict[bytes, int]:
+    return parse_pending(await link.call("XPENDING", key, group, "-", "+", count, consumer))
+
+
+class SettlePlan(NamedTuple):
+    """What to do with one batch's entries on one stream key."""
+
+    key: str
+    delayed_key: str
+    dlq_key: str
+    stats_key: str
+    delete_after_ack: bool
+    min_id: bytes
+    max_id: bytes
+    acks: list[bytes]
+    retries: list[tuple[bytes, int, bytes]]  # (entry id, delay_ms, retry record)
+    dead: list[tuple[bytes, list[Arg]]]  # (entry id, flat dead-letter fields)
+
+
+def _settle_call(group: str, consumer: str, plan: SettlePlan) -> tuple[Script, list[Arg], list[Arg]]:
+    args: list[Arg] = [
+        group, consumer, b"1" if plan.delete_after_ack else b"0", plan.min_id, plan.max_id,
+        len(plan.acks), len(plan.retries), len(plan.dead), *plan.acks,
+    ]  # fmt: skip
+    for entry_id, delay_ms, record in plan.retries:
+        args += [entry_id, delay_ms, record]
+    for entry_id, fields in plan.dead:
+        args += [entry_id, len(fields), *fields]
+    return SETTLE, [plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args
+
+
+async def settle(link: Link, group: str, consumer: str, plans: Sequence[SettlePlan]) -> list[bytes]:
+    """Settle every plan in one round trip; returns the ids whose lease was lost (left untouched)."""
+    if not plans:
+        return []
+    replies = await link.scripts([_settle_call(group, consumer, plan) for plan in plans])
+    return [entry_id for reply in replies for entry_id in reply]
+
+
+def renew_sync(client: redis.Redis, key: str, group: str, consumer: str, ids: Sequence[bytes]) -> list[bytes]:
+    """Reset the idle time of the entries this consumer still holds; returns those it no longer holds.
+
+    Synchronous on purpose: the lease keeper runs in its own thread, so a handler that blocks the event
+    loop (CPU-bound code in an async def) cannot starve renewals and get its entries taken while alive.
+    """
+    if not ids:
+        return []
+    ordered = sorted(ids, key=_id_key)
+    args = [group, consumer, ordered[0], ordered[-1], *ordered]
+    try:
+        reply = client.evalsha(RENEW.sha, 1, key, *args)
+    except redis.exceptions.NoScriptError:
+        reply = client.eval(RENEW.source, 1, key, *args)
+    return list(reply)  # type: ignore[arg-type]
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def id_bounds(ids: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """Smallest and largest id. Ids from one read or one claim step are already ascending."""
+    first, last = ids[0], ids[-1]
+    if _id_key(first) <= _id_key(last):
+        return first, last
+    ordered = sorted(ids, key=_id_key)
+    return ordered[0], ordered[-1]
+
+
+async def move_due(link: Link, delayed_key: str, retry_key: str, limit: int) -> tuple[int, int]:
+    """Move due retries to the retry stream; returns (moved, ms until the next is due, or -1)."""
+    (reply,) = await link.scripts([(MOVE_DUE, [delayed_key, retry_key], [limit])])
+    return int(reply[0]), int(reply[1])
+
+
+# ---------------------------------------------------------------------------------------- setup, admin
+
+
+async def ensure_group(client: aioredis.Redis, key: str, group: str) -> bool:
+    """Create the group at the stream's start (never `$`: that would skip what is already there).
+
+    Returns True if it was created now. MKSTREAM lets workers start before any producer.
+    """
+    try:
+        await client.execute_command("XGROUP", "CREATE", key, group, "0", "MKSTREAM")
+    except ResponseError as exc:
+        if str(exc).startswith("BUSYGROUP"):
+            return False
+        _raise_for_key(key, exc)
+    return True
+
+
+async def group_backlog(client: aioredis.Redis, keys: Sequence[str], group: str, delayed_key: str) -> int:
+    """Entries the group still owes work on: pending on any key, plus retries waiting for their time.
+
+    Undelivered entries are not counted here: a consumer that just read nothing knows there are none.
+    """
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.xpending(key, group)
+    pipe.zcard(delayed_key)
+    replies = await pipe.execute(raise_on_error=False)
+    total = 0
+    for reply in replies[:-1]:
+        if isinstance(reply, ResponseError):
+            continue
+        total += int(reply["pending"])
+    total += int(replies[-1]) if not isinstance(replies[-1], ResponseError) else 0
+    return total
+
+
+async def replay(client: aioredis.Redis, dlq_key: str, retry_key: str, dlq_id: str, record: bytes) -> str | None:
+    sha_args = (2, dlq_key, retry_key, dlq_id, record)
+    try:
+        reply = await client.evalsha(REPLAY.sha, *sha_args)  # type: ignore[no-untyped-call]
+    except redis.exceptions.NoScriptError:
+        reply = await client.eval(REPLAY.source, *sha_args)  # type: ignore[no-untyped-call]
+    return decode_id(reply) if reply else None
+
+
+async def reap(client: aioredis.Redis, keys: Sequence[str], group: str, consumer: str) -> bool:
+    args = (len(keys), *keys, group, consumer)
+    try:
+        reply = await client.evalsha(REAP.sha, *args)  # type: ignore[no-untyped-call]
+    except redis.exceptions.NoScriptError:
+        reply = await client.eval(REAP.source, *args)  # type: ignore[no-untyped-call]
+    return bool(reply)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+MIN_SERVER_VERSION = (6, 2, 0)  # XAUTOCLAIM, XPENDING IDLE, exclusive ranges
+SAFE_SERVER_VERSION = (7, 0, 5)  # CVE-2022-31144 and CVE-2022-35951 (XAUTOCLAIM) fixed
+
+
+async def check_server(client: aioredis.Redis) -> dict[str, str]:
+    """Refuse servers without XAUTOCLAIM; report the version and the memory policy for a warning."""
+    info = await client.info("server")
+    version = str(info.get("redis_version", "0"))
+    if parse_version(version) < MIN_SERVER_VERSION:
+        raise ServerError(
+            f"Redis {version} is too old: streamq needs XAUTOCLAIM (Redis >= 6.2; >= 7.0.5 recommended)"
+        )
+    found = {"version": version, "server": "valkey" if "valkey_version" in info else "redis"}
+    if "valkey_version" in info:
+        found["valkey_version"] = str(info["valkey_version"])
+    try:
+        memory = await client.info("memory")
+        found["maxmemory_policy"] = str(memory.get("maxmemory_policy", ""))
+    except ResponseError:
+        pass  # an ACL user without INFO memory: skip the check rather than refuse to run
+    return found

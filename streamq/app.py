@@ -1,0 +1,197 @@
+"""App: the registry of consumers, and running them with graceful shutdown.
+
+Nothing happens on import or in __init__: no connection, no event loop, no signal handler. `run()` installs
+signal handlers only when asked (the CLI does) and removes them when it returns.
+
+Shutdown: the first SIGTERM/SIGINT stops reading; every batch in hand is handled and settled within the
+grace period, then run() returns. A second signal stops at once. Either way nothing read is lost: an entry
+not settled stays pending and another worker reclaims it once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+
+from . import _wire
+from .connection import RedisLike, async_client, redact, resolve_url, sync_client
+from .consumer import Consumer
+from .errors import ConfigurationError
+from .events import Event
+from .handlers import HandlerSpec
+from .recovery import LeaseKeeper
+from .settings import ConsumerSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SHUTDOWN_GRACE_MS = 30_000  # time to finish and settle in-flight batches after the first signal
+
+log = structlog.get_logger("streamq.app")
+
+
+class App:
+    """Consumers of one application, run together in one process.
+
+    app = streamq.App("redis://localhost:6379/0")
+
+    @app.consumer("orders", group="billing", batch_size=500)
+    async def bill(batch: streamq.Batch[OrderPlaced]) -> None: ...
+    """
+
+    def __init__(
+        self,
+        redis: RedisLike = None,
+        *,
+        shutdown_grace_ms: int = DEFAULT_SHUTDOWN_GRACE_MS,
+        executor_workers: int | None = None,
+    ) -> None:
+        self.redis = redis
+        self.shutdown_grace_ms = shutdown_grace_ms
+        self.executor_workers = executor_workers
+        self.specs: list[tuple[ConsumerSettings, HandlerSpec]] = []
+        self.consumers: list[Consumer] = []
+        self._stopping: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._signals = 0
+
+    # ------------------------------------------------------------------------------------------ registry
+
+    def consumer(self, stream: str, *, group: str, events: Sequence[type[Event]] | None = None,
+                 **settings: Any) -> Callable[[F], F]:
+        """Register the decorated function as a consumer of `stream` in `group` (see ConsumerSettings)."""
+
+        def register(fn: F) -> F:
+            self.add_consumer(fn, stream, group=group, events=events, **settings)
+            return fn
+
+        return register
+
+    def add_consumer(self, fn: Callable[..., Any], stream: str, *, group: str,
+                     events: Sequence[type[Event]] | None = None, **settings: Any) -> ConsumerSettings:
+        try:
+            config = ConsumerSettings(stream=stream, group=group, **settings)
+        except TypeError as exc:
+            raise ConfigurationError(f"unknown consumer setting: {exc}") from None
+        self.specs.append((config, HandlerSpec(fn, events)))
+        return config
+
+    # ------------------------------------------------------------------------------------------ running
+
+    async def run(self, *, burst: bool = False, handle_signals: bool = False) -> None:
+        """Run every consumer until stop() (or a signal, with handle_signals); in burst mode until idle."""
+        if not self.specs:
+            raise ConfigurationError("the app has no consumers: decorate a handler with @app.consumer(...)")
+        client, owned = async_client(self.redis)
+        # The lease keeper's thread needs its own (synchronous) client to the same server.
+        target = self.redis
+        keeper = LeaseKeeper(lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target)))
+        executor = ThreadPoolExecutor(max_workers=self.executor_workers, thread_name_prefix="streamq-handler")
+        self._stopping = stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        try:
+            server = await _wire.check_server(client)
+            shown = redact(resolve_url(target)) if not isinstance(target, aioredis.Redis) else "client given"
+            log.info("connected", redis=shown, **server)
+            if server.get("maxmemory_policy") not in (None, "", "noeviction"):
+                log.warning("maxmemory-policy is not noeviction: the server may evict streams and lose events",
+                            maxmemory_policy=server["maxmemory_policy"])
+            keeper.start()
+            self.consumers = [Consumer(cfg, spec, client, keeper, executor) for cfg, spec in self.specs]
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    installed.append(sig)
+            self._tasks = [
+                asyncio.create_task(c.run(stopping, burst=burst), name=f"streamq-{c.name}") for c in self.consumers
+            ]
+            await self._supervise(stopping)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            keeper.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+            if owned:
+                await client.aclose()
+            self._stopping = None
+
+    async def _supervise(self, stopping: asyncio.Event) -> None:
+        tasks = self._tasks
+        stop_wait = asyncio.create_task(stopping.wait())
+        try:
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            while pending:
+                done, _ = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done & pending:
+                    pending.discard(task)
+                    if not task.cancelled() and task.exception() is not None:
+                        # One consumer failing for good (a configuration error) stops the app: running half
+                        # an application quietly would be worse.
+                        stopping.set()
+                        await self._drain(pending)
+                        raise task.exception()  # type: ignore[misc]
+                if stop_wait in done:
+                    await self._drain(pending)
+                    return
+        finally:
+            stop_wait.cancel()
+
+    async def _drain(self, pending: set[asyncio.Task[Any]]) -> None:
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=self.shutdown_grace_ms / 1000)
+        if late:
+            log.warning("grace period over: abandoning batches in flight (they stay pending and are reclaimed)",
+                        consumers=len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def run_until_idle(self) -> None:
+        """Process until every stream is drained, nothing is pending and no retry is waiting."""
+        await self.run(burst=True)
+
+    def stop(self) -> None:
+        """Stop reading and finish the batches in hand. Idempotent; safe from a signal handler."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping: finishing batches in hand (signal again to stop at once)", signal=sig.name,
+                     grace_ms=self.shutdown_grace_ms)
+            self.stop()
+            return
+        log.warning("stopping at once: unsettled entries stay pending and will be reclaimed", signal=sig.name)
+        for task in self._tasks:
+            task.cancel()
+
+    def counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for consumer in self.consumers:
+            for name, value in consumer.counts.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+
+def run_app(app: App, *, burst: bool = False, use_uvloop: bool = True) -> int:
+    """Run an app in a fresh event loop (uvloop when available) with signal handling; returns an exit code."""
+    loop_factory = None
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        try:
+            runner.run(app.run(burst=burst, handle_signals=True))
+        except asyncio.CancelledError:
+            return 130
+    return 130 if app._signals > 1 else 0

@@ -1,0 +1,408 @@
+"""One consumer's loop: fetch -> decode -> handle -> settle, with the reclaimer and the retry mover beside it.
+
+Attempts. The stream's delivery counter counts deliveries, not failures, and resets when an event moves to
+the retry stream, so streamq counts attempts itself: an event's attempt number is the failures recorded in
+its retry record plus the deliveries of its current entry. A delivery that never settled (the worker was
+killed, or lost its lease) therefore counts as an attempt too: an event that crashes every worker it reaches
+is dead-lettered after max_attempts deliveries instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import _wire, keys
+from .batch import Batch, Message
+from .errors import Reject, Retry
+from .events import PAYLOAD_FIELD, DecodeFailure, Decoder
+from .handlers import HandlerSpec
+from .recovery import Hold, LeaseKeeper, Reclaimer
+from .settings import ConsumerSettings
+from .settle import RECORD_FIELD, Settlement, decode_record
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+MAX_RECONNECT_DELAY_S = 5.0
+
+
+class HandlerTimeout(Exception):
+    """The handler did not finish within handler_timeout_ms: every unsettled message failed this attempt."""
+
+
+def consumer_name(prefix: str) -> str:
+    """Unique per process and consumer: a restarted worker never inherits a dead one's identity."""
+    host = socket.gethostname().split(".")[0][:40] or "host"
+    return f"{prefix}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Consumer:
+    """Runs one handler over one stream for one group."""
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        handler: HandlerSpec,
+        client: aioredis.Redis,
+        lease_keeper: LeaseKeeper,
+        executor: Executor | None = None,
+        *,
+        on_batch: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.client = client
+        self.lease_keeper = lease_keeper
+        self.executor = executor
+        self.name = consumer_name(settings.consumer_prefix)
+        self.stream = settings.stream
+        self.group = settings.group
+        self.retry_key = keys.retry_key(settings.stream, settings.group)
+        self.delayed_key = keys.delayed_key(settings.stream, settings.group)
+        self.keys = [self.stream, self.retry_key]
+        self.decoder: Decoder | None = None
+        self.reclaimer = Reclaimer(
+            self.keys, self.group, self.name, lease_ms=settings.lease_ms,
+            every_ms=settings.reclaim_every_ms, count=settings.batch_size,
+        )  # fmt: skip
+        self.counts = {"fetched": 0, "acked": 0, "retried": 0, "dead": 0, "reclaimed": 0, "lease_lost": 0,
+                       "deleted": 0, "batches": 0}
+        self._on_batch = on_batch
+        self._retry_wakeup = asyncio.Event()
+        self.log = structlog.get_logger("streamq.consumer").bind(
+            stream=self.stream, group=self.group, consumer=self.name
+        )
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def setup(self) -> None:
+        for key in self.keys:
+            if await _wire.ensure_group(self.client, key, self.group):
+                self.log.info("group created", key=key)
+        await self.client.sadd(keys.REGISTRY_KEY, self.stream)  # type: ignore[misc]
+        if self.decoder is None:
+            self.decoder = Decoder(self.handler.resolve_event_types(), self.settings.max_event_bytes)
+
+    async def run(self, stopping: asyncio.Event, *, burst: bool = False) -> None:
+        """Process until `stopping` is set (after settling the batch in hand), or in burst mode until idle."""
+        link = _wire.Link(self.client)
+        mover = asyncio.create_task(self._move_due_loop(stopping), name=f"streamq-retries-{self.name}")
+        self.log.info("consumer started", batch_size=self.settings.batch_size, lease_ms=self.settings.lease_ms,
+                      max_attempts=self.settings.max_attempts, burst=burst)
+        delay_s = 0.05
+        try:
+            await self._with_reconnect(self.setup, stopping)
+            while not stopping.is_set():
+                try:
+                    worked = await self._tick(link, burst=burst)
+                    delay_s = 0.05
+                    if not worked and burst and await self._drained():
+                        break
+                except TRANSIENT as exc:
+                    self.log.warning("redis unavailable, retrying", error=repr(exc), retry_in_s=delay_s)
+                    await _sleep_or_stop(stopping, delay_s)
+                    delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    # The stream or group vanished (a server restarted without persistence, a DEL): recreate
+                    # them and go on rather than crash; the log says what happened.
+                    self.log.warning("group missing, recreating it", error=str(exc))
+                    await self._with_reconnect(self.setup, stopping)
+        finally:
+            mover.cancel()
+            await asyncio.gather(mover, return_exceptions=True)
+            await link.close()
+            await self._reap_self()
+            self.log.info("consumer stopped", **self.counts)
+
+    async def _with_reconnect(self, step: Callable[[], Any], stopping: asyncio.Event) -> None:
+        delay_s = 0.05
+        while True:
+            try:
+                await step()
+                return
+            except TRANSIENT as exc:
+                if stopping.is_set():
+                    raise
+                self.log.warning("redis unavailable, retrying", error=repr(exc), retry_in_s=delay_s)
+                await _sleep_or_stop(stopping, delay_s)
+                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+
+    async def _reap_self(self) -> None:
+        # Leave no empty consumer behind (they pile up otherwise); one that still holds entries stays, so
+        # those remain claimable by others.
+        try:
+            await _wire.reap(self.client, self.keys, self.group, self.name)
+        except (RedisError, OSError) as exc:
+            self.log.info("could not remove consumer from group", error=repr(exc))
+
+    # ------------------------------------------------------------------------------------------ one tick
+
+    async def _tick(self, link: _wire.Link, *, burst: bool) -> bool:
+        """Fetch and process one batch; returns False when there was nothing to do."""
+        if self.reclaimer.due():
+            claimed = await self.reclaimer.step(link)
+            if claimed:
+                await self._process_claimed(link, claimed)
+                return True
+            if self.reclaimer.scanning:
+                return True
+        block_ms = min(self.settings.block_ms, max(self.reclaimer.ms_until_due(), 1))
+        if burst:
+            block_ms = min(block_ms, 100)
+        batches = await _wire.read_group(
+            link, self.group, self.name, self.keys, count=self.settings.batch_size, block_ms=block_ms
+        )
+        if not batches:
+            return False
+        await self._process(link, batches, None)
+        return True
+
+    async def _drained(self) -> bool:
+        """Nothing left for this group: no pending entries anywhere, no retries waiting."""
+        if self.reclaimer.scanning:
+            return False
+        return await _wire.group_backlog(self.client, self.keys, self.group, self.delayed_key) == 0
+
+    async def _process_claimed(self, link: _wire.Link, claimed: list[_wire.Claimed]) -> None:
+        batches = []
+        deliveries: dict[bytes, int] = {}
+        deleted_by_key: dict[str, list[bytes]] = {}
+        for step in claimed:
+            if step.deleted:
+                deleted_by_key[step.batch.key] = step.deleted
+            if step.batch.ids:
+                batches.append(step.batch)
+                deliveries.update(step.deliveries)
+                self.counts["reclaimed"] += len(step.batch.ids)
+                self.log.info("reclaimed entries of a dead or stalled worker", key=step.batch.key,
+                              count=len(step.batch.ids), entry_ids=_first_ids(step.batch.ids))
+        if deleted_by_key:
+            await self._ack_deleted(link, deleted_by_key)
+        if batches:
+            stats = keys.stats_key(self.stream, self.group)
+            await self.client.hincrby(stats, "reclaimed", sum(len(b.ids) for b in batches))  # type: ignore[misc]
+            await self._process(link, batches, deliveries)
+
+    async def _ack_deleted(self, link: _wire.Link, deleted_by_key: dict[str, list[bytes]]) -> None:
+        """Pending entries deleted or trimmed from the stream: nothing to process, acknowledge them."""
+        total = 0
+        for key, ids in deleted_by_key.items():
+            self.log.warning("pending entries were deleted or trimmed before processing; acknowledging",
+                             key=key, count=len(ids), entry_ids=_first_ids(ids))
+            total += int(await link.call("XACK", key, self.group, *ids))
+        self.counts["deleted"] += len([i for ids in deleted_by_key.values() for i in ids])
+        await self.client.hincrby(keys.stats_key(self.stream, self.group), "deleted_pending", total)  # type: ignore[misc]
+
+    # ------------------------------------------------------------------------------------------ a batch
+
+    def _messages(
+        self, batch: _wire.StreamBatch, deliveries: dict[bytes, int] | None, settlement: Settlement, now_ms: int
+    ) -> list[Message[Any]]:
+        out: list[Message[Any]] = []
+        from_retry = batch.key != self.stream
+        for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
+            delivered = deliveries.get(entry_id, 1) if deliveries else 1
+            if from_retry:
+                raw = _wire.payload_of(fields, RECORD_FIELD)
+                record = decode_record(raw) if raw is not None else None
+                if record is None:
+                    message: Message[Any] = Message(0, batch.key, entry_id, _wire.decode_id(entry_id), delivered,
+                                                    None)
+                    settlement.dead(message, now_ms, "undecodable", "retry entry without a valid record",
+                                    raw_fields=fields or [])
+                    continue
+                message = Message(0, batch.key, entry_id, record.origin_id, record.failures + delivered,
+                                  record.payload, record.first_failure_ms, record.error)
+            else:
+                message = Message(0, batch.key, entry_id, entry_id.decode(), delivered,
+                                  _wire.payload_of(fields, PAYLOAD_FIELD))
+                if message.payload is None:
+                    settlement.dead(message, now_ms, "undecodable", "entry has no 'd' payload field",
+                                    raw_fields=fields or [])
+                    continue
+            out.append(message)
+        return out
+
+    async def _process(
+        self, link: _wire.Link, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
+    ) -> None:
+        holds = [
+            self.lease_keeper.hold(b.key, self.group, self.name, b.ids, self.settings.renew_every_ms)
+            for b in batches
+        ]
+        try:
+            now_ms = _now_ms()
+            settlement = Settlement(self.settings, self.name, {b.key: (b.ids[0], b.ids[-1]) for b in batches})
+            messages: list[Message[Any]] = []
+            for b in batches:
+                messages.extend(self._messages(b, deliveries, settlement, now_ms))
+            self.counts["fetched"] += sum(len(b.ids) for b in batches)
+            ready = self._decode(messages, settlement, now_ms)
+            if ready:
+                await self._handle(ready, settlement)
+            await self._settle(link, settlement, holds)
+        finally:
+            for held in holds:
+                self.lease_keeper.release(held)
+
+    def _decode(self, messages: list[Message[Any]], settlement: Settlement, now_ms: int) -> list[Message[Any]]:
+        assert self.decoder is not None
+        decoded = self.decoder.decode_batch([m.payload for m in messages])
+        max_attempts = self.settings.max_attempts
+        ready = []
+        for message, event in zip(messages, decoded, strict=True):
+            if isinstance(event, DecodeFailure):
+                self.log.warning("undecodable event, dead-lettering", entry_id=message.id, kind=event.kind,
+                                 error=event.message)
+                settlement.dead(message, now_ms, event.kind, event.message, error_type=event.error_type,
+                                error_text=event.message)
+            elif message.attempt > max_attempts:
+                # Its earlier deliveries never settled: the workers holding it died or lost their leases.
+                detail = (f"delivered {message.attempt} times without a result (max_attempts={max_attempts}):"
+                          " workers crashed or lost their lease while holding it")
+                self.log.warning("event exhausted its attempts in crashes, dead-lettering", entry_id=message.id,
+                                 attempt=message.attempt)
+                settlement.dead(message, now_ms, "max_attempts", detail, error_type="WorkerLost",
+                                error_text=message.previous_error)
+            else:
+                message.event = event
+                ready.append(message)
+        return ready
+
+    async def _handle(self, messages: list[Message[Any]], settlement: Settlement) -> None:
+        batch: Batch[Any] = Batch(self.stream, self.group, self.name, messages)
+        error: BaseException | None = None
+        timeout_ms = self.settings.handler_timeout_ms
+        try:
+            if self.handler.is_async:
+                call = self.handler.invoke(batch)
+            else:
+                loop = asyncio.get_running_loop()
+                call = loop.run_in_executor(self.executor, self.handler.invoke_sync, batch)
+            if timeout_ms is None:
+                await call
+            else:
+                async with asyncio.timeout(timeout_ms / 1000):
+                    await call
+        except TimeoutError:
+            error = HandlerTimeout(f"handler did not finish within {timeout_ms} ms")
+        except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt, never a dead worker
+            error = exc
+        finally:
+            batch._sealed = True
+        now_ms = _now_ms()
+        if error is not None:
+            self.log.warning("handler failed", error=repr(error), count=len(messages),
+                             first_id=messages[0].id, last_id=messages[-1].id)
+        for message in messages:
+            outcome = batch.outcome(message)
+            if outcome is None:
+                if error is None:
+                    settlement.ack(message)
+                elif isinstance(error, Retry):
+                    settlement.fail(message, now_ms, error, delay_ms=error.delay_ms, reason=error.reason)
+                elif isinstance(error, Reject):
+                    settlement.dead(message, now_ms, "rejected", error.reason, error_type="Reject",
+                                    error_text=error.reason)
+                else:
+                    settlement.fail(message, now_ms, error)
+            elif outcome.kind == "ack":
+                settlement.ack(message)
+            elif outcome.kind == "retry":
+                settlement.fail(message, now_ms, outcome.error, delay_ms=outcome.delay_ms, reason=outcome.reason)
+            elif outcome.kind == "fail":
+                settlement.fail(message, now_ms, outcome.error)
+            else:
+                error_type = type(outcome.error).__name__ if outcome.error else "Reject"
+                settlement.dead(message, now_ms, "rejected", outcome.reason, error_type=error_type,
+                                error_text=str(outcome.error or outcome.reason))
+
+    async def _settle(self, link: _wire.Link, settlement: Settlement, holds: list[Hold]) -> None:
+        """Settle in one round trip; on a connection error keep the lease and try again.
+
+        The settle script is idempotent (it acts only on entries this consumer still holds), so running it
+        again after a reply was lost cannot double anything.
+        """
+        plans = settlement.plans()
+        delay_s = 0.05
+        while True:
+            try:
+                lost = await _wire.settle(link, self.group, self.name, plans)
+                break
+            except TRANSIENT as exc:
+                self.log.warning("settle failed, retrying", error=repr(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+        for name, value in settlement.counts.items():
+            self.counts[name] += value
+        self.counts["batches"] += 1
+        if lost:
+            self.counts["lease_lost"] += len(lost)
+            self.log.warning("lease lost before settling: another worker took these entries and will process"
+                             " them again (counted as lease_lost)", count=len(lost), entry_ids=_first_ids(lost))
+        if settlement.counts["retried"]:
+            self._retry_wakeup.set()
+        if settlement.counts["dead"]:
+            self.log.warning("dead-lettered", count=settlement.counts["dead"])
+        if self._on_batch is not None:
+            self._on_batch(settlement.counts)
+
+    # ------------------------------------------------------------------------------------------ retries
+
+    async def _move_due_loop(self, stopping: asyncio.Event) -> None:
+        """Move due retries into the retry stream; wakes at the next due time or on a new retry."""
+        link = _wire.Link(self.client)
+        poll_s = self.settings.retry_poll_ms / 1000
+        try:
+            while not stopping.is_set():
+                wait_s = poll_s
+                try:
+                    moved, next_ms = await _wire.move_due(link, self.delayed_key, self.retry_key, 1000)
+                    if moved:
+                        self.log.debug("retries due", count=moved)
+                        continue
+                    if next_ms >= 0:
+                        wait_s = min(poll_s, next_ms / 1000)
+                except TRANSIENT as exc:
+                    self.log.debug("retry mover waiting for redis", error=repr(exc))
+                    wait_s = min(1.0, poll_s * 2)
+                except ResponseError as exc:
+                    self.log.warning("retry mover error", error=str(exc))
+                    wait_s = 1.0
+                self._retry_wakeup.clear()
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._retry_wakeup.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            await link.close()
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
+    try:
+        async with asyncio.timeout(delay_s):
+            await stopping.wait()
+    except TimeoutError:
+        pass
+
+
+def _first_ids(ids: Any) -> list[str]:
+    return [_wire.decode_id(i) for i in list(ids)[:20]]

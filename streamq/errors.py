@@ -1,0 +1,64 @@
+"""Every exception streamq raises on purpose.
+
+    StreamqError
+    ├── ConfigurationError      a setting, name or client that cannot work
+    ├── ServerError             the server is unusable (too old, misconfigured)
+    ├── EventTooLarge           an encoded event exceeds the size cap
+    ├── UnknownEventType        an Event subclass without a stable tag, or a clashing tag
+    ├── HandlerOutcome          raised by a handler to choose an outcome
+    │   ├── Retry               try this event (or batch) again after a delay
+    │   └── Reject              dead-letter this event (or batch) now
+    └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
+"""
+
+from __future__ import annotations
+
+
+class StreamqError(Exception):
+    """Base class of every error streamq raises on purpose."""
+
+
+class ConfigurationError(StreamqError, ValueError):
+    """A setting, a stream or group name, or a client that cannot work."""
+
+
+class ServerError(StreamqError):
+    """The Redis server cannot run streamq (too old, or a setting that loses data)."""
+
+
+class EventTooLarge(StreamqError, ValueError):
+    """An encoded event is larger than the configured cap."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded event is {size} bytes, over the {limit}-byte cap (max_event_bytes)")
+        self.size = size
+        self.limit = limit
+
+
+class UnknownEventType(StreamqError, TypeError):
+    """An Event subclass that has no stable tag of its own, or whose tag another class already uses."""
+
+
+class HandlerOutcome(StreamqError):  # noqa: N818 - these are signals, not failures
+    """Raised by a handler to choose what happens to its event (or its whole batch)."""
+
+
+class Retry(HandlerOutcome):
+    """Try again later: after `delay_ms`, or after the consumer's backoff when it is None."""
+
+    def __init__(self, delay_ms: int | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay_ms = delay_ms
+        self.reason = reason
+
+
+class Reject(HandlerOutcome):
+    """Give up now: the event goes to the dead-letter stream with `reason`."""
+
+    def __init__(self, reason: str = "rejected by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeadLetterNotFound(StreamqError, LookupError):
+    """The dead-letter entry does not exist (already replayed or purged)."""
