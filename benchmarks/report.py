@@ -1,0 +1,233 @@
+"""Presenting benchmark results: the terminal table, the JSON file with every figure, the PNG chart.
+
+Measures nothing. Also records what the figures depend on (machine, server version, library versions),
+because a throughput number without its machine is not a result.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import redis
+
+from benchmarks.harness import CaseResult
+
+# Distributions whose versions shape the figures; absent ones are left out of the record.
+RECORDED_DISTRIBUTIONS = (
+    "redis",
+    "hiredis",
+    "msgspec",
+    "uvloop",
+    "taskiq",
+    "taskiq-redis",
+    "faststream",
+    "matplotlib",
+    "streamq",
+)
+
+CONTENDER_COLOURS = {
+    "redis-py": "tab:blue",
+    "streamq": "tab:red",
+    "taskiq": "tab:green",
+    "faststream": "tab:orange",
+}
+TABLE_HEADER = (
+    "case", "contender", "op", "batch", "events/s", "spread", "client CPU", "server CPU", "peak RSS", "note"
+)  # fmt: skip
+RIGHT_ALIGNED = {3, 4, 5, 6, 7, 8}
+
+
+class RunMeta(msgspec.Struct):
+    """Where and how a run was made."""
+
+    started_at: str
+    argv: list[str]
+    quick: bool
+    repeats: int
+    python: str
+    machine: str
+    nproc: int
+    cpu_model: str
+    memory_gib: float
+    server_url: str
+    server_source: str
+    server_version: str
+    versions: dict[str, str]
+
+
+class Report(msgspec.Struct):
+    meta: RunMeta
+    results: list[CaseResult]
+
+
+def describe_run(
+    argv: list[str], *, quick: bool, repeats: int, server_url: str, server_source: str
+) -> RunMeta:
+    return RunMeta(
+        started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        argv=argv,
+        quick=quick,
+        repeats=repeats,
+        python=platform.python_version(),
+        machine=platform.platform(),
+        nproc=os.cpu_count() or 0,
+        cpu_model=_cpu_model(),
+        memory_gib=round(_memory_bytes() / 2**30, 1),
+        server_url=_redact(server_url),
+        server_source=server_source,
+        server_version=_server_version(server_url),
+        versions=_versions(),
+    )
+
+
+def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
+    rows = [TABLE_HEADER]
+    for r in results:
+        if r.status != "ok":
+            rows.append((r.name, r.contender, r.operation, str(r.batch_size), *["-"] * 5, r.note))
+            continue
+        rows.append(
+            (
+                r.name,
+                r.contender,
+                r.operation,
+                str(r.batch_size),
+                _num(r.rate_median),
+                _pct(r.spread_pct),
+                _pct(r.client_cpu_pct),
+                _pct(r.server_cpu_pct),
+                f"{r.peak_rss_mib:.0f} MiB" if r.peak_rss_mib is not None else "-",
+                f"{len(r.samples)} repeat(s) of {r.count:,} events",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
+    lines = [
+        f"server {meta.server_version} ({meta.server_source}); {meta.nproc} cores, {meta.cpu_model}; "
+        f"python {meta.python}"
+    ]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in RIGHT_ALIGNED else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def write_json(path: Path, meta: RunMeta, results: list[CaseResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(Report(meta=meta, results=results))) + b"\n")
+
+
+def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
+    """Chart events/s against batch size, publish and consume side by side; False if matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    for ax, operation in zip(axes, ("publish", "consume"), strict=True):
+        measured = [r for r in results if r.operation == operation and r.status == "ok"]
+        for contender in sorted({r.contender for r in measured}):
+            points = sorted((r for r in measured if r.contender == contender), key=lambda r: r.batch_size)
+            xs = [r.batch_size for r in points]
+            ys = [r.rate_median or 0.0 for r in points]
+            errors = [
+                [y - (r.rate_min or y) for r, y in zip(points, ys, strict=True)],
+                [(r.rate_max or y) - y for r, y in zip(points, ys, strict=True)],
+            ]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=errors,
+                marker="o",
+                capsize=3,
+                label=contender,
+                color=CONTENDER_COLOURS.get(contender),
+            )
+        pending = sorted({r.contender for r in results if r.operation == operation and r.status != "ok"})
+        title = f"{operation}, one process"
+        if pending:
+            title += f"\n(not measured: {', '.join(pending)})"
+        ax.set_title(title)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (events per pipeline / per read)")
+        ax.set_ylabel("events/s (median, bars: min-max)")
+        ax.grid(True, which="both", alpha=0.3)
+        if measured:
+            ax.legend()
+    fig.suptitle(
+        f"streamq benchmarks: server {meta.server_version}, {meta.nproc} cores, {meta.cpu_model}, "
+        f"{meta.repeats} repeat(s){' (quick)' if meta.quick else ''}"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _num(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "-"
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.0f}%" if value is not None else "-"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _server_version(url: str) -> str:
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    if "valkey_version" in info:
+        return f"valkey {info['valkey_version']}"
+    return f"redis {info.get('redis_version', 'unknown')}"
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for dist in RECORDED_DISTRIBUTIONS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
