@@ -26,7 +26,10 @@ EXIT_USAGE = 2
 EXIT_NO_SERVER = 3
 
 # Baselines first, then streamq, then the peers: the table and the chart follow this order.
-SCENARIO_MODULES = ("benchmarks.baseline_redispy",)
+SCENARIO_MODULES = (
+    "benchmarks.baseline_redispy",
+    "benchmarks.scenarios_streamq",
+)
 
 EPILOG = """\
 examples:
