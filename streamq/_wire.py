@@ -180,7 +180,7 @@ class Link:
 
     async def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = await self._client.connection_pool.get_connection()
+            self._conn = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         return self._conn
 
     async def close(self) -> None:
@@ -188,9 +188,7 @@ class Link:
         if conn is not None:
             await self._client.connection_pool.release(conn)
 
-    async def roundtrip(
-        self, payload: bytes, replies: int, *, timeout_s: float | None = None
-    ) -> list[Any]:
+    async def roundtrip(self, payload: bytes, replies: int, *, timeout_s: float | None = None) -> list[Any]:
         """Send packed commands at once and read `replies` replies; error replies come back as values.
 
         `timeout_s` bounds the whole exchange (a blocking read's own BLOCK plus a margin); without it the
@@ -236,7 +234,9 @@ class Link:
         return replies
 
     async def load_scripts(self) -> None:
-        await self.roundtrip(b"".join(pack("SCRIPT", "LOAD", s.source) for s in ALL_SCRIPTS), len(ALL_SCRIPTS))
+        await self.roundtrip(
+            b"".join(pack("SCRIPT", "LOAD", s.source) for s in ALL_SCRIPTS), len(ALL_SCRIPTS)
+        )
 
 
 # ---------------------------------------------------------------------------------------- producing
@@ -282,7 +282,7 @@ def xadd_many_sync(
     if not payloads:
         return []
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn: Any = pool.get_connection()
     try:
         conn.send_packed_command(pack_xadd_many(stream, payloads, maxlen, approximate), check_health=False)
         replies: list[Any] = []
@@ -385,12 +385,12 @@ def renew_sync(client: redis.Redis, key: str, group: str, consumer: str, ids: Se
     if not ids:
         return []
     ordered = sorted(ids, key=_id_key)
-    args = [group, consumer, ordered[0], ordered[-1], *ordered]
+    args: list[Any] = [group, consumer, ordered[0], ordered[-1], *ordered]
     try:
         reply = client.evalsha(RENEW.sha, 1, key, *args)
     except redis.exceptions.NoScriptError:
         reply = client.eval(RENEW.source, 1, key, *args)
-    return list(reply)  # type: ignore[arg-type]
+    return list(reply)
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:
@@ -422,7 +422,7 @@ async def ensure_group(client: aioredis.Redis, key: str, group: str) -> bool:
     Returns True if it was created now. MKSTREAM lets workers start before any producer.
     """
     try:
-        await client.execute_command("XGROUP", "CREATE", key, group, "0", "MKSTREAM")
+        await client.execute_command("XGROUP", "CREATE", key, group, "0", "MKSTREAM")  # type: ignore[no-untyped-call]
     except ResponseError as exc:
         if str(exc).startswith("BUSYGROUP"):
             return False
@@ -449,21 +449,22 @@ async def group_backlog(client: aioredis.Redis, keys: Sequence[str], group: str,
     return total
 
 
-async def replay(client: aioredis.Redis, dlq_key: str, retry_key: str, dlq_id: str, record: bytes) -> str | None:
-    sha_args = (2, dlq_key, retry_key, dlq_id, record)
+async def replay(
+    client: aioredis.Redis, dlq_key: str, retry_key: str, dlq_id: str, record: bytes
+) -> str | None:
     try:
-        reply = await client.evalsha(REPLAY.sha, *sha_args)  # type: ignore[no-untyped-call]
+        reply = await client.evalsha(REPLAY.sha, 2, dlq_key, retry_key, dlq_id, record)
     except redis.exceptions.NoScriptError:
-        reply = await client.eval(REPLAY.source, *sha_args)  # type: ignore[no-untyped-call]
+        reply = await client.eval(REPLAY.source, 2, dlq_key, retry_key, dlq_id, record)
     return decode_id(reply) if reply else None
 
 
 async def reap(client: aioredis.Redis, keys: Sequence[str], group: str, consumer: str) -> bool:
-    args = (len(keys), *keys, group, consumer)
+    args: list[Any] = [*keys, group, consumer]
     try:
-        reply = await client.evalsha(REAP.sha, *args)  # type: ignore[no-untyped-call]
+        reply = await client.evalsha(REAP.sha, len(keys), *args)
     except redis.exceptions.NoScriptError:
-        reply = await client.eval(REAP.source, *args)  # type: ignore[no-untyped-call]
+        reply = await client.eval(REAP.source, len(keys), *args)
     return bool(reply)
 
 

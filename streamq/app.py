@@ -62,8 +62,9 @@ class App:
 
     # ------------------------------------------------------------------------------------------ registry
 
-    def consumer(self, stream: str, *, group: str, events: Sequence[type[Event]] | None = None,
-                 **settings: Any) -> Callable[[F], F]:
+    def consumer(
+        self, stream: str, *, group: str, events: Sequence[type[Event]] | None = None, **settings: Any
+    ) -> Callable[[F], F]:
         """Register the decorated function as a consumer of `stream` in `group` (see ConsumerSettings)."""
 
         def register(fn: F) -> F:
@@ -72,8 +73,15 @@ class App:
 
         return register
 
-    def add_consumer(self, fn: Callable[..., Any], stream: str, *, group: str,
-                     events: Sequence[type[Event]] | None = None, **settings: Any) -> ConsumerSettings:
+    def add_consumer(
+        self,
+        fn: Callable[..., Any],
+        stream: str,
+        *,
+        group: str,
+        events: Sequence[type[Event]] | None = None,
+        **settings: Any,
+    ) -> ConsumerSettings:
         try:
             config = ConsumerSettings(stream=stream, group=group, **settings)
         except TypeError as exc:
@@ -90,7 +98,9 @@ class App:
         client, owned = async_client(self.redis)
         # The lease keeper's thread needs its own (synchronous) client to the same server.
         target = self.redis
-        keeper = LeaseKeeper(lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target)))
+        keeper = LeaseKeeper(
+            lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target))
+        )
         executor = ThreadPoolExecutor(max_workers=self.executor_workers, thread_name_prefix="streamq-handler")
         self._stopping = stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -100,8 +110,10 @@ class App:
             shown = redact(resolve_url(target)) if not isinstance(target, aioredis.Redis) else "client given"
             log.info("connected", redis=shown, **server)
             if server.get("maxmemory_policy") not in (None, "", "noeviction"):
-                log.warning("maxmemory-policy is not noeviction: the server may evict streams and lose events",
-                            maxmemory_policy=server["maxmemory_policy"])
+                log.warning(
+                    "maxmemory-policy is not noeviction: the server may evict streams and lose events",
+                    maxmemory_policy=server["maxmemory_policy"],
+                )
             keeper.start()
             self.consumers = [Consumer(cfg, spec, client, keeper, executor) for cfg, spec in self.specs]
             if handle_signals:
@@ -109,7 +121,8 @@ class App:
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     installed.append(sig)
             self._tasks = [
-                asyncio.create_task(c.run(stopping, burst=burst), name=f"streamq-{c.name}") for c in self.consumers
+                asyncio.create_task(c.run(stopping, burst=burst), name=f"streamq-{c.name}")
+                for c in self.consumers
             ]
             await self._supervise(stopping)
         finally:
@@ -147,8 +160,10 @@ class App:
             return
         _, late = await asyncio.wait(pending, timeout=self.shutdown_grace_ms / 1000)
         if late:
-            log.warning("grace period over: abandoning batches in flight (they stay pending and are reclaimed)",
-                        consumers=len(late))
+            log.warning(
+                "grace period over: abandoning batches in flight (they stay pending and are reclaimed)",
+                consumers=len(late),
+            )
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -165,8 +180,11 @@ class App:
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
         if self._signals == 1:
-            log.info("stopping: finishing batches in hand (signal again to stop at once)", signal=sig.name,
-                     grace_ms=self.shutdown_grace_ms)
+            log.info(
+                "stopping: finishing batches in hand (signal again to stop at once)",
+                signal=sig.name,
+                grace_ms=self.shutdown_grace_ms,
+            )
             self.stop()
             return
         log.warning("stopping at once: unsettled entries stay pending and will be reclaimed", signal=sig.name)

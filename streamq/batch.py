@@ -19,7 +19,8 @@ class Message(Generic[E]):
     """One event as delivered: `id` is its id in the stream, kept across retries and replays."""
 
     __slots__ = (
-        "_index", "attempt", "entry_id", "event", "first_failure_ms", "id", "key", "payload", "previous_error",
+        "_index", "attempt", "entry_id", "event", "first_failure_ms",
+        "id", "key", "payload", "previous_error",
     )  # fmt: skip
 
     def __init__(
@@ -104,7 +105,9 @@ class Batch(Generic[E]):
         """Acknowledge this message even if the handler raises afterwards."""
         self._set(message, ACK)
 
-    def retry(self, message: Message[E], delay_ms: int | None = None, reason: str = "retry requested") -> None:
+    def retry(
+        self, message: Message[E], delay_ms: int | None = None, reason: str = "retry requested"
+    ) -> None:
         """Process this message again after `delay_ms` (None: the consumer's backoff). Uses an attempt."""
         if delay_ms is not None and delay_ms < 0:
             raise ValueError("delay_ms must be >= 0")

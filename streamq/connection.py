@@ -13,7 +13,9 @@ from .errors import ConfigurationError
 
 ENV_URL = "STREAMQ_REDIS_URL"
 DEFAULT_URL = "redis://localhost:6379/0"
-DEFAULT_SOCKET_TIMEOUT_S = 10.0  # seconds: a server silent this long is treated as gone (blocking reads get more)
+DEFAULT_SOCKET_TIMEOUT_S = (
+    10.0  # seconds: a server silent this long is treated as gone (blocking reads get more)
+)
 DEFAULT_MAX_CONNECTIONS = 64  # per client; callers wait for a free one instead of failing (redis-py#2517)
 
 RedisLike = str | aioredis.Redis | None
@@ -33,7 +35,9 @@ def async_client(target: RedisLike) -> tuple[aioredis.Redis, bool]:
     if isinstance(target, aioredis.Redis):
         return target, False
     if target is not None and not isinstance(target, str):
-        raise ConfigurationError(f"expected a Redis URL or a redis.asyncio.Redis, got {type(target).__name__}")
+        raise ConfigurationError(
+            f"expected a Redis URL or a redis.asyncio.Redis, got {type(target).__name__}"
+        )
     url = resolve_url(target)
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -55,8 +59,10 @@ def sync_client(target: str | aioredis.Redis | redis.Redis | None) -> redis.Redi
             k: v for k, v in pool.connection_kwargs.items()
             if k not in ("connection_class", "retry", "redis_connect_func", "event_dispatcher")
         }  # fmt: skip
-        connection_class: type[redis.connection.AbstractConnection] = redis.Connection
-        if isinstance(pool.connection_class, type) and issubclass(pool.connection_class, aioredis.SSLConnection):
+        connection_class: type[Any] = redis.Connection
+        if isinstance(pool.connection_class, type) and issubclass(
+            pool.connection_class, aioredis.SSLConnection
+        ):
             connection_class = redis.SSLConnection
         elif isinstance(pool.connection_class, type) and issubclass(
             pool.connection_class, aioredis.UnixDomainSocketConnection

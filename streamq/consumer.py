@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -80,8 +80,16 @@ class Consumer:
             self.keys, self.group, self.name, lease_ms=settings.lease_ms,
             every_ms=settings.reclaim_every_ms, count=settings.batch_size,
         )  # fmt: skip
-        self.counts = {"fetched": 0, "acked": 0, "retried": 0, "dead": 0, "reclaimed": 0, "lease_lost": 0,
-                       "deleted": 0, "batches": 0}
+        self.counts = {
+            "fetched": 0,
+            "acked": 0,
+            "retried": 0,
+            "dead": 0,
+            "reclaimed": 0,
+            "lease_lost": 0,
+            "deleted": 0,
+            "batches": 0,
+        }
         self._on_batch = on_batch
         self._retry_wakeup = asyncio.Event()
         self.log = structlog.get_logger("streamq.consumer").bind(
@@ -94,7 +102,7 @@ class Consumer:
         for key in self.keys:
             if await _wire.ensure_group(self.client, key, self.group):
                 self.log.info("group created", key=key)
-        await self.client.sadd(keys.REGISTRY_KEY, self.stream)  # type: ignore[misc]
+        await self.client.sadd(keys.REGISTRY_KEY, self.stream)
         if self.decoder is None:
             self.decoder = Decoder(self.handler.resolve_event_types(), self.settings.max_event_bytes)
 
@@ -102,8 +110,13 @@ class Consumer:
         """Process until `stopping` is set (after settling the batch in hand), or in burst mode until idle."""
         link = _wire.Link(self.client)
         mover = asyncio.create_task(self._move_due_loop(stopping), name=f"streamq-retries-{self.name}")
-        self.log.info("consumer started", batch_size=self.settings.batch_size, lease_ms=self.settings.lease_ms,
-                      max_attempts=self.settings.max_attempts, burst=burst)
+        self.log.info(
+            "consumer started",
+            batch_size=self.settings.batch_size,
+            lease_ms=self.settings.lease_ms,
+            max_attempts=self.settings.max_attempts,
+            burst=burst,
+        )
         delay_s = 0.05
         try:
             await self._with_reconnect(self.setup, stopping)
@@ -191,29 +204,41 @@ class Consumer:
                 batches.append(step.batch)
                 deliveries.update(step.deliveries)
                 self.counts["reclaimed"] += len(step.batch.ids)
-                self.log.info("reclaimed entries of a dead or stalled worker", key=step.batch.key,
-                              count=len(step.batch.ids), entry_ids=_first_ids(step.batch.ids))
+                self.log.info(
+                    "reclaimed entries of a dead or stalled worker",
+                    key=step.batch.key,
+                    count=len(step.batch.ids),
+                    entry_ids=_first_ids(step.batch.ids),
+                )
         if deleted_by_key:
             await self._ack_deleted(link, deleted_by_key)
         if batches:
             stats = keys.stats_key(self.stream, self.group)
-            await self.client.hincrby(stats, "reclaimed", sum(len(b.ids) for b in batches))  # type: ignore[misc]
+            await self.client.hincrby(stats, "reclaimed", sum(len(b.ids) for b in batches))
             await self._process(link, batches, deliveries)
 
     async def _ack_deleted(self, link: _wire.Link, deleted_by_key: dict[str, list[bytes]]) -> None:
         """Pending entries deleted or trimmed from the stream: nothing to process, acknowledge them."""
         total = 0
         for key, ids in deleted_by_key.items():
-            self.log.warning("pending entries were deleted or trimmed before processing; acknowledging",
-                             key=key, count=len(ids), entry_ids=_first_ids(ids))
+            self.log.warning(
+                "pending entries were deleted or trimmed before processing; acknowledging",
+                key=key,
+                count=len(ids),
+                entry_ids=_first_ids(ids),
+            )
             total += int(await link.call("XACK", key, self.group, *ids))
         self.counts["deleted"] += len([i for ids in deleted_by_key.values() for i in ids])
-        await self.client.hincrby(keys.stats_key(self.stream, self.group), "deleted_pending", total)  # type: ignore[misc]
+        await self.client.hincrby(keys.stats_key(self.stream, self.group), "deleted_pending", total)
 
     # ------------------------------------------------------------------------------------------ a batch
 
     def _messages(
-        self, batch: _wire.StreamBatch, deliveries: dict[bytes, int] | None, settlement: Settlement, now_ms: int
+        self,
+        batch: _wire.StreamBatch,
+        deliveries: dict[bytes, int] | None,
+        settlement: Settlement,
+        now_ms: int,
     ) -> list[Message[Any]]:
         out: list[Message[Any]] = []
         from_retry = batch.key != self.stream
@@ -223,19 +248,44 @@ class Consumer:
                 raw = _wire.payload_of(fields, RECORD_FIELD)
                 record = decode_record(raw) if raw is not None else None
                 if record is None:
-                    message: Message[Any] = Message(0, batch.key, entry_id, _wire.decode_id(entry_id), delivered,
-                                                    None)
-                    settlement.dead(message, now_ms, "undecodable", "retry entry without a valid record",
-                                    raw_fields=fields or [])
+                    message: Message[Any] = Message(
+                        0, batch.key, entry_id, _wire.decode_id(entry_id), delivered, None
+                    )
+                    settlement.dead(
+                        message,
+                        now_ms,
+                        "undecodable",
+                        "retry entry without a valid record",
+                        raw_fields=fields or [],
+                    )
                     continue
-                message = Message(0, batch.key, entry_id, record.origin_id, record.failures + delivered,
-                                  record.payload, record.first_failure_ms, record.error)
+                message = Message(
+                    0,
+                    batch.key,
+                    entry_id,
+                    record.origin_id,
+                    record.failures + delivered,
+                    record.payload,
+                    record.first_failure_ms,
+                    record.error,
+                )
             else:
-                message = Message(0, batch.key, entry_id, entry_id.decode(), delivered,
-                                  _wire.payload_of(fields, PAYLOAD_FIELD))
+                message = Message(
+                    0,
+                    batch.key,
+                    entry_id,
+                    entry_id.decode(),
+                    delivered,
+                    _wire.payload_of(fields, PAYLOAD_FIELD),
+                )
                 if message.payload is None:
-                    settlement.dead(message, now_ms, "undecodable", "entry has no 'd' payload field",
-                                    raw_fields=fields or [])
+                    settlement.dead(
+                        message,
+                        now_ms,
+                        "undecodable",
+                        "entry has no 'd' payload field",
+                        raw_fields=fields or [],
+                    )
                     continue
             out.append(message)
         return out
@@ -262,25 +312,48 @@ class Consumer:
             for held in holds:
                 self.lease_keeper.release(held)
 
-    def _decode(self, messages: list[Message[Any]], settlement: Settlement, now_ms: int) -> list[Message[Any]]:
+    def _decode(
+        self, messages: list[Message[Any]], settlement: Settlement, now_ms: int
+    ) -> list[Message[Any]]:
         assert self.decoder is not None
         decoded = self.decoder.decode_batch([m.payload for m in messages])
         max_attempts = self.settings.max_attempts
         ready = []
         for message, event in zip(messages, decoded, strict=True):
             if isinstance(event, DecodeFailure):
-                self.log.warning("undecodable event, dead-lettering", entry_id=message.id, kind=event.kind,
-                                 error=event.message)
-                settlement.dead(message, now_ms, event.kind, event.message, error_type=event.error_type,
-                                error_text=event.message)
+                self.log.warning(
+                    "undecodable event, dead-lettering",
+                    entry_id=message.id,
+                    kind=event.kind,
+                    error=event.message,
+                )
+                settlement.dead(
+                    message,
+                    now_ms,
+                    event.kind,
+                    event.message,
+                    error_type=event.error_type,
+                    error_text=event.message,
+                )
             elif message.attempt > max_attempts:
                 # Its earlier deliveries never settled: the workers holding it died or lost their leases.
-                detail = (f"delivered {message.attempt} times without a result (max_attempts={max_attempts}):"
-                          " workers crashed or lost their lease while holding it")
-                self.log.warning("event exhausted its attempts in crashes, dead-lettering", entry_id=message.id,
-                                 attempt=message.attempt)
-                settlement.dead(message, now_ms, "max_attempts", detail, error_type="WorkerLost",
-                                error_text=message.previous_error)
+                detail = (
+                    f"delivered {message.attempt} times without a result (max_attempts={max_attempts}):"
+                    " workers crashed or lost their lease while holding it"
+                )
+                self.log.warning(
+                    "event exhausted its attempts in crashes, dead-lettering",
+                    entry_id=message.id,
+                    attempt=message.attempt,
+                )
+                settlement.dead(
+                    message,
+                    now_ms,
+                    "max_attempts",
+                    detail,
+                    error_type="WorkerLost",
+                    error_text=message.previous_error,
+                )
             else:
                 message.event = event
                 ready.append(message)
@@ -291,6 +364,7 @@ class Consumer:
         error: BaseException | None = None
         timeout_ms = self.settings.handler_timeout_ms
         try:
+            call: Awaitable[None]
             if self.handler.is_async:
                 call = self.handler.invoke(batch)
             else:
@@ -303,14 +377,19 @@ class Consumer:
                     await call
         except TimeoutError:
             error = HandlerTimeout(f"handler did not finish within {timeout_ms} ms")
-        except Exception as exc:  # noqa: BLE001 - any handler error is a failed attempt, never a dead worker
+        except Exception as exc:
             error = exc
         finally:
             batch._sealed = True
         now_ms = _now_ms()
         if error is not None:
-            self.log.warning("handler failed", error=repr(error), count=len(messages),
-                             first_id=messages[0].id, last_id=messages[-1].id)
+            self.log.warning(
+                "handler failed",
+                error=repr(error),
+                count=len(messages),
+                first_id=messages[0].id,
+                last_id=messages[-1].id,
+            )
         for message in messages:
             outcome = batch.outcome(message)
             if outcome is None:
@@ -319,20 +398,34 @@ class Consumer:
                 elif isinstance(error, Retry):
                     settlement.fail(message, now_ms, error, delay_ms=error.delay_ms, reason=error.reason)
                 elif isinstance(error, Reject):
-                    settlement.dead(message, now_ms, "rejected", error.reason, error_type="Reject",
-                                    error_text=error.reason)
+                    settlement.dead(
+                        message,
+                        now_ms,
+                        "rejected",
+                        error.reason,
+                        error_type="Reject",
+                        error_text=error.reason,
+                    )
                 else:
                     settlement.fail(message, now_ms, error)
             elif outcome.kind == "ack":
                 settlement.ack(message)
             elif outcome.kind == "retry":
-                settlement.fail(message, now_ms, outcome.error, delay_ms=outcome.delay_ms, reason=outcome.reason)
+                settlement.fail(
+                    message, now_ms, outcome.error, delay_ms=outcome.delay_ms, reason=outcome.reason
+                )
             elif outcome.kind == "fail":
                 settlement.fail(message, now_ms, outcome.error)
             else:
                 error_type = type(outcome.error).__name__ if outcome.error else "Reject"
-                settlement.dead(message, now_ms, "rejected", outcome.reason, error_type=error_type,
-                                error_text=str(outcome.error or outcome.reason))
+                settlement.dead(
+                    message,
+                    now_ms,
+                    "rejected",
+                    outcome.reason,
+                    error_type=error_type,
+                    error_text=str(outcome.error or outcome.reason),
+                )
 
     async def _settle(self, link: _wire.Link, settlement: Settlement, holds: list[Hold]) -> None:
         """Settle in one round trip; on a connection error keep the lease and try again.
@@ -355,8 +448,12 @@ class Consumer:
         self.counts["batches"] += 1
         if lost:
             self.counts["lease_lost"] += len(lost)
-            self.log.warning("lease lost before settling: another worker took these entries and will process"
-                             " them again (counted as lease_lost)", count=len(lost), entry_ids=_first_ids(lost))
+            self.log.warning(
+                "lease lost before settling: another worker took these entries and will process"
+                " them again (counted as lease_lost)",
+                count=len(lost),
+                entry_ids=_first_ids(lost),
+            )
         if settlement.counts["retried"]:
             self._retry_wakeup.set()
         if settlement.counts["dead"]:

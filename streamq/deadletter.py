@@ -97,14 +97,15 @@ class DeadLetters:
     async def count(self, stream: str) -> int:
         return int(await self.client.xlen(keys.dlq_key(keys.validate_name("stream", stream))))
 
-    async def list(self, stream: str, *, group: str | None = None, start: str = "-", count: int = 100
-                   ) -> list[DeadLetter]:
+    async def list(
+        self, stream: str, *, group: str | None = None, start: str = "-", count: int = 100
+    ) -> list[DeadLetter]:
         """Oldest first, from `start` (an id, inclusive), at most `count`, optionally one group's only."""
         key = keys.dlq_key(keys.validate_name("stream", stream))
         found: list[DeadLetter] = []
         cursor = start
         while len(found) < count:
-            rows = await self.client.xrange(key, min=cursor, max="+", count=max(count, 100))
+            rows: Any = await self.client.xrange(key, min=cursor, max="+", count=max(count, 100))
             if not rows:
                 break
             for entry_id, fields in rows:
@@ -115,8 +116,9 @@ class DeadLetters:
         return found[:count]
 
     async def show(self, stream: str, dlq_id: str) -> DeadLetter:
-        rows = await self.client.xrange(keys.dlq_key(keys.validate_name("stream", stream)), min=dlq_id,
-                                        max=dlq_id)
+        rows: Any = await self.client.xrange(
+            keys.dlq_key(keys.validate_name("stream", stream)), min=dlq_id, max=dlq_id
+        )
         if not rows:
             raise DeadLetterNotFound(f"no dead letter {dlq_id} for stream {stream!r}")
         return parse_entry(rows[0][0], rows[0][1])
@@ -127,8 +129,11 @@ class DeadLetters:
         ids=None replays every dead letter of the stream (of `group` only, if given). Entries without a
         payload field (raw entries streamq could not read at all) cannot be replayed and stay.
         """
-        letters = ([await self.show(stream, i) for i in ids] if ids is not None
-                   else await self.list(stream, group=group, count=10**9))
+        letters = (
+            [await self.show(stream, i) for i in ids]
+            if ids is not None
+            else await self.list(stream, group=group, count=10**9)
+        )
         moved = 0
         dlq = keys.dlq_key(stream)
         ensured: set[str] = set()
@@ -139,8 +144,14 @@ class DeadLetters:
             if letter.group not in ensured:
                 await _wire.ensure_group(self.client, retry, letter.group)
                 ensured.add(letter.group)
-            record = RetryRecord(origin_id=letter.id, failures=0, first_failure_ms=0, last_failure_ms=0,
-                                 error="", payload=letter.payload)
+            record = RetryRecord(
+                origin_id=letter.id,
+                failures=0,
+                first_failure_ms=0,
+                last_failure_ms=0,
+                error="",
+                payload=letter.payload,
+            )
             if await _wire.replay(self.client, dlq, retry, letter.dlq_id, encode_record(record)) is not None:
                 moved += 1
         return moved

@@ -1,14 +1,14 @@
 """Every exception streamq raises on purpose.
 
-    StreamqError
-    ├── ConfigurationError      a setting, name or client that cannot work
-    ├── ServerError             the server is unusable (too old, misconfigured)
-    ├── EventTooLarge           an encoded event exceeds the size cap
-    ├── UnknownEventType        an Event subclass without a stable tag, or a clashing tag
-    ├── HandlerOutcome          raised by a handler to choose an outcome
-    │   ├── Retry               try this event (or batch) again after a delay
-    │   └── Reject              dead-letter this event (or batch) now
-    └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
+StreamqError
+├── ConfigurationError      a setting, name or client that cannot work
+├── ServerError             the server is unusable (too old, misconfigured)
+├── EventTooLarge           an encoded event exceeds the size cap
+├── UnknownEventType        an Event subclass without a stable tag, or a clashing tag
+├── HandlerOutcome          raised by a handler to choose an outcome
+│   ├── Retry               try this event (or batch) again after a delay
+│   └── Reject              dead-letter this event (or batch) now
+└── DeadLetterNotFound      the dead-letter entry to replay or show is gone
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class UnknownEventType(StreamqError, TypeError):
     """An Event subclass that has no stable tag of its own, or whose tag another class already uses."""
 
 
-class HandlerOutcome(StreamqError):  # noqa: N818 - these are signals, not failures
+class HandlerOutcome(StreamqError):
     """Raised by a handler to choose what happens to its event (or its whole batch)."""
 
 

@@ -22,7 +22,9 @@ import msgspec
 from .errors import EventTooLarge, UnknownEventType
 
 PAYLOAD_FIELD = b"d"
-DEFAULT_MAX_EVENT_BYTES = 1024 * 1024  # bytes; larger payloads are refused on publish, dead-lettered on consume
+DEFAULT_MAX_EVENT_BYTES = (
+    1024 * 1024
+)  # bytes; larger payloads are refused on publish, dead-lettered on consume
 
 
 class Event(msgspec.Struct, tag=False):
@@ -109,7 +111,7 @@ class Decoder:
         self.max_event_bytes = max_event_bytes
         union: Any = self.event_types[0] if len(self.event_types) == 1 else Union[self.event_types]  # noqa: UP007
         self._one = msgspec.msgpack.Decoder(union)
-        self._many = msgspec.msgpack.Decoder(list[union])  # type: ignore[valid-type]
+        self._many = msgspec.msgpack.Decoder(list[union])
 
     def decode(self, payload: bytes) -> Event | DecodeFailure:
         if len(payload) > self.max_event_bytes:
@@ -127,9 +129,8 @@ class Decoder:
         limit = self.max_event_bytes
         if all(p is not None and len(p) <= limit for p in payloads):
             try:
-                events: list[Event] = self._many.decode(
-                    _array_header(len(payloads)) + b"".join(payloads)  # type: ignore[arg-type]
-                )
+                framed = _array_header(len(payloads)) + b"".join(payloads)  # type: ignore[arg-type]  # no None here
+                events: list[Event] = self._many.decode(framed)
             except msgspec.DecodeError:
                 pass  # fall through: find which payloads are bad without losing the good ones
             else:

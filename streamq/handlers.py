@@ -25,7 +25,12 @@ from .events import Event, registered_event_types, tag_of
 
 def _event_types_of(annotation: Any) -> list[type[Event]] | None:
     """Event classes named by an annotation; None when it names none specifically (Any, Event, missing)."""
-    if annotation is None or annotation is Any or annotation is Event or annotation is inspect.Parameter.empty:
+    if (
+        annotation is None
+        or annotation is Any
+        or annotation is Event
+        or annotation is inspect.Parameter.empty
+    ):
         return None
     if isinstance(annotation, type) and issubclass(annotation, Event):
         return [annotation]
@@ -49,10 +54,12 @@ class HandlerSpec:
         self.is_async = inspect.iscoroutinefunction(fn)
         params = list(inspect.signature(fn).parameters.values())
         if not params:
-            raise ConfigurationError(f"handler {self.name} must take one argument (a Batch, Message or event)")
+            raise ConfigurationError(
+                f"handler {self.name} must take one argument (a Batch, Message or event)"
+            )
         try:
             hints = typing.get_type_hints(fn)
-        except Exception:  # noqa: BLE001 - forward references we cannot resolve: treat as unannotated
+        except Exception:
             hints = {}
         annotation = hints.get(params[0].name, inspect.Parameter.empty)
         origin = typing.get_origin(annotation) or annotation
@@ -80,7 +87,7 @@ class HandlerSpec:
         for event_type in registered_event_types():
             try:
                 tag_of(event_type)
-            except Exception:  # noqa: BLE001, S112 - an invalid class is refused where it is used, not here
+            except Exception:
                 continue
             found.append(event_type)
         if not found:
@@ -95,7 +102,7 @@ class HandlerSpec:
         for message in batch:
             try:
                 await self.fn(message if takes_message else message.event)
-            except Exception as exc:  # noqa: BLE001 - one event's error settles that event only
+            except Exception as exc:
                 _settle_one(batch, message, exc)
 
     def invoke_sync(self, batch: Batch[Any]) -> None:
@@ -106,7 +113,7 @@ class HandlerSpec:
         for message in batch:
             try:
                 self.fn(message if takes_message else message.event)
-            except Exception as exc:  # noqa: BLE001 - one event's error settles that event only
+            except Exception as exc:
                 _settle_one(batch, message, exc)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,11 +50,9 @@ async def stream_status(client: aioredis.Redis, stream: str) -> StreamStatus:
         name = _s(info["name"])
         retry = keys.retry_key(stream, name)
         retry_pending = 0
-        try:
+        with contextlib.suppress(ResponseError):  # no retry stream for this group yet
             retry_pending = int((await client.xpending(retry, name))["pending"])
-        except ResponseError:
-            pass  # no retry stream for this group yet
-        stats_raw = await client.hgetall(keys.stats_key(stream, name))  # type: ignore[misc]
+        stats_raw = await client.hgetall(keys.stats_key(stream, name))
         lag = info.get("lag")
         groups.append(
             GroupStatus(
@@ -66,13 +65,14 @@ async def stream_status(client: aioredis.Redis, stream: str) -> StreamStatus:
                 stats={_s(k): int(v) for k, v in stats_raw.items()},
             )
         )
-    return StreamStatus(stream=stream, exists=length > 0 or bool(groups_raw), length=length, dead_letters=dead,
-                        groups=groups)
+    return StreamStatus(
+        stream=stream, exists=length > 0 or bool(groups_raw), length=length, dead_letters=dead, groups=groups
+    )
 
 
 async def known_streams(client: aioredis.Redis) -> list[str]:
     """Streams that have had a streamq worker (kept in keys.REGISTRY_KEY)."""
-    return sorted(_s(s) for s in await client.smembers(keys.REGISTRY_KEY))  # type: ignore[misc]
+    return sorted(_s(s) for s in await client.smembers(keys.REGISTRY_KEY))
 
 
 async def status(client: aioredis.Redis, streams: Sequence[str] | None = None) -> list[StreamStatus]:

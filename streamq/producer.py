@@ -7,7 +7,6 @@ from types import TracebackType
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from . import _wire
 from .connection import RedisLike, async_client, sync_client
@@ -21,7 +20,9 @@ DEFAULT_CHUNK_SIZE = 1_000  # events per round trip in publish_many
 class _Options:
     """What Producer and SyncProducer share: encoding, size cap, trimming and chunking."""
 
-    def __init__(self, max_event_bytes: int, maxlen: int | None, approximate_trim: bool, chunk_size: int) -> None:
+    def __init__(
+        self, max_event_bytes: int, maxlen: int | None, approximate_trim: bool, chunk_size: int
+    ) -> None:
         if maxlen is not None and maxlen < 1:
             raise ConfigurationError("maxlen must be a positive number of entries, or None for no trimming")
         if chunk_size < 1:
@@ -68,7 +69,12 @@ class Producer:
         return entry_id
 
     async def publish_many(
-        self, stream: str, events: Iterable[Event], *, chunk_size: int | None = None, maxlen: int | None = None
+        self,
+        stream: str,
+        events: Iterable[Event],
+        *,
+        chunk_size: int | None = None,
+        maxlen: int | None = None,
     ) -> list[str]:
         """Append events in order, one round trip per chunk; returns their entry ids.
 
@@ -81,7 +87,9 @@ class Producer:
         link = _wire.Link(self.client)
         try:
             for chunk in options.chunks(stream, events, chunk_size):
-                ids += await _wire.xadd_many(link, stream, chunk, maxlen=trim, approximate=options.approximate_trim)
+                ids += await _wire.xadd_many(
+                    link, stream, chunk, maxlen=trim, approximate=options.approximate_trim
+                )
         finally:
             await link.close()
         return ids
@@ -120,13 +128,20 @@ class SyncProducer:
         return entry_id
 
     def publish_many(
-        self, stream: str, events: Iterable[Event], *, chunk_size: int | None = None, maxlen: int | None = None
+        self,
+        stream: str,
+        events: Iterable[Event],
+        *,
+        chunk_size: int | None = None,
+        maxlen: int | None = None,
     ) -> list[str]:
         options = self._options
         trim = maxlen if maxlen is not None else options.maxlen
         ids: list[str] = []
         for chunk in options.chunks(stream, events, chunk_size):
-            ids += _wire.xadd_many_sync(self.client, stream, chunk, maxlen=trim, approximate=options.approximate_trim)
+            ids += _wire.xadd_many_sync(
+                self.client, stream, chunk, maxlen=trim, approximate=options.approximate_trim
+            )
         return ids
 
     def close(self) -> None:

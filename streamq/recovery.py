@@ -31,7 +31,9 @@ class Hold:
 
     __slots__ = ("consumer", "group", "ids", "key", "lost", "next_due", "renew_every_s")
 
-    def __init__(self, key: str, group: str, consumer: str, ids: Sequence[bytes], renew_every_ms: int) -> None:
+    def __init__(
+        self, key: str, group: str, consumer: str, ids: Sequence[bytes], renew_every_ms: int
+    ) -> None:
         self.key = key
         self.group = group
         self.consumer = consumer
@@ -102,8 +104,14 @@ class LeaseKeeper:
             # Try again soon: one failed renewal leaves two thirds of the lease.
             self.failures += 1
             held.next_due = time.monotonic() + min(0.2, held.renew_every_s)
-            log.warning("lease renewal failed", key=held.key, group=held.group, consumer=held.consumer,
-                        entries=len(held.ids), error=repr(exc))
+            log.warning(
+                "lease renewal failed",
+                key=held.key,
+                group=held.group,
+                consumer=held.consumer,
+                entries=len(held.ids),
+                error=repr(exc),
+            )
             return
         self.renewals += 1
         held.next_due = time.monotonic() + held.renew_every_s
@@ -111,15 +119,21 @@ class LeaseKeeper:
             fresh = set(lost) - held.lost
             held.lost.update(lost)
             if fresh:
-                log.warning("lease lost: entries were reclaimed by another worker", key=held.key,
-                            group=held.group, consumer=held.consumer, entry_ids=_ids(fresh))
+                log.warning(
+                    "lease lost: entries were reclaimed by another worker",
+                    key=held.key,
+                    group=held.group,
+                    consumer=held.consumer,
+                    entry_ids=_ids(fresh),
+                )
 
 
 class Reclaimer:
     """XAUTOCLAIM state of one consumer: cursor per stream key, and when the next scan is due."""
 
-    def __init__(self, keys: Sequence[str], group: str, consumer: str, *, lease_ms: int, every_ms: int,
-                 count: int) -> None:
+    def __init__(
+        self, keys: Sequence[str], group: str, consumer: str, *, lease_ms: int, every_ms: int, count: int
+    ) -> None:
         self.keys = list(keys)
         self.group = group
         self.consumer = consumer

@@ -58,7 +58,9 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
     @property
     def reclaim_every_ms(self) -> int:
-        return self.reclaim_interval_ms if self.reclaim_interval_ms is not None else max(self.lease_ms // 2, 10)
+        return (
+            self.reclaim_interval_ms if self.reclaim_interval_ms is not None else max(self.lease_ms // 2, 10)
+        )
 
     @property
     def renew_every_ms(self) -> int:

@@ -72,7 +72,9 @@ class _KeyPlan:
 class Settlement:
     """Collects what to do with each entry of one fetch, then yields one SettlePlan per stream key."""
 
-    def __init__(self, settings: ConsumerSettings, consumer: str, bounds: dict[str, tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, settings: ConsumerSettings, consumer: str, bounds: dict[str, tuple[bytes, bytes]]
+    ) -> None:
         self.settings = settings
         self.consumer = consumer
         self._plans = {key: _KeyPlan(first, last) for key, (first, last) in bounds.items()}
@@ -85,14 +87,28 @@ class Settlement:
     def ack_ids(self, key: str, ids: Sequence[bytes]) -> None:
         self._plans[key].acks.extend(ids)
 
-    def fail(self, message: Message[object], now_ms: int, error: BaseException | None, *,  # type: ignore[type-var]
-             delay_ms: int | None = None, reason: str = "") -> None:
+    def fail(
+        self,
+        message: Message[object],
+        now_ms: int,
+        error: BaseException | None,
+        *,  # type: ignore[type-var]
+        delay_ms: int | None = None,
+        reason: str = "",
+    ) -> None:
         """A failed attempt: retry after a backoff, or dead-letter once max_attempts is used."""
         error_type, error_text, trace = describe(error)
         if message.attempt >= self.settings.max_attempts:
             why = f"failed {message.attempt} of {self.settings.max_attempts} attempts"
-            self.dead(message, now_ms, "max_attempts", why if not reason else f"{why}: {reason}",
-                      error_type=error_type, error_text=error_text, trace=trace)
+            self.dead(
+                message,
+                now_ms,
+                "max_attempts",
+                why if not reason else f"{why}: {reason}",
+                error_type=error_type,
+                error_text=error_text,
+                trace=trace,
+            )
             return
         if delay_ms is None:
             delay_ms = backoff_ms(
