@@ -29,6 +29,8 @@ EXIT_NO_SERVER = 3
 SCENARIO_MODULES = (
     "benchmarks.baseline_redispy",
     "benchmarks.scenarios_streamq",
+    "benchmarks.peer_taskiq",
+    "benchmarks.peer_faststream",
 )
 
 EPILOG = """\
