@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import traceback as tb
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -80,7 +81,7 @@ class Settlement:
         self._plans = {key: _KeyPlan(first, last) for key, (first, last) in bounds.items()}
         self.counts = {"acked": 0, "retried": 0, "dead": 0}
 
-    def ack(self, message: Message[object]) -> None:  # type: ignore[type-var]
+    def ack(self, message: Message[Any]) -> None:
         self._plans[message.key].acks.append(message.entry_id)
         self.counts["acked"] += 1
 
@@ -89,10 +90,10 @@ class Settlement:
 
     def fail(
         self,
-        message: Message[object],
+        message: Message[Any],
         now_ms: int,
         error: BaseException | None,
-        *,  # type: ignore[type-var]
+        *,
         delay_ms: int | None = None,
         reason: str = "",
     ) -> None:
@@ -127,7 +128,7 @@ class Settlement:
 
     def dead(
         self,
-        message: Message[object],  # type: ignore[type-var]
+        message: Message[Any],
         now_ms: int,
         reason: str,
         detail: str,
