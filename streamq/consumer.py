@@ -35,6 +35,7 @@ from .settle import RECORD_FIELD, Settlement, decode_record
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 MAX_RECONNECT_DELAY_S = 5.0
+REAP_CHECK_EVERY_S = 60.0  # how often a consumer looks for idle, empty consumers of its group to delete
 
 
 class HandlerTimeout(Exception):
@@ -92,6 +93,7 @@ class Consumer:
         }
         self._on_batch = on_batch
         self._retry_wakeup = asyncio.Event()
+        self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
         self.log = structlog.get_logger("streamq.consumer").bind(
             stream=self.stream, group=self.group, consumer=self.name
         )
@@ -169,6 +171,8 @@ class Consumer:
 
     async def _tick(self, link: _wire.Link, *, burst: bool) -> bool:
         """Fetch and process one batch; returns False when there was nothing to do."""
+        if time.monotonic() >= self._next_reap_check:
+            await self._reap_idle_consumers()
         if self.reclaimer.due():
             claimed = await self.reclaimer.step(link)
             if claimed:
@@ -186,6 +190,29 @@ class Consumer:
             return False
         await self._process(link, batches, None)
         return True
+
+    async def _reap_idle_consumers(self) -> None:
+        """Delete consumers that hold nothing and have been idle for reap_idle_ms.
+
+        Every process has a consumer name of its own, so names of past processes would pile up in the group
+        (one application leaked millions, redis#8635). The delete is an atomic check-then-delete script:
+        DELCONSUMER would drop a consumer's pending entries for good.
+        """
+        self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
+        try:
+            consumers = await self.client.xinfo_consumers(self.stream, self.group)
+        except ResponseError:
+            return  # the group is being recreated; try next time
+        reaped = []
+        for info in consumers:
+            name = _wire.decode_id(info["name"])
+            # `idle`: since the consumer's last read attempt from 7.2 on, its last successful one before.
+            idle = int(info["idle"]) >= self.settings.reap_idle_ms
+            candidate = name != self.name and int(info["pending"]) == 0 and idle
+            if candidate and await _wire.reap(self.client, self.keys, self.group, name):
+                reaped.append(name)
+        if reaped:
+            self.log.info("removed idle consumers holding nothing", consumers=reaped[:20], count=len(reaped))
 
     async def _drained(self) -> bool:
         """Nothing left for this group: no pending entries anywhere, no retries waiting."""
