@@ -46,7 +46,9 @@ def async_client(target: RedisLike) -> tuple[aioredis.Redis, bool]:
         )  # fmt: skip
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {redact(url)!r}: {exc}") from None
-    return aioredis.Redis(connection_pool=pool), True
+    # from_pool: a client built on a pool passed as connection_pool= never closes it, so aclose() would
+    # leave every pooled socket open.
+    return aioredis.Redis.from_pool(pool), True
 
 
 def sync_client(target: str | aioredis.Redis | redis.Redis | None) -> redis.Redis:
@@ -69,7 +71,7 @@ def sync_client(target: str | aioredis.Redis | redis.Redis | None) -> redis.Redi
         ):
             connection_class = redis.UnixDomainSocketConnection
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_S)
-        return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=connection_class, **kwargs))
+        return redis.Redis.from_pool(redis.ConnectionPool(connection_class=connection_class, **kwargs))
     url = resolve_url(target)
     try:
         return redis.Redis.from_url(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT_S, socket_connect_timeout=5.0)
