@@ -170,8 +170,9 @@ def test_unknown_fields_from_newer_producers_are_ignored() -> None:
 # ------------------------------------------------------------------------------------- against a server
 
 
-async def test_publish_refuses_non_events_and_writes_nothing(redis_url: str, client: redis.asyncio.Redis,
-                                                             unique: str) -> None:
+async def test_publish_refuses_non_events_and_writes_nothing(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
     """publish_many with one wrong value raises TypeError before anything of the call is written."""
     async with streamq.Producer(redis_url) as producer:
         with pytest.raises(TypeError):
@@ -181,8 +182,9 @@ async def test_publish_refuses_non_events_and_writes_nothing(redis_url: str, cli
     assert await client.exists(unique) == 0
 
 
-async def test_oversized_payload_is_dead_lettered_on_consume(redis_url: str, client: redis.asyncio.Redis,
-                                                              unique: str) -> None:
+async def test_oversized_payload_is_dead_lettered_on_consume(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
     """A payload over the consumer's max_event_bytes goes to the dead-letter stream unretried, byte for
     byte, while the normal-sized events around it are handled."""
     async with streamq.Producer(redis_url) as producer:
