@@ -58,16 +58,31 @@ def _measure(
         return ChildOutcome(status="failed", note=f"{type(exc).__name__}: {exc} (at {where})")
     if probe.wall_s is None:
         return ChildOutcome(status="failed", note=f"{ref} never entered Probe.measure()")
-    # ru_maxrss is in KiB on Linux.
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     sample = Sample(
         events=events,
         wall_s=probe.wall_s,
         client_cpu_s=probe.client_cpu_s,
         server_cpu_s=probe.server_cpu_s,
-        peak_rss_bytes=peak_rss,
+        peak_rss_bytes=peak_rss_bytes(),
     )
     return ChildOutcome(status="ok", sample=sample)
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS.
+
+    Linux's VmHWM belongs to the address space exec() created, whereas ``ru_maxrss`` survives fork and exec:
+    a child of a 300 MiB harness would report 300 MiB. ``ru_maxrss`` (KiB on Linux, bytes on macOS) is the
+    fallback where /proc is absent.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
 def _loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:

@@ -5,7 +5,7 @@ Measures, for each case (a scenario at one batch size) and each repeat:
   * client CPU: ``time.process_time()`` over that section (all threads of the measuring process);
   * server CPU: the delta of ``used_cpu_sys + used_cpu_user`` from ``INFO CPU`` over that section
     (works for a throwaway server and for ``--redis-url`` alike; other clients of a shared server count too);
-  * peak RSS of the measuring process (``ru_maxrss``).
+  * peak RSS of the measuring process (VmHWM: its own high-water mark, whatever the harness holds).
 
 Every repeat runs the measured code in a fresh ``python -m benchmarks.child`` subprocess, so a figure is "per
 process", RSS starts clean and no peer's imports or globals leak into another contender's numbers. Untimed
