@@ -254,8 +254,11 @@ class Consumer:
                 count=len(ids),
                 entry_ids=_first_ids(ids),
             )
-            total += int(await link.call("XACK", key, self.group, *ids))
-        self.counts["deleted"] += len([i for ids in deleted_by_key.values() for i in ids])
+            # Count the ids, not XACK's reply: from Redis 7.0 XAUTOCLAIM has already dropped them from the
+            # PEL, so the XACK (needed before 7.0) removes nothing there and would report 0.
+            await link.call("XACK", key, self.group, *ids)
+            total += len(ids)
+        self.counts["deleted"] += total
         await self.client.hincrby(keys.stats_key(self.stream, self.group), "deleted_pending", total)
 
     # ------------------------------------------------------------------------------------------ a batch
