@@ -1,0 +1,397 @@
+"""Crash recovery: reclaiming a dead worker's entries, leases that keep slow workers' entries, fencing of
+stale settlements, deleted pending entries, retries that outlive their worker, and server restarts.
+
+Worker processes that are killed run tests/worker_proc.py; the worker that recovers runs in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import structlog
+from helpers import async_wait_until
+from worker_proc import Job, WorkerProcess, read_ledger
+
+import streamq
+from streamq import _wire, keys
+from streamq.embedded import EmbeddedServer
+from streamq.recovery import Reclaimer
+from streamq.settle import RetryRecord, encode_record
+
+SpawnWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path, redis_url: str) -> Iterator[SpawnWorker]:
+    """Start worker_proc.py subprocesses against this test's server; all are killed and reaped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def spawn(**options: Any) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", url=redis_url, **options)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.close()
+
+
+async def _publish(url: str, stream: str, count: int) -> list[str]:
+    async with streamq.Producer(url) as producer:
+        return await producer.publish_many(stream, [Job(n) for n in range(count)])
+
+
+def _pending_by_consumer(client: redis.Redis, key: str, group: str) -> dict[str, int]:
+    try:
+        summary = client.xpending(key, group)
+    except redis.ResponseError:
+        return {}
+    return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"] or ()}
+
+
+async def _pending(client: redis.asyncio.Redis, stream: str, group: str) -> int:
+    """Entries pending for the group on the stream and on its retry stream."""
+    total = int((await client.xpending(stream, group))["pending"])
+    if await client.exists(keys.retry_key(stream, group)):
+        total += int((await client.xpending(keys.retry_key(stream, group), group))["pending"])
+    return total
+
+
+async def _stats(client: redis.asyncio.Redis, stream: str, group: str) -> dict[str, int]:
+    raw = await client.hgetall(keys.stats_key(stream, group))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _recorder(app: streamq.App, stream: str, seen: list[tuple[int, int, str]], **settings: Any) -> None:
+    """Register a consumer of Jobs in group 'g' that records (n, attempt, id) of every event it handles."""
+
+    async def handle(message: streamq.Message[Job]) -> None:
+        seen.append((message.event.n, message.attempt, message.id))
+
+    app.add_consumer(handle, stream, group="g", **{"lease_ms": 1_000, "block_ms": 100, **settings})
+
+
+# ---------------------------------------------------------------------------------------- dead workers
+
+
+async def test_entries_of_a_killed_worker_are_reclaimed(
+    spawn_worker: SpawnWorker,
+    redis_url: str,
+    client: redis.asyncio.Redis,
+    sync_client: redis.Redis,
+    unique: str,
+) -> None:
+    """A worker SIGKILLed in the middle of a batch loses nothing: once its lease runs out another worker
+    claims every entry, handles it (as a second attempt) and acknowledges it; nothing stays pending."""
+    ids = await _publish(redis_url, unique, 20)
+    doomed = spawn_worker(
+        stream=unique, group="g", ledger=unique, name="doomed", lease_ms=1_000, sleep_ms=60_000
+    )
+    await async_wait_until(
+        lambda: (
+            sum(_pending_by_consumer(sync_client, unique, "g").values()) == 20
+            and len(read_ledger(sync_client, unique, "started")) == 20
+        ),
+        message="the doomed worker to hold all 20 entries inside its handler",
+    )
+    doomed.send(signal.SIGKILL)
+    assert doomed.wait() == -signal.SIGKILL
+
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen)
+    await asyncio.wait_for(app.run_until_idle(), 60)
+
+    assert sorted(seen) == [(n, 2, ids[n]) for n in range(20)]  # delivered twice: the crash counts
+    assert read_ledger(sync_client, unique, "done") == {}
+    assert await _pending(client, unique, "g") == 0
+    stats = await _stats(client, unique, "g")
+    assert (stats["acked"], stats["reclaimed"]) == (20, 20)
+    assert await client.xlen(keys.dlq_key(unique)) == 0
+
+
+@pytest.mark.parametrize("mode", ["async", "block", "sync"])
+async def test_slow_but_alive_worker_keeps_its_entries(
+    mode: str,
+    spawn_worker: SpawnWorker,
+    redis_url: str,
+    client: redis.asyncio.Redis,
+    sync_client: redis.Redis,
+    unique: str,
+) -> None:
+    """A handler taking five leases (awaiting, hogging the event loop, or in a thread) keeps its lease
+    renewed: a second worker reclaiming alongside never takes its entries, and each event runs once."""
+    await _publish(redis_url, unique, 10)
+    slow = spawn_worker(
+        stream=unique,
+        group="g",
+        ledger=unique,
+        name="slow",
+        mode=mode,
+        lease_ms=500,
+        sleep_ms=2_500,
+        burst=True,
+    )
+    await async_wait_until(
+        lambda: len(read_ledger(sync_client, unique, "started")) == 10,
+        message="the slow worker to start handling all 10 events",
+    )
+    handler_began = time.monotonic()
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen, lease_ms=500)
+    rival = asyncio.create_task(app.run_until_idle())
+
+    def rival_scanned_after_two_leases() -> bool:
+        # A full XAUTOCLAIM scan finished more than two leases after the slow handler began: without
+        # renewals the entries would have been idle long enough to be taken by then.
+        reclaimer = app.consumers[0].reclaimer if app.consumers else None
+        return reclaimer is not None and reclaimer.next_due - reclaimer.every_s > handler_began + 1.0
+
+    await async_wait_until(rival_scanned_after_two_leases, message="the rival to scan for idle entries")
+    # The slow handler must still be running then, or this test proves nothing.
+    assert read_ledger(sync_client, unique, "done") == {}
+    await asyncio.wait_for(rival, 60)
+    assert slow.wait() == 0, slow.log()
+
+    assert seen == []
+    assert read_ledger(sync_client, unique, "started") == dict.fromkeys(range(10), 1)
+    assert read_ledger(sync_client, unique, "done") == dict.fromkeys(range(10), 1)
+    stats = await _stats(client, unique, "g")
+    assert stats.get("reclaimed", 0) == 0 and stats.get("lease_lost", 0) == 0 and stats["acked"] == 10
+    assert await _pending(client, unique, "g") == 0
+
+
+async def test_event_that_keeps_killing_workers_is_dead_lettered(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Deliveries that never settled count as attempts: an entry delivered more than max_attempts times
+    (its workers died holding it) is dead-lettered as WorkerLost instead of being handled again."""
+    (entry_id,) = await _publish(redis_url, unique, 1)
+    await _wire.ensure_group(client, unique, "g")
+    await client.xreadgroup("g", "crashed-1", {unique: ">"})
+    await client.xclaim(unique, "g", "crashed-2", 0, [entry_id])
+    await client.xclaim(unique, "g", "crashed-3", 0, [entry_id])  # three deliveries, none settled
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen, lease_ms=300, max_attempts=3)
+    await asyncio.wait_for(app.run_until_idle(), 30)
+
+    assert seen == []
+    (letter,) = await streamq.DeadLetters(client).list(unique)
+    assert (letter.id, letter.reason, letter.error_type, letter.attempts) == (
+        entry_id,
+        "max_attempts",
+        "WorkerLost",
+        4,
+    )
+    assert await _pending(client, unique, "g") == 0
+
+
+async def test_reclaimer_follows_the_cursor_across_steps(client: redis.asyncio.Redis, unique: str) -> None:
+    """XAUTOCLAIM returns at most COUNT entries per call: the reclaimer keeps scanning from the cursor on
+    later steps until it wraps to 0-0, so every idle entry is claimed exactly once."""
+    await _wire.ensure_group(client, unique, "g")
+    for n in range(35):
+        await client.xadd(unique, {"d": str(n)})
+    await client.xreadgroup("g", "dead", {unique: ">"})
+    reclaimer = Reclaimer([unique], "g", "me", lease_ms=0, every_ms=60_000, count=10)
+    link = _wire.Link(client)
+    claimed: list[bytes] = []
+    steps = 0
+    try:
+        while True:
+            steps += 1
+            for step in await reclaimer.step(link):
+                claimed += step.batch.ids
+            if not reclaimer.scanning:
+                break
+            assert steps < 20, "the scan never ended"
+    finally:
+        await link.close()
+    assert steps >= 4
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 35
+    assert not reclaimer.due()  # a full scan done: the next one waits for every_ms
+    (holder,) = (await client.xpending(unique, "g"))["consumers"]
+    assert (holder["name"], int(holder["pending"])) == (b"me", 35)
+
+
+# -------------------------------------------------------------------------------------- deleted entries
+
+
+async def test_pending_entries_deleted_or_trimmed_are_acknowledged_and_counted(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Entries deleted (XDEL) or trimmed (XTRIM) while a dead worker held them cannot be handled: the
+    reclaimer acknowledges them and counts them as deleted_pending; the surviving entries are handled."""
+    ids = await _publish(redis_url, unique, 6)
+    await _wire.ensure_group(client, unique, "g")
+    await client.xreadgroup("g", "dead", {unique: ">"})
+    await client.xtrim(unique, minid=ids[2], approximate=False)  # trims ids[0] and ids[1]
+    await client.xdel(unique, ids[3])
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen, lease_ms=300)
+    await asyncio.wait_for(app.run_until_idle(), 30)
+
+    assert sorted(n for n, _, _ in seen) == [2, 4, 5]
+    assert await _pending(client, unique, "g") == 0
+    stats = await _stats(client, unique, "g")
+    assert stats["deleted_pending"] == 3
+    assert stats["acked"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- fencing
+
+
+def _plan(
+    stream: str,
+    ids: list[bytes],
+    *,
+    acks: list[bytes],
+    retries: list[bytes] = (),  # type: ignore[assignment]
+    dead: list[bytes] = (),
+) -> _wire.SettlePlan:  # type: ignore[assignment]
+    record = encode_record(RetryRecord("0-1", 1, 1, 1, "E: x", b"payload"))
+    return _wire.SettlePlan(
+        key=stream, delayed_key=keys.delayed_key(stream, "g"), dlq_key=keys.dlq_key(stream),
+        stats_key=keys.stats_key(stream, "g"), delete_after_ack=False,
+        min_id=min(ids, key=_wire._id_key), max_id=max(ids, key=_wire._id_key),
+        acks=list(acks), retries=[(i, 0, record) for i in retries],
+        dead=[(i, [b"id", i, b"reason", b"test"]) for i in dead],
+    )  # fmt: skip
+
+
+async def test_stale_worker_cannot_settle_entries_it_lost(client: redis.asyncio.Redis, unique: str) -> None:
+    """A worker whose entries were claimed by another consumer settles only what it still holds: its ack,
+    retry and dead letter of lost entries are refused and returned, and nothing is acknowledged twice."""
+    await _wire.ensure_group(client, unique, "g")
+    ids = [await client.xadd(unique, {"d": b"x"}) for _ in range(4)]
+    await client.xreadgroup("g", "stale", {unique: ">"})
+    await client.xclaim(unique, "g", "fresh", 0, ids[:2])  # the lease of ids[0] and ids[1] was lost
+    link = _wire.Link(client)
+    try:
+        plan = _plan(unique, ids, acks=[ids[0], ids[2]], retries=[ids[1]], dead=[ids[3]])
+        lost = await _wire.settle(link, "g", "stale", [plan])
+        assert sorted(lost) == sorted(ids[:2])
+        pending = await client.xpending_range(unique, "g", min="-", max="+", count=10)
+        assert {(p["message_id"], p["consumer"]) for p in pending} == {(ids[0], b"fresh"), (ids[1], b"fresh")}
+        assert await client.zcard(keys.delayed_key(unique, "g")) == 0  # the lost retry was not scheduled
+        assert await client.xlen(keys.dlq_key(unique)) == 1  # ids[3], still held, was dead-lettered
+
+        # The new holder settles them; the stale worker trying again changes nothing.
+        assert await _wire.settle(link, "g", "fresh", [_plan(unique, ids, acks=ids[:2])]) == []
+        assert sorted(await _wire.settle(link, "g", "stale", [_plan(unique, ids, acks=ids[:2])])) == sorted(
+            ids[:2]
+        )
+    finally:
+        await link.close()
+    assert await _pending(client, unique, "g") == 0
+    stats = await _stats(client, unique, "g")
+    assert (stats["acked"], stats["dead"], stats["lease_lost"]) == (3, 1, 4)
+
+
+async def test_consumer_whose_lease_was_taken_mid_batch_does_not_ack(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """If another consumer takes a batch while its handler runs, the consumer's settle is refused and
+    counted as lease_lost; the entries stay with the new holder and are handled again after its lease."""
+    await _publish(redis_url, unique, 5)
+    calls: list[list[int]] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", lease_ms=300, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        calls.append([m.attempt for m in batch])
+        if len(calls) == 1:
+            await client.xclaim(unique, "g", "thief", 0, [m.entry_id for m in batch])
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    # First call: read (attempt 1) then stolen; second: the thief's entries reclaimed (read, XCLAIM, reclaim).
+    assert calls == [[1] * 5, [3] * 5]
+    assert app.counts()["lease_lost"] == 5
+    stats = await _stats(client, unique, "g")
+    assert (stats["acked"], stats["lease_lost"], stats["reclaimed"]) == (5, 5, 5)
+    assert await _pending(client, unique, "g") == 0
+
+
+# ------------------------------------------------------------------------------------- delayed retries
+
+
+async def test_retry_outlives_the_worker_that_scheduled_it(
+    spawn_worker: SpawnWorker,
+    redis_url: str,
+    client: redis.asyncio.Redis,
+    sync_client: redis.Redis,
+    unique: str,
+) -> None:
+    """A retry waiting out its backoff is stored in Redis, not in the worker: after that worker is
+    SIGKILLed, another worker handles the event as its second attempt, under its original id."""
+    ids = await _publish(redis_url, unique, 3)
+    worker = spawn_worker(stream=unique, group="g", ledger=unique, retry_first_ms=1_500, lease_ms=1_000)
+    delayed = keys.delayed_key(unique, "g")
+    await async_wait_until(lambda: sync_client.zcard(delayed) == 3, message="3 retries scheduled")
+    worker.send(signal.SIGKILL)
+    assert worker.wait() == -signal.SIGKILL
+    assert read_ledger(sync_client, unique, "retried") == dict.fromkeys(range(3), 1)
+
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen, retry_poll_ms=50)
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert sorted(seen) == [(n, 2, ids[n]) for n in range(3)]
+    assert await client.zcard(delayed) == 0
+    assert await client.xlen(keys.retry_key(unique, "g")) == 0  # handled retries are deleted
+    assert await _pending(client, unique, "g") == 0
+
+
+# -------------------------------------------------------------------------------------- server restarts
+
+
+async def test_worker_rides_out_a_server_crash(own_server: EmbeddedServer, unique: str) -> None:
+    """The server is SIGKILLed while a worker is settling a batch and restarted (AOF, fsync always): the
+    worker reconnects by itself, settles, and handles the rest; every event is acknowledged."""
+    url = own_server.url
+    await _publish(url, unique, 30)
+    seen: list[int] = []
+    first_batch_in_hand = asyncio.Event()
+    resume = asyncio.Event()
+    app = streamq.App(url)
+
+    @app.consumer(unique, group="g", batch_size=10, lease_ms=2_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        seen.extend(event.n for event in batch.events)
+        if len(seen) == 10:
+            first_batch_in_hand.set()
+            await resume.wait()
+
+    with structlog.testing.capture_logs() as logs:
+        run = asyncio.create_task(app.run_until_idle())
+        await asyncio.wait_for(first_batch_in_hand.wait(), 30)
+        own_server.kill()
+        resume.set()
+        await async_wait_until(
+            lambda: any(
+                log["event"] in ("settle failed, retrying", "redis unavailable, retrying") for log in logs
+            ),
+            message="the worker to notice the server is gone",
+        )
+        await asyncio.to_thread(own_server.start)
+        await asyncio.wait_for(run, 60)
+
+    assert sorted(set(seen)) == list(range(30))
+    after = redis.asyncio.Redis.from_url(url)
+    try:
+        assert await _pending(after, unique, "g") == 0
+        assert await after.xlen(keys.dlq_key(unique)) == 0
+        assert (await _stats(after, unique, "g"))["acked"] >= 30
+    finally:
+        await after.aclose()
