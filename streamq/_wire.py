@@ -312,7 +312,8 @@ def xadd_many_sync(
     pool = client.connection_pool
     conn: Any = pool.get_connection()
     try:
-        conn.send_packed_command(pack_xadd_many(stream, payloads, maxlen, approximate), check_health=False)
+        # A list: the sync connection iterates what it is given, and iterating bytes yields ints.
+        conn.send_packed_command([pack_xadd_many(stream, payloads, maxlen, approximate)], check_health=False)
         replies: list[Any] = []
         for _ in range(len(payloads)):
             try:
