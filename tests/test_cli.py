@@ -1,0 +1,430 @@
+"""The `streamq` command, run in-process through main(argv) against every test server.
+
+Workers run for real (`worker --burst` returns once the stream is drained), so the dead letters that the
+dlq commands list, show, replay and purge were made by a worker, not written by hand. The demo runs as a
+subprocess, the way people run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+import structlog
+from cli_app import Ping
+from helpers import wait_until
+
+from streamq import SyncProducer, keys
+from streamq.cli import FAILURE, INTERRUPTED, OK, USAGE, main
+from streamq.connection import ENV_URL
+from streamq.demo_app import STREAM_ENV
+from streamq.logs import configure_logging
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = str(Path(__file__).resolve().parent)
+DEMO_TIMEOUT_S = 90.0  # the demo takes a few seconds; this only stops a hung one
+
+COMMANDS = [
+    [], ["worker"], ["status"], ["dlq"], ["demo"],
+    ["dlq", "list"], ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"],
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """main() configures structlog for the whole process; give other test modules the defaults back."""
+    yield
+    structlog.reset_defaults()
+
+
+class Names:
+    """This test's stream, group and app module names."""
+
+    def __init__(self, unique: str) -> None:
+        self.stream = f"{unique}-orders"
+        self.group = f"{unique}-billing"
+        self.module = f"cliapp_{unique.replace('-', '_')}"
+
+
+@pytest.fixture
+def names(unique: str) -> Iterator[Names]:
+    chosen = Names(unique)
+    yield chosen
+    sys.modules.pop(chosen.module, None)
+
+
+class Cli:
+    """main(argv) with the test server's URL appended, returning (exit code, stdout, stderr)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+        self.capsys = capsys
+        self.redis_url = redis_url
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--redis-url", self.redis_url])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> Any:
+        code, out, err = self(*argv, "--json")
+        assert code == OK, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], redis_url: str) -> Cli:
+    return Cli(capsys, redis_url)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, names: Names, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's app module in a directory of its own, made the cwd: the worker imports from there."""
+    (tmp_path / f"{names.module}.py").write_text(
+        "from cli_app import make_app\n"
+        f"app = make_app({names.stream!r}, {names.group!r})\n"
+        f"fixed = make_app({names.stream!r}, {names.group!r}, reject_negative=False)\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the worker adds the cwd to sys.path: undo that after
+    return tmp_path
+
+
+def stats(sync_client: redis.Redis, names: Names) -> dict[str, int]:
+    raw = sync_client.hgetall(keys.stats_key(names.stream, names.group))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+# ---------------------------------------------------------------------------------------------- usage
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "streamq")
+def test_help_of_every_command_exits_ok_and_shows_examples(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--help` on the program and on every command prints usage with an examples epilog and returns OK."""
+    assert main([*command, "--help"]) == OK
+    out = capsys.readouterr().out
+    assert out.startswith("usage: streamq")
+    assert "examples:" in out
+
+
+def test_missing_commands_unknown_options_and_bad_values_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Argument errors return USAGE (2) with argparse's message, never a traceback."""
+    assert main([]) == USAGE
+    assert main(["status", "--no-such-option"]) == USAGE
+    assert main(["dlq", "list", "s", "--count", "0"]) == USAGE
+    assert main(["--log-level", "loud", "status"]) == USAGE
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["--version"]) == OK
+    assert capsys.readouterr().out.startswith("streamq ")
+
+
+def test_exit_codes_are_the_documented_numbers() -> None:
+    """The exit codes are the conventional numbers that scripts test for."""
+    assert (OK, FAILURE, USAGE, INTERRUPTED) == (0, 1, 2, 130)
+
+
+def test_unreachable_redis_fails_without_showing_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server refusing connections is a FAILURE with a one-line message that redacts the password."""
+    code = main(["status", "s", "--redis-url", "redis://user:hunter2@127.0.0.1:1/0"])
+    err = capsys.readouterr().err
+    assert code == FAILURE
+    assert "cannot reach Redis at redis://user:***@127.0.0.1:1/0" in err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+def test_json_logs_have_iso_timestamps_levels_and_redacted_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON logging writes one object per line to stderr, filters by level and redacts Redis passwords."""
+    configure_logging("info", json=True)
+    log = structlog.get_logger("test")
+    log.debug("hidden")
+    log.info("connected", redis="rediss://app:s3cret@cache:6380/0", note="plain text")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["connected"]
+    (line,) = lines
+    assert line["redis"] == "rediss://app:***@cache:6380/0"
+    assert line["level"] == "info"
+    assert line["timestamp"].endswith("Z") and "T" in line["timestamp"]
+
+
+def test_console_logs_are_text_redacted_and_filtered_by_level(capsys: pytest.CaptureFixture[str]) -> None:
+    """Console logging is plain text, still redacted; debug lines show at debug level; bad levels refused."""
+    configure_logging("debug", json=False)
+    structlog.get_logger("test").debug("probe", url="redis://:pw@h:1/0")
+    err = capsys.readouterr().err
+    assert "probe" in err and "redis://:***@h:1/0" in err and "pw@" not in err
+    assert not err.lstrip().startswith("{")
+    with pytest.raises(ValueError, match="unknown log level"):
+        configure_logging("verbose")
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+
+def test_worker_burst_runs_an_app_from_the_current_directory(
+    cli: Cli, redis_url: str, sync_client: redis.Redis, names: Names, app_dir: Path
+) -> None:
+    """`worker module:app --burst` imports the app from the cwd, hands it --redis-url, drains, exits OK."""
+    SyncProducer(sync_client).publish_many(names.stream, [Ping(n=i) for i in range(120)])
+    code, _, err = cli("worker", f"{names.module}:app", "--burst", "--log-json", "--no-uvloop")
+    assert code == OK, err
+    assert stats(sync_client, names)["acked"] == 120
+    assert sync_client.xpending(names.stream, names.group)["pending"] == 0
+    assert sys.modules[names.module].app.redis == redis_url
+    events = [json.loads(line)["event"] for line in err.splitlines()]
+    assert "worker starting" in events and "worker stopped" in events
+
+
+def test_worker_finishes_and_exits_ok_on_sigterm(
+    redis_url: str, sync_client: redis.Redis, names: Names, app_dir: Path
+) -> None:
+    """A worker run without --burst processes until SIGTERM, then stops cleanly: exit OK, nothing pending."""
+    # cli_app lives in tests/, which the worker process would not otherwise find.
+    paths = [TESTS_DIR, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    command = [sys.executable, "-m", "streamq", "worker", f"{names.module}:app", "--redis-url", redis_url]
+    worker = subprocess.Popen(command, cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        SyncProducer(sync_client).publish_many(names.stream, [Ping(n=i) for i in range(10)])
+        wait_until(lambda: stats(sync_client, names).get("acked") == 10, timeout_s=30,
+                   message="the worker to acknowledge 10 pings")  # fmt: skip
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == OK, err
+    assert "stopping: finishing batches in hand" in err
+    assert sync_client.xpending(names.stream, names.group)["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("app_path", "message"),
+    [
+        ("no_colon_here", "must look like module:attribute"),
+        ("no_such_module_anywhere:app", "cannot import 'no_such_module_anywhere'"),
+        ("cli_app:missing", "has no attribute 'missing'"),
+        ("cli_app:Ping", "not a streamq.App"),
+    ],
+)
+def test_worker_refuses_an_app_path_that_names_no_app(cli: Cli, app_path: str, message: str) -> None:
+    """An APP_PATH that is malformed, unimportable or not an App is a USAGE error naming the problem."""
+    code, _, err = cli("worker", app_path, "--burst")
+    assert code == USAGE
+    assert message in err
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def test_status_json_shows_a_stream_after_a_burst_worker(
+    cli: Cli, sync_client: redis.Redis, names: Names, app_dir: Path
+) -> None:
+    """`status STREAM --json` gives length, dead letters and the group's consumers, pending, lag, counters."""
+    SyncProducer(sync_client).publish_many(names.stream, [Ping(n=1), Ping(n=-1), Ping(n=2)])
+    assert cli("worker", f"{names.module}:app", "--burst")[0] == OK
+    (state,) = cli.json("status", names.stream)
+    assert state["stream"] == names.stream
+    assert state["length"] == 3
+    assert state["dead_letters"] == 1
+    (group,) = state["groups"]
+    assert group["name"] == names.group
+    assert group["consumers"] == 0  # a worker that stops holding nothing leaves the group
+    assert group["pending"] == 0
+    assert group["lag"] in (0, None)  # None: a server that cannot tell
+    assert group["retries_waiting"] == 0
+    assert group["stats"]["acked"] == 2 and group["stats"]["dead"] == 1
+
+    code, out, _ = cli("status")  # no names: every stream that has had a worker, as a table
+    assert code == OK
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["STREAM", "LENGTH", "DEAD"]
+    assert any(row.split()[:4] == [names.stream, "3", "1", names.group] for row in rows)
+
+
+def test_status_of_a_missing_stream_says_so(cli: Cli, names: Names) -> None:
+    """A stream that does not exist is shown as such, not as an error."""
+    code, out, _ = cli("status", names.stream)
+    assert code == OK
+    assert "(no such stream)" in out
+
+
+# ---------------------------------------------------------------------------------------------- dlq
+
+
+class DeadLetterIds:
+    """Dead-letter ids of the three kinds the fixture makes."""
+
+    def __init__(self, rejected: str, garbage: str, fieldless: str) -> None:
+        self.rejected = rejected
+        self.garbage = garbage
+        self.fieldless = fieldless
+
+
+@pytest.fixture
+def dead_letters(cli: Cli, sync_client: redis.Redis, names: Names, app_dir: Path) -> DeadLetterIds:
+    """Three dead letters made by a real worker: a rejected ping, a payload that is no msgpack, no payload."""
+    SyncProducer(sync_client).publish_many(names.stream, [Ping(n=1), Ping(n=-7)])
+    garbage = sync_client.xadd(names.stream, {"d": b"\xc1poison"}).decode()
+    fieldless = sync_client.xadd(names.stream, {"x": b"no d field"}).decode()
+    code, _, err = cli("worker", f"{names.module}:app", "--burst")
+    assert code == OK, err
+    letters = cli.json("dlq", "list", names.stream)
+    by_event = {letter["id"]: letter for letter in letters}
+    assert len(by_event) == 3
+    rejected = next(letter for letter in letters if letter["reason"] == "rejected")
+    return DeadLetterIds(rejected["dlq_id"], by_event[garbage]["dlq_id"], by_event[fieldless]["dlq_id"])
+
+
+def test_dlq_list_shows_what_the_worker_dead_lettered(
+    cli: Cli, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """`dlq list` shows each dead letter's id, group, attempts and reason; --group and --count filter it."""
+    code, out, _ = cli("dlq", "list", names.stream)
+    assert code == OK
+    header, *rows = out.splitlines()
+    assert header.split()[:2] == ["DLQ", "ID"]
+    made = [dead_letters.rejected, dead_letters.garbage, dead_letters.fieldless]
+    assert [row.split()[0] for row in rows] == sorted(made, key=id_order)  # oldest first
+    assert sum("undecodable" in row for row in rows) == 2
+    assert sum("rejected" in row for row in rows) == 1
+    assert all(names.group in row for row in rows)
+
+    assert len(cli.json("dlq", "list", names.stream, "--count", "1")) == 1
+    code, out, _ = cli("dlq", "list", names.stream, "--group", "other")
+    assert code == OK and out.startswith("no dead letters")
+
+
+def test_dlq_show_prints_every_field_with_the_payload_as_hex_and_a_preview(
+    cli: Cli, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """`dlq show` gives every field; the payload as hex, and decoded as plain msgpack when it is msgpack."""
+    rejected = cli.json("dlq", "show", names.stream, dead_letters.rejected)
+    assert rejected["reason"] == "rejected"
+    assert rejected["detail"] == "negative ping -7"
+    assert rejected["group"] == names.group
+    assert rejected["attempts"] == 1
+    assert bytes.fromhex(rejected["payload"]) == msgspec.msgpack.encode(Ping(n=-7))
+    assert rejected["event"] == {"type": "tests.cli.ping", "n": -7}
+
+    garbage = cli.json("dlq", "show", names.stream, dead_letters.garbage)
+    assert garbage["reason"] == "undecodable"
+    assert garbage["payload"] == b"\xc1poison".hex()
+    assert garbage["event"] is None
+
+    fieldless = cli.json("dlq", "show", names.stream, dead_letters.fieldless)
+    assert fieldless["payload"] is None
+    assert msgspec.msgpack.decode(bytes.fromhex(fieldless["raw_fields"])) == [b"x", b"no d field"]
+
+    code, out, _ = cli("dlq", "show", names.stream, dead_letters.garbage)
+    assert code == OK
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+    assert fields["reason"] == "undecodable"
+    assert fields["payload"] == b"\xc1poison".hex()
+    assert fields["event"] == "(not msgpack)"
+
+
+def test_dlq_show_of_an_unknown_id_fails(cli: Cli, names: Names) -> None:
+    """Showing a dead letter that does not exist is a FAILURE with a message, not a traceback."""
+    code, _, err = cli("dlq", "show", names.stream, "1-1")
+    assert code == FAILURE
+    assert "no dead letter 1-1" in err
+
+
+def test_dlq_replay_sends_a_dead_letter_back_to_its_group(
+    cli: Cli, sync_client: redis.Redis, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """A replayed dead letter leaves the dead-letter stream and is processed again (here: acknowledged)."""
+    assert cli("dlq", "replay", names.stream)[0] == USAGE
+    assert cli("dlq", "replay", names.stream, dead_letters.rejected, "--all")[0] == USAGE
+
+    code, out, _ = cli("dlq", "replay", names.stream, dead_letters.rejected)
+    assert code == OK and out.strip() == f"replayed 1 dead letter of {names.stream}"
+    assert sync_client.xlen(keys.dlq_key(names.stream)) == 2
+
+    # The fixed app no longer rejects negative pings: the replayed one is acknowledged this time.
+    before = stats(sync_client, names)["acked"]
+    assert cli("worker", f"{names.module}:fixed", "--burst")[0] == OK
+    assert stats(sync_client, names)["acked"] == before + 1
+    assert sync_client.xlen(keys.dlq_key(names.stream)) == 2
+
+    # --all moves what it can; an entry that never had a payload field cannot be replayed and stays.
+    code, out, _ = cli("dlq", "replay", names.stream, "--all")
+    assert code == OK and out.strip() == f"replayed 1 dead letter of {names.stream}"
+    assert [letter["dlq_id"] for letter in cli.json("dlq", "list", names.stream)] == [dead_letters.fieldless]
+
+
+def test_dlq_purge_deletes_by_id_and_all_only_with_yes(
+    cli: Cli, sync_client: redis.Redis, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """`dlq purge` deletes the ids given; --all is refused without --yes and deletes the rest with it."""
+    dlq = keys.dlq_key(names.stream)
+    code, out, _ = cli("dlq", "purge", names.stream, dead_letters.garbage)
+    assert code == OK and out.strip() == f"purged 1 dead letter of {names.stream}"
+    assert sync_client.xlen(dlq) == 2
+
+    code, _, err = cli("dlq", "purge", names.stream, "--all")
+    assert code == USAGE and "--yes" in err
+    assert sync_client.xlen(dlq) == 2
+    assert cli("dlq", "purge", names.stream)[0] == USAGE
+
+    code, out, _ = cli("dlq", "purge", names.stream, "--all", "--yes")
+    assert code == OK and out.strip() == f"purged 2 dead letters of {names.stream}"
+    assert sync_client.xlen(dlq) == 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def python_m_streamq(*argv: str, stream: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, STREAM_ENV: stream}
+    env.pop(ENV_URL, None)
+    command = [sys.executable, "-m", "streamq", *argv]
+    return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,
+                          check=False)  # fmt: skip
+
+
+def test_demo_accounts_for_every_event_after_a_worker_is_killed(redis_url: str, names: Names) -> None:
+    """`python -m streamq demo` publishes, SIGKILLs a worker mid-batch, recovers, exits 0: nothing lost."""
+    done = python_m_streamq("demo", "--redis-url", redis_url, "--events", "2000", stream=names.stream,
+                            timeout_s=DEMO_TIMEOUT_S)  # fmt: skip
+    assert done.returncode == OK, done.stdout + done.stderr
+    assert "demo OK: 2007 published = 2000 acknowledged + 7 dead-lettered, 0 pending" in done.stdout
+    assert "SIGKILL" in done.stdout
+    reclaimed = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["reclaimed"])
+    assert int(reclaimed.split()[1]) == 500  # worker #1's whole batch was taken over
+    assert "max_attempts: 5, undecodable: 2" in done.stdout
+
+
+def test_demo_producer_only_publishes_and_starts_no_worker(
+    redis_url: str, sync_client: redis.Redis, names: Names
+) -> None:
+    """`demo --producer-only` (docker-compose's producer) appends the events and creates no consumer group."""
+    done = python_m_streamq("demo", "--redis-url", redis_url, "--events", "50", "--producer-only",
+                            stream=names.stream, timeout_s=30)  # fmt: skip
+    assert done.returncode == OK, done.stdout + done.stderr
+    assert sync_client.xlen(names.stream) == 50 + 5 + 2
+    assert sync_client.xinfo_groups(names.stream) == []
