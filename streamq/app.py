@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -31,6 +34,7 @@ from .settings import ConsumerSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SHUTDOWN_GRACE_MS = 30_000  # time to finish and settle in-flight batches after the first signal
+HANDLER_THREAD_PREFIX = "streamq-handler"  # names the threads that run plain `def` handlers
 
 log = structlog.get_logger("streamq.app")
 
@@ -101,7 +105,9 @@ class App:
         keeper = LeaseKeeper(
             lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target))
         )
-        executor = ThreadPoolExecutor(max_workers=self.executor_workers, thread_name_prefix="streamq-handler")
+        executor = ThreadPoolExecutor(
+            max_workers=self.executor_workers, thread_name_prefix=HANDLER_THREAD_PREFIX
+        )
         self._stopping = stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
@@ -211,5 +217,25 @@ def run_app(app: App, *, burst: bool = False, use_uvloop: bool = True) -> int:
         try:
             runner.run(app.run(burst=burst, handle_signals=True))
         except asyncio.CancelledError:
+            _exit_if_handlers_run_on(130)
             return 130
-    return 130 if app._signals > 1 else 0
+    code = 130 if app._signals > 1 else 0
+    _exit_if_handlers_run_on(code)
+    return code
+
+
+def _exit_if_handlers_run_on(code: int) -> None:
+    """Exit now if sync handlers still run in their threads (stopped at once, or the grace period ran out).
+
+    A thread cannot be interrupted, and the interpreter joins executor threads at exit, so returning would
+    wait for those handlers after all. Their entries stay pending and another worker reclaims them.
+    """
+    threads = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX)]
+    for thread in threads:
+        thread.join(0.2)  # idle executor threads are on their way out already
+    busy = sum(thread.is_alive() for thread in threads)
+    if busy:
+        log.warning("exiting without waiting for handlers still running in threads", threads=busy)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
