@@ -1,0 +1,137 @@
+"""Graceful shutdown: a signal lets the batch in hand finish and settle; a second one stops at once, and
+what was left is reclaimed by another worker. Workers run as subprocesses (tests/worker_proc.py), which
+call streamq.app.run_app as a deployed worker does."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from helpers import async_wait_until, wait_until
+from worker_proc import Job, WorkerProcess, read_ledger
+
+import streamq
+from streamq import keys
+
+SpawnWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path, redis_url: str) -> Iterator[SpawnWorker]:
+    """Start worker_proc.py subprocesses against this test's server; all are killed and reaped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def spawn(**options: Any) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", url=redis_url, **options)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.close()
+
+
+def _publish(url: str, stream: str, count: int) -> list[str]:
+    with streamq.SyncProducer(url) as producer:
+        return producer.publish_many(stream, [Job(n) for n in range(count)])
+
+
+def _pending(client: redis.Redis, stream: str, group: str) -> dict[str, int]:
+    summary = client.xpending(stream, group)
+    return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"] or ()}
+
+
+def _stats(client: redis.Redis, stream: str, group: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.stats_key(stream, group)).items()}
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_sigterm_finishes_and_settles_the_batch_in_hand(
+    mode: str, spawn_worker: SpawnWorker, redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """SIGTERM in the middle of a slow batch: the handler completes, the batch is acknowledged, the worker
+    removes its consumer from the group and exits 0, leaving nothing pending."""
+    _publish(redis_url, unique, 10)
+    worker = spawn_worker(stream=unique, group="g", ledger=unique, mode=mode, sleep_ms=1_500, lease_ms=1_000)
+    wait_until(
+        lambda: (
+            len(read_ledger(sync_client, unique, "started")) == 10
+            and sum(_pending(sync_client, unique, "g").values()) == 10
+        ),
+        message="the worker to hold all 10 entries inside its handler",
+    )
+    assert read_ledger(sync_client, unique, "done") == {}
+    worker.send(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log()
+
+    assert read_ledger(sync_client, unique, "done") == dict.fromkeys(range(10), 1)
+    assert _pending(sync_client, unique, "g") == {}
+    assert _stats(sync_client, unique, "g")["acked"] == 10
+    assert sync_client.xinfo_consumers(unique, "g") == []  # it left no consumer behind
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+async def test_second_signal_stops_at_once_and_entries_are_reclaimed(
+    mode: str,
+    spawn_worker: SpawnWorker,
+    redis_url: str,
+    client: redis.asyncio.Redis,
+    sync_client: redis.Redis,
+    unique: str,
+) -> None:
+    """A second SIGTERM during the grace period stops the worker without waiting for its handler (exit
+    130), even one running in a thread; the unsettled entries stay pending and another worker reclaims
+    and handles them."""
+    ids = _publish(redis_url, unique, 5)
+    worker = spawn_worker(
+        stream=unique, group="g", ledger=unique, mode=mode, sleep_ms=120_000, lease_ms=1_000
+    )
+    await async_wait_until(
+        lambda: len(read_ledger(sync_client, unique, "started")) == 5, message="the handler to start"
+    )
+    worker.send(signal.SIGTERM)
+    await async_wait_until(lambda: "stopping: finishing batches" in worker.log(), message="the first signal")
+    worker.send(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 20) == 130, worker.log()
+    assert sum(_pending(sync_client, unique, "g").values()) == 5
+
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", lease_ms=1_000, block_ms=100)
+    async def handle(message: streamq.Message[Job]) -> None:
+        seen.append((message.event.n, message.attempt, message.id))
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert sorted(seen) == [(n, 2, ids[n]) for n in range(5)]
+    assert read_ledger(sync_client, unique, "done") == {}
+    assert _pending(sync_client, unique, "g") == {}
+
+
+async def test_stop_lets_the_batch_in_hand_settle(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """App.stop() called while a handler runs (here from inside it) lets that batch finish and settle, then
+    run() returns without reading more; stop() is idempotent."""
+    await asyncio.to_thread(_publish, redis_url, unique, 6)
+    handled: list[int] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=3, lease_ms=1_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        app.stop()
+        app.stop()
+        await asyncio.sleep(0)  # give the loop a chance to act on the stop before the batch is settled
+        handled.extend(batch_event.n for batch_event in batch.events)
+
+    await asyncio.wait_for(app.run(), 30)
+    assert handled == [0, 1, 2]
+    assert int((await client.xpending(unique, "g"))["pending"]) == 0
+    assert await client.hget(keys.stats_key(unique, "g"), "acked") == b"3"
+    app.stop()  # after run() returned: still harmless
