@@ -1,0 +1,215 @@
+"""streamq.producer: publishing from async and plain sync code, chunking, trimming, URLs and bad keys."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+import redis
+import redis.asyncio
+
+import streamq
+from streamq import keys
+from streamq.embedded import EmbeddedServer, ServerBinary
+from streamq.events import PAYLOAD_FIELD
+
+
+class Reading(streamq.Event, tag="test.producer.reading"):
+    sensor: str
+    value: float
+
+
+class Snapshot(streamq.Event, tag="test.producer.snapshot"):
+    data: bytes
+
+
+def _readings(count: int) -> list[Reading]:
+    return [Reading(f"s{n}", float(n)) for n in range(count)]
+
+
+def _decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Reading]:
+    decoder = msgspec.msgpack.Decoder(Reading)
+    return [decoder.decode(fields[PAYLOAD_FIELD]) for _, fields in entries]
+
+
+async def test_publish_many_returns_ids_in_stream_order(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Every event is appended in the order given, and the returned ids are its entries' ids in order."""
+    events = _readings(25)
+    async with streamq.Producer(redis_url) as producer:
+        first = await producer.publish(unique, Reading("first", -1.0))
+        ids = await producer.publish_many(unique, events)
+    entries = await client.xrange(unique)
+    assert [entry_id.decode() for entry_id, _ in entries] == [first, *ids]
+    assert _decode(entries) == [Reading("first", -1.0), *events]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1_000])
+async def test_chunking_keeps_every_event_and_its_order(
+    chunk_size: int, redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """However the events are split into round trips, all are published once, in order."""
+    events = _readings(10)
+    async with streamq.Producer(redis_url, chunk_size=chunk_size) as producer:
+        ids = await producer.publish_many(unique, events)
+        more = await producer.publish_many(unique, events, chunk_size=4)
+    entries = await client.xrange(unique)
+    assert [entry_id.decode() for entry_id, _ in entries] == ids + more
+    assert _decode(entries) == events + events
+
+
+async def test_a_bad_event_in_a_later_chunk_publishes_nothing(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Events are encoded before the first chunk is sent: a too-large event anywhere fails the call with
+    EventTooLarge and no part of it is written."""
+    events: list[streamq.Event] = [*_readings(5), Snapshot(b"x" * 2_000)]
+    async with streamq.Producer(redis_url, chunk_size=2, max_event_bytes=1_000) as producer:
+        with pytest.raises(streamq.EventTooLarge):
+            await producer.publish_many(unique, events)
+    assert await client.exists(unique) == 0
+
+
+async def test_publishing_nothing_writes_nothing(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """An empty publish_many returns no ids and does not create the stream."""
+    async with streamq.Producer(redis_url) as producer:
+        assert await producer.publish_many(unique, []) == []
+    assert await client.exists(unique) == 0
+
+
+async def test_exact_maxlen_trims_to_the_newest_entries(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """With exact trimming the stream keeps exactly maxlen entries, the newest ones; a per-call maxlen
+    overrides the producer's."""
+    async with streamq.Producer(redis_url, maxlen=5, approximate_trim=False) as producer:
+        ids = await producer.publish_many(unique, _readings(20), chunk_size=7)
+        assert [i.decode() for i, _ in await client.xrange(unique)] == ids[-5:]
+        await producer.publish(unique, Reading("last", 0.0), maxlen=2)
+    assert await client.xlen(unique) == 2
+
+
+async def test_approximate_maxlen_bounds_the_stream(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Approximate trimming (the default) keeps at least maxlen entries and drops whole old nodes."""
+    async with streamq.Producer(redis_url, maxlen=10) as producer:
+        await producer.publish_many(unique, _readings(1_000))
+    assert 10 <= await client.xlen(unique) < 1_000
+
+
+def test_trimming_and_chunk_settings_are_validated() -> None:
+    """maxlen below 1 and chunk_size below 1 are refused when the producer is built (nothing connects)."""
+    with pytest.raises(streamq.ConfigurationError, match="maxlen"):
+        streamq.SyncProducer("redis://127.0.0.1:1/0", maxlen=0)
+    with pytest.raises(streamq.ConfigurationError, match="chunk_size"):
+        streamq.SyncProducer("redis://127.0.0.1:1/0", chunk_size=0)
+
+
+def test_sync_producer_from_plain_code(redis_url: str, sync_client: redis.Redis, unique: str) -> None:
+    """SyncProducer publishes from code with no event loop, with the same ids/order guarantees."""
+    with streamq.SyncProducer(redis_url) as producer:
+        one = producer.publish(unique, Reading("a", 1.0))
+        ids = producer.publish_many(unique, _readings(7), chunk_size=3)
+    entries = sync_client.xrange(unique)
+    assert [i.decode() for i, _ in entries] == [one, *ids]
+    assert _decode(entries) == [Reading("a", 1.0), *_readings(7)]
+
+
+def test_sync_producer_leaves_a_given_client_open(sync_client: redis.Redis, unique: str) -> None:
+    """A client passed in belongs to the caller: closing the producer does not close it."""
+    with streamq.SyncProducer(sync_client) as producer:
+        producer.publish(unique, Reading("a", 1.0))
+    assert sync_client.xlen(unique) == 1
+
+
+async def test_producer_leaves_a_given_client_open(client: redis.asyncio.Redis, unique: str) -> None:
+    """A redis.asyncio client passed in stays usable after the producer is closed."""
+    async with streamq.Producer(client) as producer:
+        await producer.publish(unique, Reading("a", 1.0))
+    assert await client.xlen(unique) == 1
+
+
+async def test_stream_that_is_another_type_is_a_configuration_error(
+    redis_url: str, client: redis.asyncio.Redis, sync_client: redis.Redis, unique: str
+) -> None:
+    """Publishing to a key holding another type (WRONGTYPE) raises ConfigurationError naming the key,
+    from both producers."""
+    await client.set(unique, "not a stream")
+    async with streamq.Producer(redis_url) as producer:
+        with pytest.raises(streamq.ConfigurationError, match=unique):
+            await producer.publish(unique, Reading("a", 1.0))
+    with (
+        streamq.SyncProducer(redis_url) as sync_producer,
+        pytest.raises(streamq.ConfigurationError, match=unique),
+    ):
+        sync_producer.publish_many(unique, _readings(3))
+    assert await client.get(unique) == b"not a stream"
+
+
+def test_bad_names_and_urls_are_configuration_errors() -> None:
+    """An invalid stream name or an unparseable URL is refused before anything is sent."""
+    with pytest.raises(streamq.ConfigurationError, match="stream name"):
+        streamq.SyncProducer("redis://127.0.0.1:1/0").publish("bad name", Reading("a", 1.0))
+    with pytest.raises(streamq.ConfigurationError, match="URL"):
+        streamq.SyncProducer("http://example.com")
+    with pytest.raises(streamq.ConfigurationError, match="URL"):
+        streamq.Producer("nonsense://x")
+
+
+# ------------------------------------------------------------------------------------------- unix sockets
+
+
+@pytest.fixture
+def unix_socket(server_binary: ServerBinary | None) -> Iterator[str]:
+    """The path of a unix socket that a server of this test's own listens on."""
+    if server_binary is None:
+        pytest.skip("needs a server it can start with a unix socket")
+    directory = tempfile.mkdtemp(prefix="sq-", dir="/tmp")  # short: socket paths are limited to ~100 bytes
+    path = f"{directory}/redis.sock"
+    try:
+        with EmbeddedServer(
+            server_binary, extra_args=["--unixsocket", path, "--unixsocketperm", "700"]
+        ) as server:
+            assert server.is_running
+            yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("given", ["url", "client"])
+async def test_unix_socket_urls(given: str, unix_socket: str, unique: str) -> None:
+    """unix:// URLs work for both producers and for a worker, given as a URL or as a client, including the
+    lease keeper's own connection: two consumers share a group, and while one handler runs past its lease
+    the other's reclaimer never takes its entries."""
+    url = f"unix://{unix_socket}?db=0"
+    async with streamq.Producer(url) as producer:
+        await producer.publish_many(unique, _readings(3))
+    with streamq.SyncProducer(url) as sync_producer:
+        sync_producer.publish_many(unique, _readings(3))
+
+    handled: list[Reading] = []
+    own_client = redis.asyncio.Redis.from_url(url)
+    app = streamq.App(url if given == "url" else own_client)
+
+    async def handle(batch: streamq.Batch[Reading]) -> None:
+        await asyncio.sleep(1.0)  # several leases: only renewals over the unix socket keep the entries
+        handled.extend(batch.events)
+
+    for _ in range(2):
+        app.add_consumer(handle, unique, group="g", lease_ms=300, block_ms=100)
+    try:
+        await asyncio.wait_for(app.run_until_idle(), 30)
+        assert handled == _readings(3) * 2
+        assert int((await own_client.xpending(unique, "g"))["pending"]) == 0
+        stats = await own_client.hgetall(keys.stats_key(unique, "g"))
+        assert b"lease_lost" not in stats and b"reclaimed" not in stats
+    finally:
+        await own_client.aclose()
