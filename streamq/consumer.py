@@ -133,10 +133,11 @@ class Consumer:
                     await _sleep_or_stop(stopping, delay_s)
                     delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
                 except ResponseError as exc:
-                    if not str(exc).startswith("NOGROUP"):
+                    if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                         raise
                     # The stream or group vanished (a server restarted without persistence, a DEL): recreate
-                    # them and go on rather than crash; the log says what happened.
+                    # them and go on rather than crash; the log says what happened. A read blocked at that
+                    # moment fails with UNBLOCKED (Redis >= 7.0) rather than NOGROUP.
                     self.log.warning("group missing, recreating it", error=str(exc))
                     await self._with_reconnect(self.setup, stopping)
         finally:
