@@ -1,0 +1,89 @@
+"""Command line of the chaos harness: `python -m streamq.chaos [--quick] [--seed N] [--json FILE] ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .report import render, write_json
+from .run import LONG, QUICK, ChaosConfig, run
+
+EXIT_OK = 0
+EXIT_VIOLATION = 1  # an invariant failed: the report says which
+EXIT_USAGE = 2
+
+EPILOG = """
+examples:
+  python -m streamq.chaos --quick --seed 1 --json out.json     CI: ~20k events, 4 workers, ~1 minute
+  python -m streamq.chaos --seed 7                             100k events, 8 workers, 5.5 min of faults
+  python -m streamq.chaos --quick --server-binary /usr/bin/redis-server
+  python -m streamq.chaos --quick --redis-url redis://host:6379/0   no server restarts (not our server)
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamq.chaos",
+        description="Jepsen-style chaos run of streamq: workers, faults, and a checker of invariants.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="the CI-sized run")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--events", type=int, help="events to publish (default: 20k quick, 100k long)")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--window-s", type=float, help="seconds of faults and publishing")
+    parser.add_argument("--redis-url", help="use this server instead of a throwaway one (no restarts)")
+    parser.add_argument("--server-binary", help="redis-server or valkey-server to run (default: first found)")
+    parser.add_argument("--json", dest="json_path", help="write the full report here")
+    parser.add_argument("--workdir", help="ledger and worker logs go here (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory even on success")
+    parser.add_argument("--fsync", action="store_true", help="workers fsync their ledger files per batch")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    config: ChaosConfig = QUICK if args.quick else LONG
+    changes = {
+        name: value
+        for name, value in (
+            ("seed", args.seed), ("events", args.events), ("workers", args.workers),
+            ("window_s", args.window_s), ("fsync", args.fsync or None),
+        )
+        if value is not None
+    }  # fmt: skip
+    config = dataclasses.replace(config, **changes)
+    if config.events < 1 or config.workers < 1 or config.window_s <= 0:
+        print("events, workers and window must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    temporary = args.workdir is None
+    run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="streamq-chaos-"))
+    command = shlex.join(["python", "-m", "streamq.chaos", *(argv if argv is not None else sys.argv[1:])])
+    report = asyncio.run(
+        run(
+            config,
+            run_dir=run_dir,
+            redis_url=args.redis_url,
+            server_binary=args.server_binary,
+            command=command,
+            progress=lambda text: print(f"chaos: {text}", file=sys.stderr, flush=True),
+        )
+    )
+    print(render(report), end="")
+    if args.json_path:
+        write_json(report, args.json_path)
+    if temporary and report.ok and not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return EXIT_OK if report.ok else EXIT_VIOLATION
+
+
+if __name__ == "__main__":
+    sys.exit(main())

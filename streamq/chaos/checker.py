@@ -1,0 +1,335 @@
+"""The checker: Jepsen's total-queue classes plus streamq's own invariants, computed from the ledger.
+
+Inputs are the ledger (what was published, every handler invocation, every fault and self-kill, the final
+dead-letter stream) and the final state of Redis after the workers drained and stopped. Classes:
+
+    lost        published (acknowledged by the server) but neither handled successfully and no longer
+                pending, nor dead-lettered; must be 0
+    trimmed     like lost, but its entry was pending when the nemesis trimmed it on purpose (trim_pending)
+    recovered   ambiguous (the publish call raised) yet seen by a handler or in the dead-letter stream
+    unexpected  seen by a handler or in the dead-letter stream, never published; must be 0
+    duplicated  successful handler invocations beyond the first, per event
+
+Invariants: duplicates <= the entries in flight at each kill, stop, server restart and client kill (and
+at each failpoint self-kill), and <= streamq's own `reclaimed` + `lease_lost` counters; no event has more
+handler invocations than max_attempts (crashed deliveries count as attempts in streamq); nothing pending,
+undelivered or waiting for a retry at the end; the dead-letter stream holds exactly the poison and the
+malformed events, byte for byte, each once, with the expected reason (an ok or flaky event may also land
+there when crashes used up its attempts: reported as `crash_exhausted`, accepted only if its handler
+failures alone could not have); and no worker died unexplained.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import msgspec
+
+from .faults import DISRUPTIVE, SERVER_RESTART, TRIM_PENDING, WORKER_EXIT
+from .ledger import AMBIGUOUS, DeadLetterRow, EventRow, Fault, Invocation, Ledger, SelfKill
+from .workload import MALFORMED_KINDS, MALFORMED_REASONS, POISON, uuid_in
+
+SAMPLE = 20  # ids quoted per class in the report
+OUTAGE_MARGIN_MS = 5_000  # a worker that exits this close to a server outage is excused (see workers check)
+
+
+class FinalState(msgspec.Struct, kw_only=True):
+    """Redis after the drain and the workers' graceful stop."""
+
+    drained: bool
+    drain_s: float
+    stream_pending: int
+    retry_pending: int
+    stream_undelivered: int
+    retry_undelivered: int
+    stream_lag: int | None
+    retry_lag: int | None
+    delayed: int
+    stream_length: int
+    retry_length: int
+    dlq_length: int
+    stats: dict[str, int]
+    consumers_holding: dict[str, int]  # consumer -> entries it still holds
+    pending_ids: list[str]  # stream entries still pending (at most 1000)
+    worker_exit_codes: dict[str, int | None]  # pid -> exit code after SIGTERM (None: had to be killed)
+
+
+class Check(msgspec.Struct):
+    name: str
+    ok: bool
+    detail: str
+
+
+class CheckReport(msgspec.Struct, kw_only=True):
+    ok: bool
+    checks: list[Check]
+    # publishing
+    published: int
+    ambiguous: int
+    recovered: int
+    unresolved_ambiguous: int
+    kinds: dict[str, int]  # published events per kind (ok, flaky, poison, malformed kinds)
+    # outcomes
+    invocations: int
+    acked: int
+    dead_lettered: int
+    lost: int
+    lost_sample: list[str]
+    trimmed: int
+    trimmed_sample: list[str]
+    unexpected: int
+    unexpected_sample: list[str]
+    # duplicates
+    duplicated: int
+    duplicated_events: int
+    duplicate_bound: int
+    reclaimed: int
+    lease_lost: int
+    # attempts
+    max_invocations: int
+    max_attempt_seen: int
+    attempts_over_limit: int
+    attempts_over_limit_sample: list[str]
+    same_attempt_twice: int
+    # dead letters
+    dlq_entries: int
+    dlq_expected: int
+    dlq_missing: list[str]
+    dlq_extra: list[str]
+    dlq_duplicates: list[str]
+    dlq_bytes_mismatch: list[str]
+    dlq_reason_mismatch: list[str]
+    crash_exhausted: int
+    acked_and_dead: int
+    # faults
+    faults: dict[str, int]
+    self_kills: dict[str, int]
+    worker_exits: dict[str, int]  # failpoint | crash_during_outage | unexplained
+    unexplained_exits: list[str]
+    final: FinalState
+    stats: dict[str, int]
+
+
+def check(ledger: Ledger, final: FinalState, *, max_attempts: int, batch_size: int) -> CheckReport:
+    return _check(
+        ledger.events(), ledger.invocations(), ledger.self_kills(), ledger.faults(), ledger.dead_letters(),
+        final, max_attempts=max_attempts, batch_size=batch_size,
+    )  # fmt: skip
+
+
+def _check(
+    events: list[EventRow],
+    invocations: list[Invocation],
+    self_kills: list[SelfKill],
+    faults: list[Fault],
+    dead: list[DeadLetterRow],
+    final: FinalState,
+    *,
+    max_attempts: int,
+    batch_size: int,
+) -> CheckReport:
+    by_uuid = {e.uuid: e for e in events}
+    by_signature = {e.signature: e.uuid for e in events}
+
+    per_event: dict[str, list[Invocation]] = defaultdict(list)
+    unexpected: list[str] = []
+    for inv in invocations:
+        if inv.uuid in by_uuid:
+            per_event[inv.uuid].append(inv)
+        else:
+            unexpected.append(f"handler:{inv.uuid}@{inv.entry_id}")
+
+    dlq: dict[str, list[DeadLetterRow]] = defaultdict(list)
+    bytes_mismatch: list[str] = []
+    for letter in dead:
+        found = by_signature.get(letter.signature)
+        if found is None:
+            guess = uuid_in(letter.signature)
+            if guess is not None and guess in by_uuid:
+                bytes_mismatch.append(guess)
+                dlq[guess].append(letter)
+            else:
+                unexpected.append(f"dlq:{letter.dlq_id}(id {letter.origin_id})")
+            continue
+        dlq[found].append(letter)
+
+    pending_ids = set(final.pending_ids)
+    trimmed_ids = {i for f in faults if f.kind == TRIM_PENDING for i in f.detail.get("pending_ids", [])}
+
+    lost: list[str] = []
+    trimmed: list[str] = []
+    acked = recovered = unresolved = duplicated = duplicated_events = 0
+    kinds: Counter[str] = Counter()
+    for event in events:
+        seen = per_event.get(event.uuid, [])
+        in_dlq = event.uuid in dlq
+        if event.status == AMBIGUOUS:
+            if seen or in_dlq:
+                recovered += 1
+            else:
+                unresolved += 1
+            continue
+        kinds[event.kind] += 1
+        successes = sum(1 for inv in seen if inv.ok)
+        if successes > 1:
+            duplicated += successes - 1
+            duplicated_events += 1
+        is_acked = successes > 0 and event.entry_id not in pending_ids
+        acked += is_acked
+        if is_acked or in_dlq:
+            continue
+        label = f"{event.uuid}@{event.entry_id}({event.kind})"
+        (trimmed if event.entry_id in trimmed_ids else lost).append(label)
+
+    # Attempts: streamq counts crashed deliveries as attempts, so invocations never exceed max_attempts.
+    over_limit = [u for u, seen in per_event.items() if len(seen) > max_attempts]
+    same_attempt = sum(1 for seen in per_event.values() if len({inv.attempt for inv in seen}) < len(seen))
+    max_invocations = max((len(seen) for seen in per_event.values()), default=0)
+    max_attempt_seen = max((inv.attempt for inv in invocations), default=0)
+
+    # Dead letters: exactly the poison and malformed events, each once, byte for byte.
+    expected = {
+        e.uuid
+        for e in events
+        if e.status != AMBIGUOUS
+        and (e.kind == POISON or e.kind in MALFORMED_KINDS)
+        and not (e.entry_id in trimmed_ids and e.uuid not in dlq)
+    }
+    missing = sorted(expected - set(dlq))
+    extra: list[str] = []
+    reason_mismatch: list[str] = []
+    crash_exhausted = 0
+    for uid, letters in dlq.items():
+        event = by_uuid[uid]
+        reasons = {letter.reason for letter in letters}
+        if event.kind == POISON or event.kind in MALFORMED_KINDS:
+            want = "max_attempts" if event.kind == POISON else MALFORMED_REASONS[event.kind]
+            if reasons != {want}:
+                reason_mismatch.append(f"{uid}({event.kind}: {sorted(reasons)} != {want})")
+            continue
+        failures = sum(1 for inv in per_event.get(uid, []) if not inv.ok)
+        if reasons == {"max_attempts"} and failures < max(letter.attempts for letter in letters):
+            crash_exhausted += 1  # its attempts went to crashes, not to its own handler failures
+        else:
+            extra.append(f"{uid}({event.kind}: {sorted(reasons)}, {failures} handler failures)")
+    dlq_duplicates = sorted(uid for uid, letters in dlq.items() if len(letters) > 1)
+    acked_and_dead = sum(1 for uid in dlq if any(inv.ok for inv in per_event.get(uid, [])))
+
+    # Duplicates: bounded by what was in flight whenever a fault could interrupt a batch.
+    fault_counts = Counter(f.kind for f in faults)
+    bound = sum(
+        f.inflight if f.inflight is not None else 2 * batch_size for f in faults if f.kind in DISRUPTIVE
+    )
+    bound += sum(k.held for k in self_kills)
+    reclaimed = final.stats.get("reclaimed", 0)
+    lease_lost = final.stats.get("lease_lost", 0)
+
+    # Worker exits: each must be a failpoint self-kill, or a start refused while the server was down.
+    killed_pids = {k.pid for k in self_kills}
+    outages = [
+        (int(f.detail["killed_at_ms"]) - OUTAGE_MARGIN_MS, f.t_ms + OUTAGE_MARGIN_MS)
+        for f in faults
+        if f.kind == SERVER_RESTART
+    ]
+    exits: Counter[str] = Counter()
+    unexplained: list[str] = []
+    for fault in (f for f in faults if f.kind == WORKER_EXIT):
+        pid, code = int(fault.detail["pid"]), int(fault.detail["returncode"])
+        if code == -9 and pid in killed_pids:
+            exits["failpoint"] += 1
+        elif any(low <= fault.t_ms <= high for low, high in outages):
+            exits["crash_during_outage"] += 1
+        else:
+            exits["unexplained"] += 1
+            unexplained.append(f"pid {pid} exit {code}: {fault.detail.get('log_tail', '')[-400:]}")
+    bad_stops = {pid: code for pid, code in final.worker_exit_codes.items() if code != 0}
+    unexplained += [f"pid {pid} exit {code} after SIGTERM" for pid, code in bad_stops.items()]
+
+    checks = [
+        Check("no_loss", not lost, f"lost={len(lost)} (trimmed on purpose: {len(trimmed)})"),
+        Check("no_unexpected", not unexpected, f"unexpected={len(unexpected)}"),
+        Check(
+            "duplicates_within_inflight_bound",
+            duplicated <= bound,
+            f"duplicated={duplicated} <= in flight at faults={bound}",
+        ),
+        Check(
+            "duplicates_within_streamq_counters",
+            duplicated <= reclaimed + lease_lost,
+            f"duplicated={duplicated} <= reclaimed={reclaimed} + lease_lost={lease_lost}",
+        ),
+        Check(
+            "attempts_within_limit",
+            not over_limit and max_attempt_seen <= max_attempts,
+            f"max invocations per event={max_invocations}, max attempt seen={max_attempt_seen},"
+            f" max_attempts={max_attempts}",
+        ),
+        Check(
+            "nothing_pending",
+            final.drained
+            and final.stream_pending == final.retry_pending == 0
+            and final.stream_undelivered == final.retry_undelivered == 0
+            and final.delayed == 0
+            and not final.consumers_holding,
+            f"pending={final.stream_pending}+{final.retry_pending} undelivered={final.stream_undelivered}"
+            f"+{final.retry_undelivered} delayed={final.delayed} drained={final.drained}",
+        ),
+        Check(
+            "dlq_exact",
+            not (missing or extra or dlq_duplicates or bytes_mismatch or reason_mismatch),
+            f"expected={len(expected)} entries={len(dead)} missing={len(missing)} extra={len(extra)}"
+            f" duplicates={len(dlq_duplicates)} bytes_mismatch={len(bytes_mismatch)}"
+            f" reason_mismatch={len(reason_mismatch)} crash_exhausted={crash_exhausted}",
+        ),
+        Check("workers_healthy", not unexplained, f"unexplained exits={len(unexplained)}"),
+    ]
+    self_kill_counts = Counter(k.failpoint for k in self_kills)
+    return CheckReport(
+        ok=all(c.ok for c in checks),
+        checks=checks,
+        published=sum(1 for e in events if e.status != AMBIGUOUS),
+        ambiguous=sum(1 for e in events if e.status == AMBIGUOUS),
+        recovered=recovered,
+        unresolved_ambiguous=unresolved,
+        kinds=dict(sorted(kinds.items())),
+        invocations=len(invocations),
+        acked=acked,
+        dead_lettered=len(dead),
+        lost=len(lost),
+        lost_sample=lost[:SAMPLE],
+        trimmed=len(trimmed),
+        trimmed_sample=trimmed[:SAMPLE],
+        unexpected=len(unexpected),
+        unexpected_sample=unexpected[:SAMPLE],
+        duplicated=duplicated,
+        duplicated_events=duplicated_events,
+        duplicate_bound=bound,
+        reclaimed=reclaimed,
+        lease_lost=lease_lost,
+        max_invocations=max_invocations,
+        max_attempt_seen=max_attempt_seen,
+        attempts_over_limit=len(over_limit),
+        attempts_over_limit_sample=over_limit[:SAMPLE],
+        same_attempt_twice=same_attempt,
+        dlq_entries=len(dead),
+        dlq_expected=len(expected),
+        dlq_missing=missing[:SAMPLE],
+        dlq_extra=extra[:SAMPLE],
+        dlq_duplicates=dlq_duplicates[:SAMPLE],
+        dlq_bytes_mismatch=bytes_mismatch[:SAMPLE],
+        dlq_reason_mismatch=reason_mismatch[:SAMPLE],
+        crash_exhausted=crash_exhausted,
+        acked_and_dead=acked_and_dead,
+        faults=dict(sorted(fault_counts.items())),
+        self_kills=dict(sorted(self_kill_counts.items())),
+        worker_exits=dict(sorted(exits.items())),
+        unexplained_exits=unexplained[:SAMPLE],
+        final=final,
+        stats=dict(sorted(final.stats.items())),
+    )
+
+
+def to_builtins(report: CheckReport) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(report)
+    return data

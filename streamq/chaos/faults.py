@@ -1,0 +1,358 @@
+"""The nemesis: a seeded schedule of faults, and the faults themselves, injected while events flow.
+
+    kill            SIGKILL a random worker (every 2-5 s); its replacement starts with the next failpoint
+                    of the cycle armed, so kills at every failpoint follow
+    stop            SIGSTOP a worker for 3 leases, then SIGCONT: its entries are reclaimed meanwhile, and
+                    its settle must find them gone (lease_lost), never double-acknowledge them
+    server_restart  SIGKILL the server (AOF, appendfsync always) and start it again on the same port and
+                    directory; workers must reconnect by themselves. Only with a server the harness owns
+    client_kill     CLIENT KILL TYPE normal SKIPME yes: every client connection drops at once
+    trim_safe       XTRIM MINID below the oldest pending entry and the group's last-delivered id: only
+                    acknowledged entries go, so nothing may be missing afterwards
+    trim_pending    XTRIM MINID just above some pending entries: an operator deleting data on purpose.
+                    Those entries are reported as `trimmed`, not lost; streamq must survive it
+
+Before each worker kill the victim is frozen (SIGSTOP) so the entries it holds can be counted from
+XINFO CONSUMERS; that count (`inflight`) bounds the duplicates the kill may cause. Server restarts and
+client kills record the pending total for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamq.embedded import EmbeddedServer
+
+from .fleet import Fleet, Worker
+from .ledger import Ledger
+from .worker import FAILPOINTS
+
+T = TypeVar("T")
+
+BUSY_WAIT_S = 1.0  # how long a kill or stop waits for a worker that holds entries
+_PID = re.compile(r"-(\d+)-[0-9a-f]{8}$")  # the pid in a consumer name: <prefix>-<host>-<pid>-<hex>
+
+KILL, STOP, SERVER_RESTART, CLIENT_KILL, TRIM_SAFE, TRIM_PENDING = (
+    "kill", "stop", "server_restart", "client_kill", "trim_safe", "trim_pending",
+)  # fmt: skip
+WORKER_EXIT, RESUME = "worker_exit", "resume"
+# Faults after which entries handled but not yet settled may be handled again.
+DISRUPTIVE = (KILL, STOP, SERVER_RESTART, CLIENT_KILL)
+
+# Trim up to `want` of the oldest pending entries (and every acknowledged entry below them), never an
+# undelivered one: everything up to a pending id has been delivered. MINID keeps ids >= it, so it is set just
+# above the last pending id to trim. Returns {trimmed, minid, trimmed pending ids...}, or {0} if none.
+_TRIM_PENDING = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[2]))
+if #rows == 0 then return {0} end
+local last = rows[#rows][1]
+local dash = string.find(last, '-', 1, true)
+local minid = string.sub(last, 1, dash) .. string.format('%d', tonumber(string.sub(last, dash + 1)) + 1)
+local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', minid)
+local out = {trimmed, minid}
+for i = 1, #rows do out[#out + 1] = rows[i][1] end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    at_s: float  # seconds after the start of the fault window
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How many faults of each kind to spread over the window (kills come at random 2-5 s intervals)."""
+
+    window_s: float
+    kill_every_s: tuple[float, float] = (2.0, 5.0)
+    stops: int = 1
+    server_restarts: int = 1
+    client_kills: int = 1
+    safe_trims: int = 1
+    pending_trims: int = 1
+    start_s: float = 2.0  # let the workers start before the first fault
+
+
+def build_schedule(rng: random.Random, plan: Plan) -> list[Planned]:
+    out = []
+    t = plan.start_s + rng.uniform(*plan.kill_every_s)
+    while t < plan.window_s:
+        out.append(Planned(round(t, 3), KILL))
+        t += rng.uniform(*plan.kill_every_s)
+    spread = (
+        (STOP, plan.stops),
+        (SERVER_RESTART, plan.server_restarts),
+        (CLIENT_KILL, plan.client_kills),
+        (TRIM_SAFE, plan.safe_trims),
+        (TRIM_PENDING, plan.pending_trims),
+    )
+    span = max(plan.window_s - plan.start_s - 1.0, 1.0)
+    for kind, count in spread:
+        width = span / max(count, 1)
+        for i in range(count):
+            out.append(Planned(round(plan.start_s + width * (i + rng.uniform(0.15, 0.85)), 3), kind))
+    return sorted(out, key=lambda p: (p.at_s, p.kind))
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def retrying(step: Callable[[], Awaitable[T]], attempts: int = 20, pause_s: float = 0.25) -> T:
+    """Retry an idempotent admin command across dropped connections (a restart, CLIENT KILL)."""
+    for attempt in itertools.count(1):
+        try:
+            return await step()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if attempt >= attempts:
+                raise
+            await asyncio.sleep(pause_s)
+    raise AssertionError("unreachable")
+
+
+class Nemesis:
+    """Runs a schedule of faults against the fleet, the server and the stream; records each in the ledger."""
+
+    def __init__(
+        self,
+        *,
+        fleet: Fleet,
+        server: EmbeddedServer | None,
+        admin: aioredis.Redis,
+        ledger: Ledger,
+        stream: str,
+        retry_key: str,
+        group: str,
+        rng: random.Random,
+        lease_ms: int,
+        failpoint_probability: float,
+        client_name_prefix: str,
+        pending_trim_size: int = 20,
+        server_down_s: float = 1.0,
+    ) -> None:
+        self.fleet = fleet
+        self.server = server
+        self.admin = admin
+        self.ledger = ledger
+        self.stream = stream
+        self.retry_key = retry_key
+        self.group = group
+        self.rng = rng
+        self.lease_ms = lease_ms
+        self.failpoint_probability = failpoint_probability
+        self.client_name_prefix = client_name_prefix
+        self.pending_trim_size = pending_trim_size
+        self.server_down_s = server_down_s
+        self._failpoints = itertools.cycle((*FAILPOINTS, ""))
+        self._resumes: list[asyncio.TimerHandle] = []
+        self.done: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+
+    async def run(self, schedule: list[Planned], started: float) -> None:
+        actions: dict[str, Callable[[], Awaitable[bool]]] = {
+            KILL: self.kill,
+            STOP: self.stop,
+            SERVER_RESTART: self.server_restart,
+            CLIENT_KILL: self.client_kill,
+            TRIM_SAFE: self.trim_safe,
+            TRIM_PENDING: self.trim_pending,
+        }
+        for planned in schedule:
+            delay = started + planned.at_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            did = await actions[planned.kind]()
+            tally = self.done if did else self.skipped
+            tally[planned.kind] = tally.get(planned.kind, 0) + 1
+
+    def heal(self) -> None:
+        """Resume any stopped worker now (the end of the fault window)."""
+        for handle in self._resumes:
+            handle.cancel()
+        self._resumes.clear()
+        for worker in list(self.fleet.workers.values()):
+            if worker.stopped:
+                self._resume(worker)
+
+    # ------------------------------------------------------------------------------------------ measuring
+
+    async def pending_by_consumer(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key in (self.stream, self.retry_key):
+            try:
+                rows = await retrying(lambda key=key: self.admin.xinfo_consumers(key, self.group))  # type: ignore[misc]
+            except ResponseError:
+                continue  # no such key or group yet
+            for row in rows:
+                name = _s(row["name"])
+                out[name] = out.get(name, 0) + int(row["pending"])
+        return out
+
+    async def inflight(self, pids: list[int] | None = None) -> int | None:
+        """Entries pending for the consumers of these worker pids (all consumers if None)."""
+        try:
+            pending = await self.pending_by_consumer()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return None
+        if pids is None:
+            return sum(pending.values())
+        wanted = set(pids)
+        return sum(n for name, n in pending.items() if (m := _PID.search(name)) and int(m.group(1)) in wanted)
+
+    # ------------------------------------------------------------------------------------------ faults
+
+    async def _victim(self) -> Worker | None:
+        """The running worker holding the most entries: a fault should catch a batch in flight.
+
+        Polls for up to BUSY_WAIT_S; with the stream idle at that moment, any running worker will do.
+        """
+        deadline = time.monotonic() + BUSY_WAIT_S
+        while True:
+            candidates = sorted((w for w in self.fleet.running() if not w.stopped), key=lambda w: w.slot)
+            if not candidates:
+                return None
+            try:
+                pending = await self.pending_by_consumer()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pending = {}
+            held: dict[int, int] = {}
+            for name, n in pending.items():
+                if n and (m := _PID.search(name)):
+                    held[int(m.group(1))] = held.get(int(m.group(1)), 0) + n
+            busy = [w for w in candidates if w.pid in held]
+            if busy:
+                most = max(held[w.pid] for w in busy)  # the fullest batch in flight: the worst moment
+                return self.rng.choice([w for w in busy if held[w.pid] == most])
+            if time.monotonic() >= deadline:
+                return self.rng.choice(candidates)
+            await asyncio.sleep(0.01)
+
+    async def kill(self) -> bool:
+        victim = await self._victim()
+        if victim is None:
+            return False
+        os.kill(victim.pid, signal.SIGSTOP)
+        inflight = await self.inflight([victim.pid])
+        self.fleet.kill(victim)
+        failpoint = next(self._failpoints)
+        armed = f"{failpoint}:{self.failpoint_probability}" if failpoint else ""
+        replacement = self.fleet.spawn(victim.slot, armed)
+        self.ledger.add_fault(
+            KILL, f"slot{victim.slot}/pid{victim.pid}", inflight,
+            replacement_pid=replacement.pid, replacement_failpoints=armed,
+        )  # fmt: skip
+        return True
+
+    async def stop(self) -> bool:
+        victim = await self._victim()
+        if victim is None:
+            return False
+        os.kill(victim.pid, signal.SIGSTOP)
+        victim.stopped = True
+        inflight = await self.inflight([victim.pid])
+        stop_s = 3 * self.lease_ms / 1000
+        self.ledger.add_fault(
+            STOP, f"slot{victim.slot}/pid{victim.pid}", inflight, stop_ms=int(stop_s * 1000)
+        )
+        self._resumes.append(asyncio.get_running_loop().call_later(stop_s, self._resume, victim))
+        return True
+
+    def _resume(self, worker: Worker) -> None:
+        if worker.stopped and worker.process.poll() is None:
+            os.kill(worker.pid, signal.SIGCONT)
+            self.ledger.add_fault(RESUME, f"slot{worker.slot}/pid{worker.pid}", None)
+        worker.stopped = False
+
+    async def server_restart(self) -> bool:
+        if self.server is None:
+            return False  # not our server to kill (--redis-url)
+        inflight = await self.inflight()
+        killed_at = time.time()
+        self.fleet.server_down = True
+        try:
+            self.server.kill()
+            await asyncio.sleep(self.server_down_s)
+            self.server.start()  # same port and directory: the AOF is replayed
+        finally:
+            self.fleet.server_down = False
+        self.ledger.add_fault(
+            SERVER_RESTART, "server", inflight,
+            killed_at_ms=int(killed_at * 1000), down_ms=int((time.time() - killed_at) * 1000),
+        )  # fmt: skip
+        return True
+
+    async def client_kill(self) -> bool:
+        inflight = await self.inflight()
+        if self.server is not None:
+            killed = await retrying(
+                lambda: self.admin.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"
+                )
+            )
+        else:
+            # Someone else's server: drop only this run's connections (named by the harness).
+            killed = 0
+            for client in await retrying(self.admin.client_list):
+                if _s(client.get("name", "")).startswith(self.client_name_prefix):
+                    killed += int(await self.admin.client_kill_filter(_id=client["id"]))
+        self.ledger.add_fault(CLIENT_KILL, "clients", inflight, killed=int(killed))
+        return True
+
+    async def trim_safe(self) -> bool:
+        async def read() -> list[Any]:
+            pipe = self.admin.pipeline(transaction=True)
+            pipe.xinfo_groups(self.stream)
+            pipe.xpending(self.stream, self.group)
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        groups, summary = await retrying(read)
+        (info,) = [g for g in groups if _s(g["name"]) == self.group]
+        minid = _s(info["last-delivered-id"])
+        if int(summary["pending"]) and _id_key(_s(summary["min"])) < _id_key(minid):
+            minid = _s(summary["min"])
+        if minid == "0-0":
+            return False
+        trimmed = await retrying(lambda: self.admin.xtrim(self.stream, minid=minid, approximate=False))
+        self.ledger.add_fault(TRIM_SAFE, self.stream, None, minid=minid, trimmed=int(trimmed))
+        return True
+
+    async def trim_pending(self) -> bool:
+        for _ in range(100):  # wait for a moment when entries are pending
+            reply = await retrying(
+                lambda: self.admin.eval(_TRIM_PENDING, 1, self.stream, self.group, self.pending_trim_size)
+            )
+            if len(reply) > 1:
+                ids = [_s(i) for i in reply[2:]]
+                self.ledger.add_fault(
+                    TRIM_PENDING,
+                    self.stream,
+                    len(ids),
+                    minid=_s(reply[1]),
+                    trimmed=int(reply[0]),
+                    pending_ids=ids,
+                )
+                return True
+            await asyncio.sleep(0.1)
+        return False

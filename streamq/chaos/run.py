@@ -1,0 +1,377 @@
+"""One chaos run, start to finish: server, workers, producer and nemesis; drain; final state; check.
+
+1. start a throwaway server (AOF, appendfsync always), unless a --redis-url is given
+2. start the worker fleet, then publish the planned events paced over the fault window while the
+   nemesis injects its seeded schedule of faults and the supervisor replaces dead workers
+3. heal (resume stopped workers), let the workers drain until nothing is pending, undelivered or
+   waiting for a retry, then stop them with SIGTERM
+4. read the final state and the dead-letter stream, merge the workers' ledger files, and check
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from streamq import keys
+from streamq.connection import redact
+from streamq.deadletter import parse_entry
+from streamq.embedded import EmbeddedServer, ServerBinary, default_server_binary, find_server_binaries
+
+from .checker import CheckReport, FinalState, check
+from .faults import WORKER_EXIT, Nemesis, Plan, build_schedule, retrying
+from .fleet import Exit, Fleet, WorkerSettings
+from .ledger import DeadLetterRow, Ledger
+from .publisher import Publisher
+from .workload import MALFORMED_KINDS, malformed, plan_events
+
+GROUP = "chaos"
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """Everything a run depends on; with the seed, two runs get the same events and fault schedule."""
+
+    seed: int = 1
+    events: int = 100_000
+    workers: int = 8
+    window_s: float = 330.0  # faults (and publishing) last this long
+    chunk_size: int = 100  # events per publish_many call
+    poison_rate: float = 0.01
+    flaky_rate: float = 0.05
+    malformed_per_kind: int = 10
+    batch_size: int = 50
+    lease_ms: int = 1200
+    max_attempts: int = 5
+    retry_base_ms: int = 100
+    retry_max_ms: int = 1000
+    max_event_bytes: int = 4096
+    work_ms: int = 20  # the handler's time per batch
+    failpoint_probability: float = 0.05  # per check, in a worker started with a failpoint armed
+    kill_every_s: tuple[float, float] = (2.0, 5.0)
+    stops: int = 6
+    server_restarts: int = 4
+    client_kills: int = 6
+    safe_trims: int = 4
+    pending_trims: int = 2
+    pending_trim_size: int = 20
+    drain_timeout_s: float = 120.0
+    fsync: bool = False
+
+
+LONG = ChaosConfig()
+QUICK = ChaosConfig(
+    events=20_000,
+    workers=4,
+    window_s=45.0,
+    malformed_per_kind=4,
+    stops=1,
+    server_restarts=1,
+    client_kills=1,
+    safe_trims=1,
+    pending_trims=1,
+    drain_timeout_s=60.0,
+)
+
+
+class RunReport(msgspec.Struct, kw_only=True):
+    ok: bool
+    config: dict[str, Any]
+    command: str
+    server: str  # e.g. "redis-7.0.15 (/usr/bin/redis-server)" or the redacted URL
+    server_version: str
+    stream: str
+    run_dir: str
+    started_at: str
+    publish_s: float
+    drain_s: float
+    total_s: float
+    schedule: dict[str, int]  # planned faults per kind
+    faults_done: dict[str, int]
+    faults_skipped: dict[str, int]
+    workers_spawned: int
+    failed_publish_calls: int
+    check: CheckReport
+
+
+def pick_binary(path: str | None) -> ServerBinary:
+    if path is None:
+        return default_server_binary()
+    wanted = os.path.abspath(path)
+    for binary in find_server_binaries():
+        if binary.path == wanted or os.path.realpath(binary.path) == os.path.realpath(wanted):
+            return binary
+    raise SystemExit(f"no usable server binary at {path}; found: {[b.path for b in find_server_binaries()]}")
+
+
+def _named(url: str, name: str) -> str:
+    """The URL with a client name, so this run's connections can be told apart in CLIENT LIST."""
+    return f"{url}{'&' if '?' in url else '?'}client_name={name}"
+
+
+async def run(
+    config: ChaosConfig,
+    *,
+    run_dir: Path,
+    redis_url: str | None = None,
+    server_binary: str | None = None,
+    command: str = "",
+    progress: Any = None,
+) -> RunReport:
+    say = progress or (lambda text: None)
+    for sub in ("ledger", "logs"):
+        os.makedirs(run_dir / sub, exist_ok=True)
+    started_wall = time.time()
+    started = time.monotonic()
+    rng = random.Random(config.seed)
+    run_id = f"chaos{config.seed}-{uuid.uuid4().hex[:6]}"
+    stream = f"{run_id}"
+    retry_key = keys.retry_key(stream, GROUP)
+
+    server: EmbeddedServer | None = None
+    if redis_url is None:
+        binary = pick_binary(server_binary)
+        server = EmbeddedServer(binary, appendonly=True, appendfsync="always")
+        server.start()
+        url, server_label = server.url, f"{binary.label} ({binary.path})"
+    else:
+        url, server_label = redis_url, redact(redis_url)
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    admin = aioredis.Redis.from_url(_named(url, f"{run_id}-admin"))
+    try:
+        info = await admin.info("server")
+        version = str(info.get("valkey_version") or info.get("redis_version"))
+        say(f"server {server_label} version {version}, stream {stream}, run dir {run_dir}")
+
+        events = plan_events(rng, config.events, poison_rate=config.poison_rate, flaky_rate=config.flaky_rate)
+        bad = [
+            malformed(rng, kind, config.events + i * len(MALFORMED_KINDS) + k, config.max_event_bytes)
+            for i in range(config.malformed_per_kind)
+            for k, kind in enumerate(MALFORMED_KINDS)
+        ]
+        plan = Plan(
+            window_s=config.window_s,
+            kill_every_s=config.kill_every_s,
+            stops=config.stops,
+            server_restarts=config.server_restarts if server is not None else 0,
+            client_kills=config.client_kills,
+            safe_trims=config.safe_trims,
+            pending_trims=config.pending_trims,
+        )
+        schedule = build_schedule(rng, plan)
+        ledger.set_meta("config", asdict(config))
+        ledger.set_meta("schedule", [asdict(p) for p in schedule])
+
+        fleet = Fleet(
+            WorkerSettings(
+                redis_url=_named(url, f"{run_id}-worker"), stream=stream, group=GROUP,
+                ledger_dir=str(run_dir / "ledger"), log_dir=str(run_dir / "logs"),
+                batch_size=config.batch_size, lease_ms=config.lease_ms, max_attempts=config.max_attempts,
+                retry_base_ms=config.retry_base_ms, retry_max_ms=config.retry_max_ms,
+                max_event_bytes=config.max_event_bytes, work_ms=config.work_ms, seed=config.seed,
+                fsync=config.fsync,
+            ),
+            size=config.workers,
+        )  # fmt: skip
+        nemesis = Nemesis(
+            fleet=fleet, server=server, admin=admin, ledger=ledger, stream=stream, retry_key=retry_key,
+            group=GROUP, rng=random.Random(rng.random()), lease_ms=config.lease_ms,
+            failpoint_probability=config.failpoint_probability, client_name_prefix=run_id,
+            pending_trim_size=config.pending_trim_size,
+        )  # fmt: skip
+        publisher = Publisher(
+            url=_named(url, f"{run_id}-producer"), stream=stream, ledger=ledger, events=events,
+            malformed=bad, chunk_size=config.chunk_size, duration_s=config.window_s, rng=rng,
+        )  # fmt: skip
+
+        def on_exit(gone: Exit) -> None:
+            ledger.add_fault(
+                WORKER_EXIT, f"slot{gone.slot}/pid{gone.pid}", None,
+                pid=gone.pid, returncode=gone.returncode, failpoints=gone.failpoints, log_tail=gone.log_tail,
+            )  # fmt: skip
+
+        supervising = asyncio.Event()
+
+        async def supervise() -> None:
+            while not supervising.is_set():
+                fleet.supervise(on_exit)
+                await asyncio.sleep(0.1)
+
+        say(
+            f"{len(events)} events + {len(bad)} malformed over {config.window_s:g} s,"
+            f" {config.workers} workers, {len(schedule)} faults planned"
+        )
+        fleet.start()
+        supervisor = asyncio.create_task(supervise())
+        window_started = time.monotonic()
+        try:
+            await asyncio.gather(publisher.run(), nemesis.run(schedule, window_started))
+            nemesis.heal()
+            publish_s = time.monotonic() - window_started
+            say(f"faults over after {publish_s:.1f} s: {nemesis.done}; draining")
+            drained, drain_s = await drain(admin, stream, retry_key, config.drain_timeout_s)
+            say(f"drained={drained} in {drain_s:.1f} s; stopping workers")
+        finally:
+            supervising.set()
+            await supervisor
+            nemesis.heal()
+            exit_codes = fleet.terminate_all()
+
+        final = await final_state(admin, stream, retry_key, drained, drain_s, exit_codes)
+        ledger.set_dead_letters(await dead_letters(admin, stream))
+        invocations, kills = ledger.merge_worker_logs(run_dir / "ledger")
+        ledger.set_meta("final", msgspec.to_builtins(final))
+        say(f"{invocations} handler invocations and {kills} failpoint kills merged; checking")
+        report = check(ledger, final, max_attempts=config.max_attempts, batch_size=config.batch_size)
+        planned: dict[str, int] = {}
+        for item in schedule:
+            planned[item.kind] = planned.get(item.kind, 0) + 1
+        return RunReport(
+            ok=report.ok,
+            config=asdict(config),
+            command=command,
+            server=server_label,
+            server_version=version,
+            stream=stream,
+            run_dir=str(run_dir),
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
+            publish_s=round(publish_s, 1),
+            drain_s=round(drain_s, 1),
+            total_s=round(time.monotonic() - started, 1),
+            schedule=dict(sorted(planned.items())),
+            faults_done=dict(sorted(nemesis.done.items())),
+            faults_skipped=dict(sorted(nemesis.skipped.items())),
+            workers_spawned=fleet.spawned,
+            failed_publish_calls=publisher.failed_calls,
+            check=report,
+        )
+    finally:
+        await admin.aclose()
+        ledger.close()
+        if server is not None:
+            server.close()
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Backlog(msgspec.Struct):
+    pending: int
+    undelivered: int
+    lag: int | None
+
+
+async def backlog(admin: aioredis.Redis, key: str) -> Backlog:
+    """Pending and undelivered entries of the group on one stream key."""
+    try:
+        groups = await admin.xinfo_groups(key)
+    except ResponseError:
+        return Backlog(0, 0, 0)  # the key does not exist (no retry yet)
+    found = [g for g in groups if _s(g["name"]) == GROUP]
+    if not found:
+        return Backlog(0, 0, 0)
+    info = found[0]
+    last_delivered = _s(info["last-delivered-id"])
+    # Count what lies beyond the last delivered id ourselves: `lag` may be unknown after a trim.
+    newer: Any = await admin.xrange(key, min=f"({last_delivered}", max="+", count=1000)
+    lag = info.get("lag")
+    return Backlog(int(info["pending"]), len(newer), int(lag) if lag is not None else None)
+
+
+async def drain(admin: aioredis.Redis, stream: str, retry_key: str, timeout_s: float) -> tuple[bool, float]:
+    """Wait until nothing is pending, undelivered or waiting for a retry (twice in a row)."""
+    started = time.monotonic()
+    delayed_key = keys.delayed_key(stream, GROUP)
+    quiet = 0
+    while time.monotonic() - started < timeout_s:
+        main = await retrying(lambda: backlog(admin, stream))
+        retry = await retrying(lambda: backlog(admin, retry_key))
+        delayed = int(await retrying(lambda: admin.zcard(delayed_key)))
+        busy = main.pending + main.undelivered + retry.pending + retry.undelivered + delayed
+        quiet = quiet + 1 if busy == 0 else 0
+        if quiet >= 2:
+            return True, time.monotonic() - started
+        await asyncio.sleep(0.25)
+    return False, time.monotonic() - started
+
+
+async def final_state(
+    admin: aioredis.Redis,
+    stream: str,
+    retry_key: str,
+    drained: bool,
+    drain_s: float,
+    exit_codes: dict[int, int | None],
+) -> FinalState:
+    main = await retrying(lambda: backlog(admin, stream))
+    retry = await retrying(lambda: backlog(admin, retry_key))
+    holding: dict[str, int] = {}
+    pending_ids: list[str] = []
+    for key in (stream, retry_key):
+        try:
+            for row in await admin.xinfo_consumers(key, GROUP):
+                if int(row["pending"]):
+                    name = _s(row["name"])
+                    holding[name] = holding.get(name, 0) + int(row["pending"])
+        except ResponseError:
+            continue
+    if main.pending:
+        rows = await admin.xpending_range(stream, GROUP, min="-", max="+", count=1000)
+        pending_ids = [_s(row["message_id"]) for row in rows]
+    stats = {_s(k): int(v) for k, v in (await admin.hgetall(keys.stats_key(stream, GROUP))).items()}
+    return FinalState(
+        drained=drained,
+        drain_s=round(drain_s, 2),
+        stream_pending=main.pending,
+        retry_pending=retry.pending,
+        stream_undelivered=main.undelivered,
+        retry_undelivered=retry.undelivered,
+        stream_lag=main.lag,
+        retry_lag=retry.lag,
+        delayed=int(await admin.zcard(keys.delayed_key(stream, GROUP))),
+        stream_length=int(await admin.xlen(stream)),
+        retry_length=int(await admin.xlen(retry_key)) if await admin.exists(retry_key) else 0,
+        dlq_length=int(await admin.xlen(keys.dlq_key(stream))),
+        stats=dict(sorted(stats.items())),
+        consumers_holding=holding,
+        pending_ids=pending_ids,
+        worker_exit_codes={str(pid): code for pid, code in exit_codes.items()},
+    )
+
+
+async def dead_letters(admin: aioredis.Redis, stream: str) -> list[DeadLetterRow]:
+    out: list[DeadLetterRow] = []
+    cursor = "-"
+    while True:
+        rows: Any = await admin.xrange(keys.dlq_key(stream), min=cursor, max="+", count=1000)
+        if not rows:
+            return out
+        for entry_id, fields in rows:
+            letter = parse_entry(entry_id, fields)
+            signature = letter.payload if letter.payload is not None else (letter.raw_fields or b"")
+            out.append(
+                DeadLetterRow(
+                    letter.dlq_id, letter.id, letter.reason, letter.attempts, letter.error_type,
+                    signature, letter.payload is not None,
+                )
+            )  # fmt: skip
+        cursor = "(" + _s(rows[-1][0])

@@ -1,0 +1,209 @@
+"""The chaos worker: a subprocess running one streamq App whose handler records every invocation.
+
+    python -m streamq.chaos.worker --redis-url URL --stream S --group G --ledger-dir DIR \
+        [--batch-size 50] [--lease-ms 1200] [--max-attempts 5] [--retry-base-ms 100] ...
+
+It is a plain streamq deployment (App, run_app, signal handling) with one batch consumer of ChaosEvent.
+The handler decides each event's outcome from its kind and attempt (workload.handler_succeeds) and appends
+one ledger line per event to the worker's own file (ledger.WorkerLog) before it returns.
+
+Failpoints: STREAMQ_CHAOS_FAILPOINTS="name:probability[,name:probability...]". At each armed point the
+worker SIGKILLs itself with that probability, after writing a `kill` line with how many entries it holds:
+
+    after_read     the batch is read and decoded, the handler has not run
+    mid_handler    half of the batch's ledger lines are written: a handler that died half way through
+    after_handler  the handler returned, nothing is settled yet
+    after_settle   the settle script (acks, retries and dead letters, one atomic Lua call) has run
+
+The dead-letter write and the ack are one script in streamq, so there is no point "between" them to stop
+at: before the script (after_handler) and after it (after_settle) are the two sides of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from streamq import App, Batch, _wire
+from streamq.app import run_app
+from streamq.consumer import Consumer
+from streamq.recovery import Hold
+from streamq.settle import Settlement
+
+from .ledger import WorkerLog
+from .workload import ChaosEvent, handler_succeeds
+
+FAILPOINTS_ENV = "STREAMQ_CHAOS_FAILPOINTS"
+FAILPOINTS = ("after_read", "mid_handler", "after_handler", "after_settle")
+CONSUMER_PREFIX = "chaos"
+LOG_FILE_PREFIX = "worker-"
+
+
+class ChaosFailure(Exception):
+    """What the handler raises for an event it was told to fail."""
+
+
+class Failpoints:
+    """Armed failpoints and their probabilities; hit() SIGKILLs this process when the dice say so."""
+
+    def __init__(self, armed: dict[str, float], rng: random.Random, log: WorkerLog) -> None:
+        unknown = set(armed) - set(FAILPOINTS)
+        if unknown:
+            raise ValueError(f"unknown failpoints {sorted(unknown)}; known: {', '.join(FAILPOINTS)}")
+        self.armed = armed
+        self.rng = rng
+        self.log = log
+
+    @staticmethod
+    def parse(spec: str) -> dict[str, float]:
+        armed: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, probability = item.partition(":")
+            armed[name] = float(probability or "1")
+        return armed
+
+    def hit(self, name: str, held: int) -> None:
+        probability = self.armed.get(name)
+        if probability is None or self.rng.random() >= probability:
+            return
+        self.log.self_kill(name, held)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def make_handler(log: WorkerLog, failpoints: Failpoints, work_ms: int) -> Callable[[Batch[ChaosEvent]], Any]:
+    async def handle(batch: Batch[ChaosEvent]) -> None:
+        failpoints.hit("after_read", len(batch))
+        if work_ms:
+            await asyncio.sleep(work_ms / 1000)  # the batch's "work": keeps entries in flight when faults hit
+        rows = []
+        for message in batch:
+            event = message.event
+            ok = handler_succeeds(event, message.attempt)
+            if not ok:
+                batch.fail(
+                    message, ChaosFailure(f"{event.kind} event {event.uuid} attempt {message.attempt}")
+                )
+            key = "stream" if message.key == batch.stream else "retry"
+            rows.append(
+                (event.uuid, event.seq, batch.consumer, message.attempt, key,
+                 message.entry_id.decode(), message.id, ok)
+            )  # fmt: skip
+        half = len(rows) // 2
+        if half and "mid_handler" in failpoints.armed:
+            log.invocations(rows[:half])
+            failpoints.hit("mid_handler", len(batch))
+            log.invocations(rows[half:])
+        else:
+            log.invocations(rows)
+
+    return handle
+
+
+def install_settle_failpoints(failpoints: Failpoints) -> None:
+    """Put the after_handler and after_settle failpoints around streamq's settle step.
+
+    streamq has no failpoint API, so this patches two seams of the library in this process only:
+    Consumer._settle (entered once the handler has returned) and _wire.settle (the one round trip that
+    runs the settle script). Acceptable in a test harness; nothing else in streamq is changed.
+    """
+    settle_method = Consumer._settle
+    wire_settle = _wire.settle
+
+    async def settle_with_failpoint(
+        self: Consumer, link: _wire.Link, settlement: Settlement, holds: list[Hold]
+    ) -> None:
+        failpoints.hit("after_handler", sum(len(held.ids) for held in holds))
+        await settle_method(self, link, settlement, holds)
+
+    async def wire_settle_with_failpoint(
+        link: _wire.Link, group: str, consumer: str, plans: Sequence[_wire.SettlePlan]
+    ) -> list[bytes]:
+        lost = await wire_settle(link, group, consumer, plans)
+        failpoints.hit("after_settle", 0)
+        return lost
+
+    Consumer._settle = settle_with_failpoint  # type: ignore[method-assign]  # failpoint seam, see docstring
+    _wire.settle = wire_settle_with_failpoint
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m streamq.chaos.worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--stream", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--ledger-dir", required=True, help="directory for this worker's ledger file")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--lease-ms", type=int, default=1200)
+    parser.add_argument("--max-attempts", type=int, default=5)
+    parser.add_argument("--retry-base-ms", type=int, default=100)
+    parser.add_argument("--retry-max-ms", type=int, default=1000)
+    parser.add_argument("--retry-poll-ms", type=int, default=100)
+    parser.add_argument("--block-ms", type=int, default=500)
+    parser.add_argument("--max-event-bytes", type=int, default=4096)
+    parser.add_argument("--work-ms", type=int, default=20, help="time the handler spends on each batch")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the failpoint dice (with the pid)")
+    parser.add_argument("--fsync", action="store_true", help="fsync the ledger file after every batch")
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+def configure_logging(level_name: str) -> None:
+    level = logging.getLevelNamesMapping().get(level_name.upper(), logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    log = WorkerLog(os.path.join(args.ledger_dir, f"{LOG_FILE_PREFIX}{os.getpid()}.tsv"), fsync=args.fsync)
+    failpoints = Failpoints(
+        Failpoints.parse(os.environ.get(FAILPOINTS_ENV, "")),
+        random.Random(args.seed * 100_003 + os.getpid()),
+        log,
+    )
+    install_settle_failpoints(failpoints)
+    app = App(args.redis_url, shutdown_grace_ms=10_000)
+    app.add_consumer(
+        make_handler(log, failpoints, args.work_ms),
+        args.stream,
+        group=args.group,
+        events=[ChaosEvent],
+        batch_size=args.batch_size,
+        lease_ms=args.lease_ms,
+        max_attempts=args.max_attempts,
+        retry_base_ms=args.retry_base_ms,
+        retry_max_ms=args.retry_max_ms,
+        retry_poll_ms=args.retry_poll_ms,
+        block_ms=args.block_ms,
+        max_event_bytes=args.max_event_bytes,
+        consumer_prefix=CONSUMER_PREFIX,
+    )
+    try:
+        return run_app(app)
+    finally:
+        log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
