@@ -115,7 +115,8 @@ async def test_acked_messages_stay_acked_when_the_handler_then_raises(
             raise RuntimeError("half done")
 
     await asyncio.wait_for(app.run_until_idle(), 30)
-    assert calls == [[0, 1, 2, 3], [1, 3]]
+    assert calls[0] == [0, 1, 2, 3]
+    assert sorted(n for call in calls[1:] for n in call) == [1, 3]  # retries may come back apart (jitter)
     assert await _stats(client, unique) == {"acked": 4, "retried": 2}
 
 
