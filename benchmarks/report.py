@@ -10,13 +10,14 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import redis
 
-from benchmarks.harness import CaseResult
+from benchmarks.harness import REPO_ROOT, CaseResult
 
 # Distributions whose versions shape the figures; absent ones are left out of the record.
 RECORDED_DISTRIBUTIONS = (
@@ -58,6 +59,7 @@ class RunMeta(msgspec.Struct):
     server_url: str
     server_source: str
     server_version: str
+    streamq_revision: str  # the commit measured, "+dirty" when streamq/ had uncommitted changes
     versions: dict[str, str]
 
 
@@ -82,6 +84,7 @@ def describe_run(
         server_url=_redact(server_url),
         server_source=server_source,
         server_version=_server_version(server_url),
+        streamq_revision=_streamq_revision(),
         versions=_versions(),
     )
 
@@ -109,7 +112,7 @@ def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
     lines = [
         f"server {meta.server_version} ({meta.server_source}); {meta.nproc} cores, {meta.cpu_model}; "
-        f"python {meta.python}"
+        f"python {meta.python}; streamq {meta.streamq_revision}"
     ]
     for row in rows:
         cells = [
@@ -213,6 +216,21 @@ def _server_version(url: str) -> str:
     if "valkey_version" in info:
         return f"valkey {info['valkey_version']}"
     return f"redis {info.get('redis_version', 'unknown')}"
+
+
+def _streamq_revision() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "streamq")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
 
 
 def _versions() -> dict[str, str]:
