@@ -140,7 +140,7 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for ax, operation in zip(axes, ("publish", "consume"), strict=True):
         measured = [r for r in results if r.operation == operation and r.status == "ok"]
-        for contender in sorted({r.contender for r in measured}):
+        for contender in dict.fromkeys(r.contender for r in measured):  # run order: baselines first
             points = sorted((r for r in measured if r.contender == contender), key=lambda r: r.batch_size)
             xs = [r.batch_size for r in points]
             ys = [r.rate_median or 0.0 for r in points]
@@ -157,7 +157,9 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
                 label=contender,
                 color=CONTENDER_COLOURS.get(contender),
             )
-        pending = sorted({r.contender for r in results if r.operation == operation and r.status != "ok"})
+        pending = list(
+            dict.fromkeys(r.contender for r in results if r.operation == operation and r.status != "ok")
+        )
         title = f"{operation}, one process"
         if pending:
             title += f"\n(not measured: {', '.join(pending)})"
@@ -170,8 +172,8 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
         if measured:
             ax.legend()
     fig.suptitle(
-        f"streamq benchmarks: server {meta.server_version}, {meta.nproc} cores, {meta.cpu_model}, "
-        f"{meta.repeats} repeat(s){' (quick)' if meta.quick else ''}"
+        f"streamq {meta.streamq_revision} benchmarks: server {meta.server_version}, {meta.nproc} cores, "
+        f"{meta.cpu_model}, {meta.repeats} repeat(s){' (quick)' if meta.quick else ''}"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
