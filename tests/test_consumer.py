@@ -305,3 +305,20 @@ async def test_handler_that_always_times_out_is_dead_lettered(
         "max_attempts",
     )
     assert await _pending(client, unique, "g") == 0
+
+
+async def test_worker_on_a_key_of_another_type_stops_with_a_configuration_error(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A stream name that holds another type (WRONGTYPE) is a configuration error the app raises, not
+    something it retries forever; the key is left as it was."""
+    await client.set(unique, "not a stream")
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", **FAST)
+    async def handle(batch: streamq.Batch[Click]) -> None:
+        return None
+
+    with pytest.raises(streamq.ConfigurationError, match=unique):
+        await asyncio.wait_for(app.run_until_idle(), 30)
+    assert await client.get(unique) == b"not a stream"

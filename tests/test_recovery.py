@@ -395,3 +395,34 @@ async def test_worker_rides_out_a_server_crash(own_server: EmbeddedServer, uniqu
         assert (await _stats(after, unique, "g"))["acked"] >= 30
     finally:
         await after.aclose()
+
+
+async def test_idle_worker_reconnects_after_a_server_restart(own_server: EmbeddedServer, unique: str) -> None:
+    """A worker waiting for events when the server dies keeps retrying its read, and once the server is
+    back (same data, AOF) it handles what is published then, without being restarted."""
+    url = own_server.url
+    await _publish(url, unique, 1)
+    handled: list[int] = []
+    app = streamq.App(url)
+
+    @app.consumer(unique, group="g", lease_ms=1_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        handled.extend(event.n for event in batch.events)
+
+    with structlog.testing.capture_logs() as logs:
+        run = asyncio.create_task(app.run())
+        try:
+            await async_wait_until(lambda: handled == [0], message="the first event")
+            own_server.kill()
+            await async_wait_until(
+                lambda: any(log["event"] == "redis unavailable, retrying" for log in logs),
+                message="the worker to notice the server is gone",
+            )
+            await asyncio.to_thread(own_server.start)
+            await _publish(url, unique, 3)
+            await async_wait_until(
+                lambda: handled == [0, 0, 1, 2], message="events published after the restart"
+            )
+        finally:
+            app.stop()
+            await asyncio.wait_for(run, 30)

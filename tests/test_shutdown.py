@@ -135,3 +135,29 @@ async def test_stop_lets_the_batch_in_hand_settle(
     assert int((await client.xpending(unique, "g"))["pending"]) == 0
     assert await client.hget(keys.stats_key(unique, "g"), "acked") == b"3"
     app.stop()  # after run() returned: still harmless
+
+
+async def test_run_installs_signal_handlers_only_when_asked_and_removes_them(
+    redis_url: str, unique: str
+) -> None:
+    """Nothing is installed by building an app or by run() without handle_signals; run(handle_signals=True)
+    handles SIGTERM and SIGINT while it runs and removes its handlers when it returns."""
+    loop = asyncio.get_running_loop()
+    before = signal.getsignal(signal.SIGTERM)
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", lease_ms=1_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        return None
+
+    during: list[Any] = []
+    for handle_signals in (False, True):
+        run = asyncio.create_task(app.run(handle_signals=handle_signals))
+        await async_wait_until(lambda: app.consumers, message="the app to start")
+        during.append(signal.getsignal(signal.SIGTERM))
+        app.stop()
+        await asyncio.wait_for(run, 10)
+        app.consumers = []
+    assert during[0] == before and during[1] != before
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert loop.remove_signal_handler(signal.SIGINT) is False  # run() left no handler behind
