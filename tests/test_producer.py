@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import pytest
@@ -121,6 +122,18 @@ def test_sync_producer_from_plain_code(redis_url: str, sync_client: redis.Redis,
     entries = sync_client.xrange(unique)
     assert [i.decode() for i, _ in entries] == [one, *ids]
     assert _decode(entries) == [Reading("a", 1.0), *_readings(7)]
+
+
+def test_sync_producer_is_thread_safe(redis_url: str, sync_client: redis.Redis, unique: str) -> None:
+    """One SyncProducer shared by several threads publishes every event once, each thread's in order."""
+    with streamq.SyncProducer(redis_url, chunk_size=5) as producer, ThreadPoolExecutor(4) as pool:
+        batches = [[Reading(f"t{t}", float(n)) for n in range(50)] for t in range(4)]
+        results = list(pool.map(lambda events: producer.publish_many(unique, events), batches))
+    assert sync_client.xlen(unique) == 200
+    entries = sync_client.xrange(unique)
+    stored = dict(zip([i.decode() for i, _ in entries], _decode(entries), strict=True))
+    for ids, events in zip(results, batches, strict=True):
+        assert [stored[i] for i in ids] == events
 
 
 def test_sync_producer_leaves_a_given_client_open(sync_client: redis.Redis, unique: str) -> None:

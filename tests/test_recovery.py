@@ -353,6 +353,30 @@ async def test_retry_outlives_the_worker_that_scheduled_it(
     assert await _pending(client, unique, "g") == 0
 
 
+async def test_retry_entry_of_a_dead_worker_is_reclaimed_with_its_history(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A retry that a worker took from the group's retry stream and died holding is reclaimed from that
+    stream like any entry: it keeps its original id, its attempt counts the earlier failure and both
+    deliveries, and once handled it is removed from the retry stream."""
+    retry = keys.retry_key(unique, "g")
+    await _wire.ensure_group(client, retry, "g")
+    payload = streamq.events.Encoder().encode(Job(7))
+    record = RetryRecord(
+        "1234-5", failures=1, first_failure_ms=1, last_failure_ms=2, error="E: x", payload=payload
+    )
+    await client.xadd(retry, {"r": encode_record(record)})
+    await client.xreadgroup("g", "crashed", {retry: ">"})
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen, lease_ms=300)
+    await asyncio.wait_for(app.run_until_idle(), 30)
+
+    assert seen == [(7, 3, "1234-5")]
+    assert await client.xlen(retry) == 0
+    assert await _pending(client, unique, "g") == 0
+
+
 # -------------------------------------------------------------------------------------- server restarts
 
 

@@ -114,6 +114,26 @@ async def test_second_signal_stops_at_once_and_entries_are_reclaimed(
     assert _pending(sync_client, unique, "g") == {}
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+async def test_grace_period_bounds_how_long_shutdown_waits(
+    mode: str, spawn_worker: SpawnWorker, redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """A handler still running when the grace period after SIGTERM ends is abandoned: the worker exits
+    without settling it, and the entries stay pending for another worker to reclaim."""
+    _publish(redis_url, unique, 3)
+    worker = spawn_worker(
+        stream=unique, group="g", ledger=unique, mode=mode, sleep_ms=120_000, lease_ms=1_000, grace_ms=300
+    )
+    await async_wait_until(
+        lambda: len(read_ledger(sync_client, unique, "started")) == 3, message="the handler to start"
+    )
+    worker.send(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 20) == 0, worker.log()
+    assert "grace period over" in worker.log()
+    assert sum(_pending(sync_client, unique, "g").values()) == 3
+    assert read_ledger(sync_client, unique, "done") == {}
+
+
 async def test_stop_lets_the_batch_in_hand_settle(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:
