@@ -63,6 +63,7 @@ def _measure(
         wall_s=probe.wall_s,
         client_cpu_s=probe.client_cpu_s,
         server_cpu_s=probe.server_cpu_s,
+        machine_cpu_s=probe.machine_cpu_s,
         peak_rss_bytes=peak_rss_bytes(),
     )
     return ChildOutcome(status="ok", sample=sample)

@@ -5,7 +5,9 @@ Measures, for each case (a scenario at one batch size) and each repeat:
   * client CPU: ``time.process_time()`` over that section (all threads of the measuring process);
   * server CPU: the delta of ``used_cpu_sys + used_cpu_user`` from ``INFO CPU`` over that section
     (works for a throwaway server and for ``--redis-url`` alike; other clients of a shared server count too);
-  * peak RSS of the measuring process (VmHWM: its own high-water mark, whatever the harness holds).
+  * peak RSS of the measuring process (VmHWM: its own high-water mark, whatever the harness holds);
+  * machine CPU: all CPU time the machine spent over that section (/proc/stat), so that time spent by
+    neither the client nor the server (other people's jobs on a shared box) shows up as "other CPU".
 
 Every repeat runs the measured code in a fresh ``python -m benchmarks.child`` subprocess, so a figure is "per
 process", RSS starts clean and no peer's imports or globals leak into another contender's numbers. Untimed
@@ -42,6 +44,8 @@ log = structlog.get_logger("benchmarks.harness")
 DEFAULT_REPEATS = 3
 DEFAULT_CASE_TIMEOUT_MS = 300_000  # one child, one repeat; a hung peer fails its case instead of the run
 QUICK_CASE_TIMEOUT_MS = 60_000
+# /proc/stat counts in 10 ms ticks: "other CPU" of a shorter window would be mostly rounding.
+MIN_WALL_FOR_OTHER_CPU_S = 0.5
 BENCH_INSTALL_HINT = "skipped (pip install 'streamq[bench]')"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +91,7 @@ class Sample(msgspec.Struct, frozen=True):
     client_cpu_s: float
     server_cpu_s: float | None
     peak_rss_bytes: int
+    machine_cpu_s: float | None = None  # busy CPU seconds of the whole machine; None off Linux
 
     @property
     def rate(self) -> float:
@@ -113,6 +118,7 @@ class CaseResult(msgspec.Struct):
     spread_pct: float | None = None  # (max - min) / median * 100
     client_cpu_pct: float | None = None  # median of client CPU seconds / wall seconds * 100
     server_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None  # machine CPU that was neither client nor server: noise if large
     peak_rss_mib: float | None = None  # the largest peak over the repeats
 
 
@@ -133,17 +139,20 @@ class Probe:
         self.wall_s: float | None = None
         self.client_cpu_s = 0.0
         self.server_cpu_s: float | None = None
+        self.machine_cpu_s: float | None = None
 
     @contextlib.asynccontextmanager
     async def measure(self) -> AsyncIterator[None]:
         client = redis.asyncio.Redis.from_url(self._url)
         try:
             server_before = await server_cpu_s(client)
+            machine_before = machine_busy_cpu_s()
             cpu_before = time.process_time()
             wall_before = time.perf_counter()
             yield
             wall_after = time.perf_counter()
             cpu_after = time.process_time()
+            machine_after = machine_busy_cpu_s()
             server_after = await server_cpu_s(client)
         finally:
             await client.aclose()
@@ -151,6 +160,8 @@ class Probe:
         self.client_cpu_s = cpu_after - cpu_before
         if server_before is not None and server_after is not None:
             self.server_cpu_s = server_after - server_before
+        if machine_before is not None and machine_after is not None:
+            self.machine_cpu_s = machine_after - machine_before
 
 
 async def server_cpu_s(client: redis.asyncio.Redis) -> float | None:
@@ -160,6 +171,18 @@ async def server_cpu_s(client: redis.asyncio.Redis) -> float | None:
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def machine_busy_cpu_s() -> float | None:
+    """CPU seconds all cores have spent busy since boot (everything but idle and iowait), from /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice; guest time is inside user.
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def load(ref: str) -> Callable[..., Any]:
@@ -181,6 +204,12 @@ def summarize(result: CaseResult) -> CaseResult:
     result.client_cpu_pct = statistics.median(100 * s.client_cpu_s / s.wall_s for s in result.samples)
     server = [100 * s.server_cpu_s / s.wall_s for s in result.samples if s.server_cpu_s is not None]
     result.server_cpu_pct = statistics.median(server) if server else None
+    other = [
+        100 * (s.machine_cpu_s - s.client_cpu_s - (s.server_cpu_s or 0.0)) / s.wall_s
+        for s in result.samples
+        if s.machine_cpu_s is not None and s.wall_s >= MIN_WALL_FOR_OTHER_CPU_S
+    ]
+    result.other_cpu_pct = max(0.0, statistics.median(other)) if other else None
     result.peak_rss_mib = max(s.peak_rss_bytes for s in result.samples) / 2**20
     return result
 

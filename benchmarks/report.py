@@ -39,9 +39,10 @@ CONTENDER_COLOURS = {
     "faststream": "tab:orange",
 }
 TABLE_HEADER = (
-    "case", "contender", "op", "batch", "events/s", "spread", "client CPU", "server CPU", "peak RSS", "note"
+    "case", "contender", "op", "batch", "events/s", "spread", "client CPU", "server CPU", "other CPU",
+    "peak RSS", "note",
 )  # fmt: skip
-RIGHT_ALIGNED = {3, 4, 5, 6, 7, 8}
+RIGHT_ALIGNED = {3, 4, 5, 6, 7, 8, 9}
 
 
 class RunMeta(msgspec.Struct):
@@ -93,7 +94,7 @@ def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
     rows = [TABLE_HEADER]
     for r in results:
         if r.status != "ok":
-            rows.append((r.name, r.contender, r.operation, str(r.batch_size), *["-"] * 5, r.note))
+            rows.append((r.name, r.contender, r.operation, str(r.batch_size), *["-"] * 6, r.note))
             continue
         rows.append(
             (
@@ -105,6 +106,7 @@ def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
                 _pct(r.spread_pct),
                 _pct(r.client_cpu_pct),
                 _pct(r.server_cpu_pct),
+                _pct(r.other_cpu_pct),
                 f"{r.peak_rss_mib:.0f} MiB" if r.peak_rss_mib is not None else "-",
                 f"{len(r.samples)} repeat(s) of {r.count:,} events",
             )
