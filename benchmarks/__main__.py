@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from benchmarks.harness import DEFAULT_REPEATS, Case, run_case
-from benchmarks.report import describe_run, format_table, write_json, write_png
+from benchmarks.report import describe_run, format_markdown, format_table, write_json, write_png
 from benchmarks.server import ServerUnavailable, throwaway_server
 
 EXIT_OK = 0
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", help="measure against this server instead of a throwaway one")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     parser.add_argument("--png", type=Path, metavar="FILE", help="write a chart (needs matplotlib)")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the figures as a Markdown table")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     return parser
 
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(args.json, meta, results)
         log.info("json written", path=str(args.json))
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(format_markdown(results))
+        log.info("markdown written", path=str(args.markdown))
     if args.png is not None:
         if write_png(args.png, meta, results):
             log.info("chart written", path=str(args.png))

@@ -125,6 +125,24 @@ def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: list[CaseResult]) -> str:
+    """The figures as a Markdown table, for RESULTS.md."""
+    lines = [
+        "| case | detail | events/s (median) | spread | client CPU | server CPU | other CPU | peak RSS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.status != "ok":
+            lines.append(f"| {r.name} | {r.detail} | {r.note} | | | | | |")
+            continue
+        rss = f"{r.peak_rss_mib:.0f} MiB" if r.peak_rss_mib is not None else "-"
+        cpu = " | ".join(_pct(v) for v in (r.client_cpu_pct, r.server_cpu_pct, r.other_cpu_pct))
+        lines.append(
+            f"| {r.name} | {r.detail} | {_num(r.rate_median)} | {_pct(r.spread_pct)} | {cpu} | {rss} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_json(path: Path, meta: RunMeta, results: list[CaseResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(Report(meta=meta, results=results))) + b"\n")
