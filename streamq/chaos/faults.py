@@ -149,7 +149,8 @@ class Nemesis:
         failpoint_probability: float,
         client_name_prefix: str,
         pending_trim_size: int = 20,
-        server_down_s: float = 1.0,
+        busy_threshold: int = 25,  # entries in flight that make a moment worth striking
+        server_down_s: tuple[float, float] = (0.5, 3.0),  # seconds down: shorter or longer than a lease
     ) -> None:
         self.fleet = fleet
         self.server = server
@@ -163,6 +164,7 @@ class Nemesis:
         self.failpoint_probability = failpoint_probability
         self.client_name_prefix = client_name_prefix
         self.pending_trim_size = pending_trim_size
+        self.busy_threshold = busy_threshold
         self.server_down_s = server_down_s
         self._failpoints = itertools.cycle((*FAILPOINTS, ""))
         self._resumes: list[asyncio.TimerHandle] = []
@@ -222,12 +224,16 @@ class Nemesis:
 
     # ------------------------------------------------------------------------------------------ faults
 
-    async def _victim(self) -> Worker | None:
-        """The running worker holding the most entries: a fault should catch a batch in flight.
+    def _wants_busy(self) -> bool:
+        """Two faults in three wait for a full batch in flight (the worst moment); the rest strike at once."""
+        return self.rng.random() < 2 / 3
 
-        Polls for up to BUSY_WAIT_S; with the stream idle at that moment, any running worker will do.
+    async def _victim(self) -> Worker | None:
+        """A running worker to strike: usually the first seen holding at least half a batch.
+
+        Polls for up to BUSY_WAIT_S, then settles for the worker holding the most, or any.
         """
-        deadline = time.monotonic() + BUSY_WAIT_S
+        deadline = time.monotonic() + (BUSY_WAIT_S if self._wants_busy() else 0.0)
         while True:
             candidates = sorted((w for w in self.fleet.running() if not w.stopped), key=lambda w: w.slot)
             if not candidates:
@@ -240,12 +246,9 @@ class Nemesis:
             for name, n in pending.items():
                 if n and (m := _PID.search(name)):
                     held[int(m.group(1))] = held.get(int(m.group(1)), 0) + n
-            busy = [w for w in candidates if w.pid in held]
-            if busy:
-                most = max(held[w.pid] for w in busy)  # the fullest batch in flight: the worst moment
-                return self.rng.choice([w for w in busy if held[w.pid] == most])
-            if time.monotonic() >= deadline:
-                return self.rng.choice(candidates)
+            most = max((held.get(w.pid, 0) for w in candidates), default=0)
+            if most >= self.busy_threshold or time.monotonic() >= deadline:
+                return self.rng.choice([w for w in candidates if held.get(w.pid, 0) == most])
             await asyncio.sleep(0.01)
 
     async def kill(self) -> bool:
@@ -284,15 +287,27 @@ class Nemesis:
             self.ledger.add_fault(RESUME, f"slot{worker.slot}/pid{worker.pid}", None)
         worker.stopped = False
 
+    async def _busy_moment(self) -> int | None:
+        """Usually wait (up to BUSY_WAIT_S) for a batch in flight; returns how many entries are pending."""
+        deadline = time.monotonic() + (BUSY_WAIT_S if self._wants_busy() else 0.0)
+        while True:
+            inflight = await self.inflight()
+            if (inflight or 0) >= self.busy_threshold or time.monotonic() >= deadline:
+                return inflight
+            await asyncio.sleep(0.01)
+
     async def server_restart(self) -> bool:
         if self.server is None:
             return False  # not our server to kill (--redis-url)
-        inflight = await self.inflight()
+        inflight = await self._busy_moment()
         killed_at = time.time()
+        # Sometimes shorter than a lease, sometimes longer: then the entries held by live workers become
+        # reclaimable the moment the server is back, racing their holders' settle retries.
+        down_s = self.rng.uniform(*self.server_down_s)
         self.fleet.server_down = True
         try:
             self.server.kill()
-            await asyncio.sleep(self.server_down_s)
+            await asyncio.sleep(down_s)
             self.server.start()  # same port and directory: the AOF is replayed
         finally:
             self.fleet.server_down = False
@@ -303,7 +318,7 @@ class Nemesis:
         return True
 
     async def client_kill(self) -> bool:
-        inflight = await self.inflight()
+        inflight = await self._busy_moment()
         if self.server is not None:
             killed = await retrying(
                 lambda: self.admin.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped

@@ -51,7 +51,7 @@ class ChaosConfig:
     flaky_rate: float = 0.05
     malformed_per_kind: int = 10
     batch_size: int = 50
-    lease_ms: int = 1200
+    lease_ms: int = 1500
     max_attempts: int = 5
     retry_base_ms: int = 100
     retry_max_ms: int = 1000
@@ -187,7 +187,7 @@ async def run(
             fleet=fleet, server=server, admin=admin, ledger=ledger, stream=stream, retry_key=retry_key,
             group=GROUP, rng=random.Random(rng.random()), lease_ms=config.lease_ms,
             failpoint_probability=config.failpoint_probability, client_name_prefix=run_id,
-            pending_trim_size=config.pending_trim_size,
+            pending_trim_size=config.pending_trim_size, busy_threshold=max(1, config.batch_size // 2),
         )  # fmt: skip
         publisher = Publisher(
             url=_named(url, f"{run_id}-producer"), stream=stream, ledger=ledger, events=events,

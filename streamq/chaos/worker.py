@@ -146,7 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--group", required=True)
     parser.add_argument("--ledger-dir", required=True, help="directory for this worker's ledger file")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--lease-ms", type=int, default=1200)
+    parser.add_argument("--lease-ms", type=int, default=1500)
     parser.add_argument("--max-attempts", type=int, default=5)
     parser.add_argument("--retry-base-ms", type=int, default=100)
     parser.add_argument("--retry-max-ms", type=int, default=1000)

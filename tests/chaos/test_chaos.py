@@ -1,0 +1,259 @@
+"""The chaos harness: its checker on hand-made ledgers, and the quick run against every server binary.
+
+The quick run (`python -m streamq.chaos --quick --seed 1`) is slow (about a minute per server) but runs in
+CI: it is the only test that kills workers at every failpoint, freezes one past its lease, kills -9 the
+server and trims pending entries, all while events flow, and then checks every event's fate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamq.chaos.checker import CheckReport, FinalState, check
+from streamq.chaos.ledger import AMBIGUOUS, PUBLISHED, DeadLetterRow, Ledger, WorkerLog
+from streamq.chaos.workload import FLAKY, GARBAGE, OK, POISON
+from streamq.embedded import ServerBinary
+
+QUICK_TIMEOUT_S = 200  # the quick run takes about 50 s here; a hung run must fail, not stall CI
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MAX_ATTEMPTS = 5
+
+
+# --------------------------------------------------------------------------------------------- the checker
+
+
+def _final(**changes: Any) -> FinalState:
+    values: dict[str, Any] = {
+        "drained": True, "drain_s": 1.0, "stream_pending": 0, "retry_pending": 0, "stream_undelivered": 0,
+        "retry_undelivered": 0, "stream_lag": 0, "retry_lag": 0, "delayed": 0, "stream_length": 0,
+        "retry_length": 0, "dlq_length": 0, "stats": {"reclaimed": 0, "lease_lost": 0},
+        "consumers_holding": {}, "pending_ids": [], "worker_exit_codes": {},
+    }  # fmt: skip
+    values.update(changes)
+    return FinalState(**values)
+
+
+class Scenario:
+    """A hand-made ledger: events, the worker lines about them, dead letters, faults."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.ledger = Ledger(tmp_path / "ledger.sqlite")
+        self.log = WorkerLog(tmp_path / "worker-1.tsv")
+        self.dead: list[DeadLetterRow] = []
+
+    def publish(self, uid: str, kind: str = OK, entry_id: str = "1-0", status: str = PUBLISHED) -> None:
+        ids = [entry_id] if status == PUBLISHED else None
+        self.ledger.add_events([(uid, 0, kind, 1 if kind == FLAKY else 0, uid.encode())], status, ids)
+
+    def handled(self, uid: str, *, ok: bool = True, attempt: int = 1, entry_id: str = "1-0") -> None:
+        self.log.invocations([(uid, 0, "c1", attempt, "stream", entry_id, entry_id, ok)])
+
+    def dead_letter(
+        self, uid: str, reason: str, attempts: int = MAX_ATTEMPTS, payload: bytes | None = None
+    ) -> None:
+        signature = uid.encode() if payload is None else payload
+        self.dead.append(DeadLetterRow(f"9-{len(self.dead)}", "1-0", reason, attempts, "", signature, True))
+
+    def check(self, final: FinalState | None = None) -> CheckReport:
+        self.log.close()
+        self.ledger.merge_worker_logs(self.dir)
+        self.ledger.set_dead_letters(self.dead)
+        try:
+            return check(self.ledger, final or _final(), max_attempts=MAX_ATTEMPTS, batch_size=50)
+        finally:
+            self.ledger.close()
+
+
+def _failed(report: CheckReport) -> set[str]:
+    return {c.name for c in report.checks if not c.ok}
+
+
+def test_clean_history_passes(tmp_path: Path) -> None:
+    """Acked, flaky-then-acked, poison in the DLQ and an unseen ambiguous event: every check passes."""
+    s = Scenario(tmp_path)
+    s.publish("a")
+    s.handled("a")
+    s.publish("f", FLAKY, "2-0")
+    s.handled("f", ok=False, entry_id="2-0")
+    s.handled("f", attempt=2, entry_id="2-0")
+    s.publish("p", POISON, "3-0")
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        s.handled("p", ok=False, attempt=attempt, entry_id="3-0")
+    s.dead_letter("p", "max_attempts")
+    s.publish("x", status=AMBIGUOUS)
+    report = s.check()
+    assert report.ok, report.checks
+    assert (report.acked, report.dead_lettered, report.unresolved_ambiguous) == (2, 1, 1)
+
+
+def test_an_event_never_handled_is_lost(tmp_path: Path) -> None:
+    """Published, no successful invocation, not dead-lettered: lost."""
+    s = Scenario(tmp_path)
+    s.publish("a")
+    s.handled("a", ok=False)
+    report = s.check()
+    assert report.lost == 1
+    assert "no_loss" in _failed(report)
+
+
+def test_a_success_still_pending_is_not_acked(tmp_path: Path) -> None:
+    """A successful invocation whose entry is still pending at the end was never acknowledged."""
+    s = Scenario(tmp_path)
+    s.publish("a", entry_id="5-0")
+    s.handled("a", entry_id="5-0")
+    report = s.check(_final(stream_pending=1, pending_ids=["5-0"]))
+    assert report.lost == 1
+    assert {"no_loss", "nothing_pending"} <= _failed(report)
+
+
+def test_unpublished_events_are_unexpected(tmp_path: Path) -> None:
+    """A handler invocation or a dead letter for an event nobody published."""
+    s = Scenario(tmp_path)
+    s.handled("ghost")
+    s.dead_letter("phantom", "undecodable")
+    report = s.check()
+    assert report.unexpected == 2
+    assert "no_unexpected" in _failed(report)
+
+
+def test_duplicates_beyond_what_was_in_flight_fail(tmp_path: Path) -> None:
+    """Two successes of one event with no fault to explain them break both duplicate bounds."""
+    s = Scenario(tmp_path)
+    s.publish("a")
+    s.handled("a")
+    s.handled("a", attempt=2)
+    report = s.check()
+    assert report.duplicated == 1
+    assert report.duplicate_bound == 0
+    assert {"duplicates_within_inflight_bound", "duplicates_within_streamq_counters"} <= _failed(report)
+
+
+def test_duplicates_explained_by_a_kill_pass(tmp_path: Path) -> None:
+    """A kill with entries in flight and streamq's reclaimed counter account for one duplicate."""
+    s = Scenario(tmp_path)
+    s.publish("a")
+    s.handled("a")
+    s.handled("a", attempt=2)
+    s.ledger.add_fault("kill", "slot0/pid1", 3)
+    report = s.check(_final(stats={"reclaimed": 3, "lease_lost": 0}))
+    assert report.ok, report.checks
+
+
+def test_too_many_invocations_fail(tmp_path: Path) -> None:
+    """More handler invocations than max_attempts means crashed attempts were not counted."""
+    s = Scenario(tmp_path)
+    s.publish("p", POISON)
+    for attempt in range(1, MAX_ATTEMPTS + 2):
+        s.handled("p", ok=False, attempt=attempt)
+    s.dead_letter("p", "max_attempts", attempts=MAX_ATTEMPTS + 1)
+    report = s.check()
+    assert "attempts_within_limit" in _failed(report)
+
+
+def test_dead_letters_must_match_exactly(tmp_path: Path) -> None:
+    """A missing poison event, an ok event dead-lettered by its own failures, and changed bytes."""
+    s = Scenario(tmp_path)
+    s.publish("p", POISON, "1-0")
+    s.publish("f", FLAKY, "2-0")
+    s.handled("f", ok=False, entry_id="2-0")
+    s.dead_letter("f", "rejected", attempts=1)
+    s.publish("g", GARBAGE, "3-0")
+    s.dead_letter("g", "undecodable", payload=b"\x81\xa4uuid\xa1g")  # {"uuid": "g"}: not the bytes written
+    report = s.check()
+    assert report.dlq_missing == ["p"]
+    assert len(report.dlq_extra) == 1
+    assert report.dlq_bytes_mismatch == ["g"]
+    assert "dlq_exact" in _failed(report)
+
+
+def test_crash_exhausted_and_trimmed_events_are_excused(tmp_path: Path) -> None:
+    """An ok event whose attempts went to crashes may be dead-lettered; a pending entry trimmed on purpose
+    is `trimmed`, not lost, and a poison event trimmed that way need not reach the dead-letter stream."""
+    s = Scenario(tmp_path)
+    s.publish("a", entry_id="1-0")
+    s.handled("a", entry_id="1-0")  # succeeded, then its worker died before settling, every time
+    s.dead_letter("a", "max_attempts", attempts=MAX_ATTEMPTS + 1)
+    s.publish("t", entry_id="2-0")
+    s.publish("p", POISON, entry_id="3-0")
+    s.ledger.add_fault("trim_pending", "stream", 2, minid="3-1", trimmed=2, pending_ids=["2-0", "3-0"])
+    report = s.check()
+    assert report.ok, report.checks
+    assert (report.crash_exhausted, report.trimmed, report.lost) == (1, 2, 0)
+
+
+def test_unexplained_worker_exits_fail(tmp_path: Path) -> None:
+    """A worker that died without a failpoint kill, or exited badly after SIGTERM."""
+    s = Scenario(tmp_path)
+    s.ledger.add_fault("worker_exit", "slot0/pid7", None, pid=7, returncode=1, failpoints="", log_tail="boom")
+    report = s.check(_final(worker_exit_codes={"8": 1}))
+    assert len(report.unexplained_exits) == 2
+    assert "workers_healthy" in _failed(report)
+
+
+# --------------------------------------------------------------------------------------------- quick run
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_TIMEOUT_S + 30)
+def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | None, tmp_path: Path) -> None:
+    """Under kills at every failpoint, a pause past the lease, a server kill -9, a CLIENT KILL and trims,
+    no acknowledged event is lost, none appears from nowhere, duplicates stay within what was in flight,
+    no event gets more than max_attempts handler calls, nothing is left pending, and the dead-letter stream
+    holds exactly the poison and malformed events, byte for byte."""
+    out = tmp_path / "report.json"
+    args = [
+        sys.executable, "-m", "streamq.chaos", "--quick", "--seed", "1",
+        "--json", str(out), "--workdir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    if server_binary is None:
+        args += ["--redis-url", os.environ["STREAMQ_TEST_REDIS_URL"]]
+    else:
+        args += ["--server-binary", server_binary.path]
+    done = subprocess.run(
+        args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=QUICK_TIMEOUT_S, check=False
+    )
+    context = f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert out.exists(), context
+    report = json.loads(out.read_text())
+    check_ = report["check"]
+    final = check_["final"]
+
+    # The faults really happened.
+    done_faults = report["faults_done"]
+    assert done_faults.get("kill", 0) >= 10, context
+    assert done_faults.get("stop") == 1, context
+    assert done_faults.get("client_kill") == 1, context
+    assert done_faults.get("trim_safe") == 1 and done_faults.get("trim_pending") == 1, context
+    if server_binary is not None:
+        assert done_faults.get("server_restart") == 1, context
+    assert sum(check_["self_kills"].values()) >= 1, context
+
+    # Jepsen's classes.
+    assert check_["lost"] == 0, context
+    assert check_["unexpected"] == 0, context
+    assert check_["duplicated"] <= check_["duplicate_bound"], context
+    assert check_["duplicated"] <= check_["reclaimed"] + check_["lease_lost"], context
+    # Attempts: crashed deliveries count, so no event ever gets more than max_attempts handler calls.
+    assert check_["attempts_over_limit"] == 0, context
+    assert check_["max_attempt_seen"] <= report["config"]["max_attempts"], context
+    # Nothing stuck.
+    assert final["drained"], context
+    assert final["stream_pending"] == final["retry_pending"] == 0, context
+    assert final["stream_undelivered"] == final["retry_undelivered"] == 0, context
+    assert final["delayed"] == 0, context
+    assert final["consumers_holding"] == {}, context
+    # The dead-letter stream holds exactly the poison and malformed events, byte for byte, once each.
+    assert check_["dlq_expected"] > 0, context
+    for field in ("dlq_missing", "dlq_extra", "dlq_duplicates", "dlq_bytes_mismatch", "dlq_reason_mismatch"):
+        assert check_[field] == [], f"{field}: {context}"
+    assert check_["unexplained_exits"] == [], context
+    assert all(c["ok"] for c in check_["checks"]), context
+    assert report["ok"] and done.returncode == 0, context
