@@ -111,7 +111,10 @@ class Consumer:
     async def run(self, stopping: asyncio.Event, *, burst: bool = False) -> None:
         """Process until `stopping` is set (after settling the batch in hand), or in burst mode until idle."""
         link = _wire.Link(self.client)
-        mover = asyncio.create_task(self._move_due_loop(stopping), name=f"streamq-retries-{self.name}")
+        mover_done = asyncio.Event()
+        mover = asyncio.create_task(
+            self._move_due_loop(stopping, mover_done), name=f"streamq-retries-{self.name}"
+        )
         self.log.info(
             "consumer started",
             batch_size=self.settings.batch_size,
@@ -141,6 +144,11 @@ class Consumer:
                     self.log.warning("group missing, recreating it", error=str(exc))
                     await self._with_reconnect(self.setup, stopping)
         finally:
+            # Tell the mover to stop as well as cancelling it: on Python 3.11 asyncio.wait_for (which
+            # redis-py awaits inside its commands) can swallow a cancel that lands just as its inner await
+            # completes (CPython gh-86296), and the gather below would then wait forever.
+            mover_done.set()
+            self._retry_wakeup.set()
             mover.cancel()
             await asyncio.gather(mover, return_exceptions=True)
             await link.close()
@@ -494,12 +502,12 @@ class Consumer:
 
     # ------------------------------------------------------------------------------------------ retries
 
-    async def _move_due_loop(self, stopping: asyncio.Event) -> None:
+    async def _move_due_loop(self, stopping: asyncio.Event, done: asyncio.Event) -> None:
         """Move due retries into the retry stream; wakes at the next due time or on a new retry."""
         link = _wire.Link(self.client)
         poll_s = self.settings.retry_poll_ms / 1000
         try:
-            while not stopping.is_set():
+            while not (stopping.is_set() or done.is_set()):
                 wait_s = poll_s
                 try:
                     moved, next_ms = await _wire.move_due(link, self.delayed_key, self.retry_key, 1000)
@@ -515,6 +523,8 @@ class Consumer:
                     self.log.warning("retry mover error", error=str(exc))
                     wait_s = 1.0
                 self._retry_wakeup.clear()
+                if done.is_set():
+                    break
                 try:
                     async with asyncio.timeout(wait_s):
                         await self._retry_wakeup.wait()
