@@ -51,7 +51,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
             return None
         try:
             return msgspec.to_builtins(msgspec.msgpack.decode(self.payload), enc_hook=repr)
-        except (msgspec.DecodeError, TypeError):
+        except (msgspec.DecodeError, TypeError, RecursionError):  # RecursionError: nested too deep
             return None
 
 

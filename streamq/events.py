@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import msgspec
 
@@ -112,6 +112,8 @@ class Decoder:
         union: Any = self.event_types[0] if len(self.event_types) == 1 else Union[self.event_types]  # noqa: UP007
         self._one = msgspec.msgpack.Decoder(union)
         self._many = msgspec.msgpack.Decoder(list[union])
+        # Splits a framed batch into its top-level values without building them (checks the boundaries).
+        self._frames = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
     def decode(self, payload: bytes) -> Event | DecodeFailure:
         if len(payload) > self.max_event_bytes:
@@ -120,7 +122,11 @@ class Decoder:
             )
         try:
             event: Event = self._one.decode(payload)
-        except msgspec.DecodeError as exc:
+        except Exception as exc:
+            # Whatever the bytes, the answer is an event or a failure, never an exception out of the worker.
+            # Besides DecodeError, msgspec raises RecursionError for nesting deeper than the interpreter's
+            # limit (a kilobyte of it does, even in a field no event declares), and an event's own
+            # __post_init__ may raise anything.
             return DecodeFailure("undecodable", type(exc).__name__, str(exc))
         return event
 
@@ -128,14 +134,18 @@ class Decoder:
         """One msgspec call for the whole batch when every payload is well formed."""
         limit = self.max_event_bytes
         if all(p is not None and len(p) <= limit for p in payloads):
+            whole = cast("Sequence[bytes]", payloads)  # no None here
+            framed = _array_header(len(whole)) + b"".join(whole)
             try:
-                framed = _array_header(len(payloads)) + b"".join(payloads)  # type: ignore[arg-type]  # no None here
-                events: list[Event] = self._many.decode(framed)
-            except msgspec.DecodeError:
-                pass  # fall through: find which payloads are bad without losing the good ones
-            else:
-                if len(events) == len(payloads):
-                    return list(events)
+                # Framed end to end, a payload that is not exactly one msgpack value (cut short, or with bytes
+                # after it) would shift the boundaries after it: two bad payloads could decode as two events,
+                # each made of bytes that are not its own. So check that every value ends where its payload
+                # does before taking the one-call path.
+                if list(map(len, self._frames.decode(framed))) == list(map(len, whole)):
+                    events: list[Event | DecodeFailure] = self._many.decode(framed)
+                    return events
+            except Exception:
+                pass  # fall through: decoding each payload alone records why each bad one failed
         return [self._decode_checked(p) for p in payloads]
 
     def _decode_checked(self, payload: bytes | None) -> Event | DecodeFailure:

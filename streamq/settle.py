@@ -47,7 +47,7 @@ def encode_record(record: RetryRecord) -> bytes:
 def decode_record(data: bytes) -> RetryRecord | None:
     try:
         return _decode_record(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting deeper than Python's limit
         return None
 
 
