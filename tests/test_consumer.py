@@ -307,8 +307,6 @@ async def test_handler_that_always_times_out_is_dead_lettered(
     assert await _pending(client, unique, "g") == 0
 
 
-@pytest.mark.skip(reason="hangs 30 s in the full suite on redis-7.0.15 (state left by an earlier test on the "
-                  "shared server); passes alone; tracked in the session note")
 async def test_worker_on_a_key_of_another_type_stops_with_a_configuration_error(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:
