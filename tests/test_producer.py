@@ -213,11 +213,11 @@ async def test_unix_socket_urls(given: str, unix_socket: str, unique: str) -> No
     app = streamq.App(url if given == "url" else own_client)
 
     async def handle(batch: streamq.Batch[Reading]) -> None:
-        await asyncio.sleep(1.0)  # several leases: only renewals over the unix socket keep the entries
+        await asyncio.sleep(1.5)  # several leases: only renewals over the unix socket keep the entries
         handled.extend(batch.events)
 
     for _ in range(2):
-        app.add_consumer(handle, unique, group="g", lease_ms=300, block_ms=100)
+        app.add_consumer(handle, unique, group="g", lease_ms=500, block_ms=100)
     try:
         await asyncio.wait_for(app.run_until_idle(), 30)
         assert handled == _readings(3) * 2

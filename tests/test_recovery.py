@@ -27,6 +27,7 @@ from streamq.recovery import Reclaimer
 from streamq.settle import RetryRecord, encode_record
 
 SpawnWorker = Callable[..., WorkerProcess]
+SLOW_LEASE_MS = 700  # the slow handler takes five of these
 
 
 @pytest.fixture
@@ -136,8 +137,8 @@ async def test_slow_but_alive_worker_keeps_its_entries(
         ledger=unique,
         name="slow",
         mode=mode,
-        lease_ms=500,
-        sleep_ms=2_500,
+        lease_ms=SLOW_LEASE_MS,
+        sleep_ms=5 * SLOW_LEASE_MS,
         burst=True,
     )
     await async_wait_until(
@@ -147,14 +148,15 @@ async def test_slow_but_alive_worker_keeps_its_entries(
     handler_began = time.monotonic()
     seen: list[tuple[int, int, str]] = []
     app = streamq.App(redis_url)
-    _recorder(app, unique, seen, lease_ms=500)
+    _recorder(app, unique, seen, lease_ms=SLOW_LEASE_MS)
     rival = asyncio.create_task(app.run_until_idle())
 
     def rival_scanned_after_two_leases() -> bool:
         # A full XAUTOCLAIM scan finished more than two leases after the slow handler began: without
         # renewals the entries would have been idle long enough to be taken by then.
         reclaimer = app.consumers[0].reclaimer if app.consumers else None
-        return reclaimer is not None and reclaimer.next_due - reclaimer.every_s > handler_began + 1.0
+        scanned_at = reclaimer.next_due - reclaimer.every_s if reclaimer is not None else 0.0
+        return scanned_at > handler_began + 2 * SLOW_LEASE_MS / 1000
 
     await async_wait_until(rival_scanned_after_two_leases, message="the rival to scan for idle entries")
     # The slow handler must still be running then, or this test proves nothing.
