@@ -25,9 +25,21 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(ENV_URL) or DEFAULT_URL
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(://)[^:/@]+@", r"\1***@", url))
+# The user-info of a URL anywhere in a text: up to the last `@` before the host (a password may contain
+# an unencoded `@`, and redis-py, like urllib, splits at the last one), never across a space or a `/`.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#]*)@")
+# redis-py also takes `password=` (the usual form for unix:// sockets) and `ssl_password=` as query arguments.
+_QUERY_SECRET = re.compile(r"([?&][A-Za-z_]*password=)[^&#\s]*", re.IGNORECASE)
+
+
+def _hide_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match[2].partition(":")
+    return f"{match[1]}{user}:***@" if colon else f"{match[1]}***@"  # a lone name may be a password too
+
+
+def redact(text: str) -> str:
+    """The URL (or a text holding URLs) with every password replaced, for logs and error messages."""
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(_hide_userinfo, text))
 
 
 def async_client(target: RedisLike) -> tuple[aioredis.Redis, bool]:
