@@ -53,7 +53,11 @@ end
 # ARGV: group, consumer, delete_after_ack ('1' on the retry stream, read by this group only),
 #       min_id, max_id, n_ack, n_retry, n_dead,
 #       n_ack ids, n_retry x (id, delay_ms, record), n_dead x (id, n_fields, field, value, ...)
-# Returns the ids this consumer no longer held (its lease was lost), which were left alone.
+# Returns the ids this consumer no longer held (its lease was lost), which were left alone. An id missing
+# from its PEL because the entry was trimmed or deleted from the stream is not a lost lease (XAUTOCLAIM by any
+# consumer drops deleted entries from every PEL, the holder's included): it is left out, and nobody will
+# process it again. On the retry stream a vanished entry was acknowledged and deleted by another consumer
+# after taking it over: that is a lost lease.
 SETTLE = (
     _OWNED
     + """
@@ -75,10 +79,13 @@ end
 
 local mine = owned(stream, group, consumer, all, ARGV[4], ARGV[5])
 local settled, lost = {}, {}
+local function not_held(id)
+    if delete_after or #redis.call('XRANGE', stream, id, id) > 0 then lost[#lost + 1] = id end
+end
 local n_acked, n_retried, n_dead_done = 0, 0, 0
 for i = 1, #acks do
     if mine[acks[i]] then settled[#settled + 1] = acks[i]; n_acked = n_acked + 1
-    else lost[#lost + 1] = acks[i] end
+    else not_held(acks[i]) end
 end
 local now = nil
 for i = 1, #retries do
@@ -88,7 +95,7 @@ for i = 1, #retries do
         now = now or now_ms()
         redis.call('ZADD', delayed, now + tonumber(ARGV[p + 1]), ARGV[p + 2])
         settled[#settled + 1] = id; n_retried = n_retried + 1
-    else lost[#lost + 1] = id end
+    else not_held(id) end
 end
 for i = 1, #deads do
     local p = deads[i]
@@ -97,7 +104,7 @@ for i = 1, #deads do
         local n = tonumber(ARGV[p + 1])
         redis.call('XADD', dlq, '*', unpack(ARGV, p + 2, p + 1 + n))
         settled[#settled + 1] = id; n_dead_done = n_dead_done + 1
-    else lost[#lost + 1] = id end
+    else not_held(id) end
 end
 if #settled > 0 then
     chunked('XACK', stream, group, settled)

@@ -1,0 +1,94 @@
+"""Regressions for defects the chaos harness found in the core, one test per defect.
+
+1. Settling entries trimmed while held counted them as lost leases. XAUTOCLAIM run by any consumer of the
+   group (whatever its min-idle) drops deleted entries from every consumer's PEL, the live holder's too; the
+   holder's settle then found them "not held", counted them in `lease_lost` and warned that another worker
+   would process them again, though nobody will (found by trim_pending: lease_lost exceeded what the
+   SIGSTOPped worker held).
+"""
+
+from __future__ import annotations
+
+import redis.asyncio
+
+from streamq import _wire, keys
+
+
+def _plan(stream: str, group: str, ids: list[bytes], *, retry_stream: bool = False) -> _wire.SettlePlan:
+    return _wire.SettlePlan(
+        key=stream,
+        delayed_key=keys.delayed_key(stream, group),
+        dlq_key=keys.dlq_key(stream),
+        stats_key=keys.stats_key(stream, group),
+        delete_after_ack=retry_stream,
+        min_id=ids[0],
+        max_id=ids[-1],
+        acks=ids,
+        retries=[],
+        dead=[],
+    )
+
+
+async def _held_by_holder(client: redis.asyncio.Redis, stream: str, group: str) -> list[bytes]:
+    ids = [await client.xadd(stream, {"d": b"x"}) for _ in range(3)]
+    await client.xgroup_create(stream, group, id="0")
+    await client.xreadgroup(group, "holder", {stream: ">"}, count=3)
+    return ids
+
+
+async def _settle(
+    client: redis.asyncio.Redis, group: str, plan: _wire.SettlePlan
+) -> tuple[list[bytes], dict[bytes, bytes]]:
+    link = _wire.Link(client)
+    try:
+        lost = await _wire.settle(link, group, "holder", [plan])
+    finally:
+        await link.close()
+    return lost, await client.hgetall(plan.stats_key)
+
+
+async def test_entries_trimmed_while_held_are_not_lost_leases(
+    client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Two held entries are trimmed and another consumer's XAUTOCLAIM (min-idle one hour: it takes nothing)
+    drops them from the holder's PEL; settling the batch acknowledges the third and reports no lost lease."""
+    stream, group = f"{unique}-trimmed", "g"
+    ids = await _held_by_holder(client, stream, group)
+    assert await client.xtrim(stream, minid=ids[2], approximate=False) == 2
+    await client.xautoclaim(stream, group, "other", min_idle_time=3_600_000, start_id="0-0")
+
+    lost, stats = await _settle(client, group, _plan(stream, group, ids))
+
+    assert lost == []
+    assert stats.get(b"lease_lost") is None
+    assert stats[b"acked"] == b"1"
+    assert (await client.xpending(stream, group))["pending"] == 0
+
+
+async def test_entries_taken_over_are_still_lost_leases(client: redis.asyncio.Redis, unique: str) -> None:
+    """Entries another consumer claimed (they still exist) stay lost leases, left to their new holder."""
+    stream, group = f"{unique}-claimed", "g"
+    ids = await _held_by_holder(client, stream, group)
+    await client.xclaim(stream, group, "other", min_idle_time=0, message_ids=ids[:2])
+
+    lost, stats = await _settle(client, group, _plan(stream, group, ids))
+
+    assert lost == ids[:2]
+    assert stats[b"lease_lost"] == b"2"
+    assert stats[b"acked"] == b"1"
+    assert (await client.xpending(stream, group))["pending"] == 2  # still the other consumer's
+
+
+async def test_vanished_retry_entries_are_lost_leases(client: redis.asyncio.Redis, unique: str) -> None:
+    """On a retry stream an entry disappears only when another consumer, having taken it over, settled and
+    deleted it: for the old holder that is a lost lease."""
+    stream, group = f"{unique}-retry", "g"
+    ids = await _held_by_holder(client, stream, group)
+    await client.xclaim(stream, group, "other", min_idle_time=0, message_ids=ids[:1])
+    await client.xack(stream, group, ids[0])
+    await client.xdel(stream, ids[0])
+
+    lost, stats = await _settle(client, group, _plan(stream, group, ids, retry_stream=True))
+
+    assert lost == ids[:1]
+    assert stats[b"lease_lost"] == b"1"
