@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .report import render, write_json
 from .run import LONG, QUICK, ChaosConfig, run
+from .worker import SABOTAGES
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1  # an invariant failed: the report says which
@@ -25,6 +26,7 @@ examples:
   python -m streamq.chaos --seed 7                             100k events, 8 workers, 5.5 min of faults
   python -m streamq.chaos --quick --server-binary /usr/bin/redis-server
   python -m streamq.chaos --quick --redis-url redis://host:6379/0   no server restarts (not our server)
+  python -m streamq.chaos --quick --events 3000 --window-s 10 --sabotage drop_retries   must FAIL
 """
 
 
@@ -46,6 +48,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="ledger and worker logs go here (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory even on success")
     parser.add_argument("--fsync", action="store_true", help="workers fsync their ledger files per batch")
+    parser.add_argument(
+        "--sabotage",
+        choices=SABOTAGES,
+        help="self-test: break streamq in the workers on purpose; the run must then fail",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: value
         for name, value in (
             ("seed", args.seed), ("events", args.events), ("workers", args.workers),
-            ("window_s", args.window_s), ("fsync", args.fsync or None),
+            ("window_s", args.window_s), ("fsync", args.fsync or None), ("sabotage", args.sabotage),
         )
         if value is not None
     }  # fmt: skip

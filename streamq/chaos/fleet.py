@@ -42,6 +42,7 @@ class WorkerSettings:
     work_ms: int
     seed: int
     fsync: bool = False
+    sabotage: str = ""
 
     def argv(self) -> list[str]:
         args = [
@@ -53,6 +54,8 @@ class WorkerSettings:
             "--max-event-bytes", str(self.max_event_bytes), "--work-ms", str(self.work_ms),
             "--seed", str(self.seed),
         ]  # fmt: skip
+        if self.sabotage:
+            args += ["--sabotage", self.sabotage]
         return [*args, "--fsync"] if self.fsync else args
 
 

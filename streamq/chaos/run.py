@@ -67,6 +67,7 @@ class ChaosConfig:
     pending_trim_size: int = 20
     drain_timeout_s: float = 120.0
     fsync: bool = False
+    sabotage: str = ""  # break the workers on purpose (worker.SABOTAGES): the run must then FAIL
 
 
 LONG = ChaosConfig()
@@ -179,7 +180,7 @@ async def run(
                 batch_size=config.batch_size, lease_ms=config.lease_ms, max_attempts=config.max_attempts,
                 retry_base_ms=config.retry_base_ms, retry_max_ms=config.retry_max_ms,
                 max_event_bytes=config.max_event_bytes, work_ms=config.work_ms, seed=config.seed,
-                fsync=config.fsync,
+                fsync=config.fsync, sabotage=config.sabotage,
             ),
             size=config.workers,
         )  # fmt: skip

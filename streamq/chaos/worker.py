@@ -33,7 +33,8 @@ from typing import Any
 
 import structlog
 
-from streamq import App, Batch, _wire
+from streamq import App, Batch, Message, _wire
+from streamq import consumer as consumer_module
 from streamq.app import run_app
 from streamq.consumer import Consumer
 from streamq.recovery import Hold
@@ -44,6 +45,7 @@ from .workload import ChaosEvent, handler_succeeds
 
 FAILPOINTS_ENV = "STREAMQ_CHAOS_FAILPOINTS"
 FAILPOINTS = ("after_read", "mid_handler", "after_handler", "after_settle")
+SABOTAGES = ("drop_retries",)
 CONSUMER_PREFIX = "chaos"
 LOG_FILE_PREFIX = "worker-"
 
@@ -135,6 +137,30 @@ def install_settle_failpoints(failpoints: Failpoints) -> None:
     _wire.settle = wire_settle_with_failpoint
 
 
+def install_sabotage(name: str) -> None:
+    """Break streamq on purpose in this process: a self-test proving the checker notices a broken consumer.
+
+    drop_retries: a failed event is acknowledged instead of retried or dead-lettered (flaky events are
+    then lost, and poison events never reach the dead-letter stream).
+    """
+    if name == "drop_retries":
+
+        def ack_instead(
+            self: Settlement,
+            message: Message[Any],
+            now_ms: int,
+            error: BaseException | None,
+            *,
+            delay_ms: int | None = None,
+            reason: str = "",
+        ) -> None:
+            self.ack(message)
+
+        Settlement.fail = ack_instead  # type: ignore[method-assign]  # the sabotage itself
+    elif name:
+        raise ValueError(f"unknown sabotage {name!r}; known: {', '.join(SABOTAGES)}")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m streamq.chaos.worker",
@@ -154,9 +180,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--block-ms", type=int, default=500)
     parser.add_argument("--max-event-bytes", type=int, default=4096)
     parser.add_argument("--work-ms", type=int, default=20, help="time the handler spends on each batch")
+    parser.add_argument("--reap-idle-ms", type=int, default=4500, help="reap consumers idle this long")
+    parser.add_argument("--reap-check-s", type=float, default=5.0, help="how often to look for them")
     parser.add_argument("--seed", type=int, default=0, help="seeds the failpoint dice (with the pid)")
     parser.add_argument("--fsync", action="store_true", help="fsync the ledger file after every batch")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--sabotage", default="", choices=("", *SABOTAGES), help="break streamq on purpose")
     return parser.parse_args(argv)
 
 
@@ -183,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log,
     )
     install_settle_failpoints(failpoints)
+    install_sabotage(args.sabotage)
+    # Look for idle consumers to reap every few seconds instead of every minute, so that reaping (an atomic
+    # check-then-delete) runs while workers die and entries are pending. A module constant patched in this
+    # process only, like the failpoint seams.
+    consumer_module.REAP_CHECK_EVERY_S = args.reap_check_s
     app = App(args.redis_url, shutdown_grace_ms=10_000)
     app.add_consumer(
         make_handler(log, failpoints, args.work_ms),
@@ -197,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         retry_poll_ms=args.retry_poll_ms,
         block_ms=args.block_ms,
         max_event_bytes=args.max_event_bytes,
+        reap_idle_ms=args.reap_idle_ms,
         consumer_prefix=CONSUMER_PREFIX,
     )
     try:

@@ -257,3 +257,27 @@ def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | Non
     assert check_["unexplained_exits"] == [], context
     assert all(c["ok"] for c in check_["checks"]), context
     assert report["ok"] and done.returncode == 0, context
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_TIMEOUT_S + 30)
+def test_the_harness_catches_a_consumer_that_drops_retries(tmp_path: Path) -> None:
+    """Self-test: workers that acknowledge failed events instead of retrying them (--sabotage) must make the
+    run fail with lost flaky events and poison events missing from the dead-letter stream."""
+    out = tmp_path / "report.json"
+    args = [
+        sys.executable, "-m", "streamq.chaos", "--quick", "--seed", "2",
+        "--events", "3000", "--window-s", "10", "--sabotage", "drop_retries",
+        "--json", str(out), "--workdir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    if url := os.environ.get("STREAMQ_TEST_REDIS_URL"):
+        args += ["--redis-url", url]
+    done = subprocess.run(
+        args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=QUICK_TIMEOUT_S, check=False
+    )
+    context = f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    failed = {c["name"] for c in report["check"]["checks"] if not c["ok"]}
+    assert done.returncode == 1 and not report["ok"], context
+    assert {"no_loss", "dlq_exact"} <= failed, context
+    assert report["check"]["lost"] > 0 and report["check"]["dlq_missing"], context
