@@ -63,6 +63,7 @@ class App:
         self._stopping: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._signals = 0
+        self._abandoned = False  # batches in flight were given up (a second signal, or the grace period)
 
     # ------------------------------------------------------------------------------------------ registry
 
@@ -166,6 +167,7 @@ class App:
             return
         _, late = await asyncio.wait(pending, timeout=self.shutdown_grace_ms / 1000)
         if late:
+            self._abandoned = True
             log.warning(
                 "grace period over: abandoning batches in flight (they stay pending and are reclaimed)",
                 consumers=len(late),
@@ -194,6 +196,7 @@ class App:
             self.stop()
             return
         log.warning("stopping at once: unsettled entries stay pending and will be reclaimed", signal=sig.name)
+        self._abandoned = True
         for task in self._tasks:
             task.cancel()
 
@@ -217,15 +220,17 @@ def run_app(app: App, *, burst: bool = False, use_uvloop: bool = True) -> int:
         try:
             runner.run(app.run(burst=burst, handle_signals=True))
         except asyncio.CancelledError:
-            _exit_if_handlers_run_on(130)
-            return 130
-    code = 130 if app._signals > 1 else 0
-    _exit_if_handlers_run_on(code)
+            code = 130
+        else:
+            code = 130 if app._signals > 1 else 0
+    if app._abandoned:
+        _exit_if_handlers_run_on(code)
     return code
 
 
 def _exit_if_handlers_run_on(code: int) -> None:
-    """Exit now if sync handlers still run in their threads (stopped at once, or the grace period ran out).
+    """After batches were abandoned (stopped at once, or the grace period ran out), exit now if sync handlers
+    still run in their threads.
 
     A thread cannot be interrupted, and the interpreter joins executor threads at exit, so returning would
     wait for those handlers after all. Their entries stay pending and another worker reclaims them.
