@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from .faults import DISRUPTIVE, SERVER_RESTART, TRIM_PENDING, WORKER_EXIT
+from .faults import CLIENT_KILL, DISRUPTIVE, SERVER_RESTART, STOP, TRIM_PENDING, WORKER_EXIT
 from .ledger import AMBIGUOUS, DeadLetterRow, EventRow, Fault, Invocation, Ledger, SelfKill
 from .workload import MALFORMED_KINDS, MALFORMED_REASONS, POISON, uuid_in
 
@@ -50,6 +50,7 @@ class FinalState(msgspec.Struct, kw_only=True):
     retry_length: int
     dlq_length: int
     stats: dict[str, int]
+    consumers: int  # consumers left in the group (dead ones are reaped once idle and empty)
     consumers_holding: dict[str, int]  # consumer -> entries it still holds
     pending_ids: list[str]  # stream entries still pending (at most 1000)
     worker_exit_codes: dict[str, int | None]  # pid -> exit code after SIGTERM (None: had to be killed)
@@ -86,6 +87,9 @@ class CheckReport(msgspec.Struct, kw_only=True):
     duplicate_bound: int
     reclaimed: int
     lease_lost: int
+    lease_lost_bound: (
+        int  # entries in flight at pauses, server restarts and client kills (kills cannot settle)
+    )
     # attempts
     max_invocations: int
     max_attempt_seen: int
@@ -222,6 +226,10 @@ def _check(
         f.inflight if f.inflight is not None else 2 * batch_size for f in faults if f.kind in DISRUPTIVE
     )
     bound += sum(k.held for k in self_kills)
+    pauses = (STOP, SERVER_RESTART, CLIENT_KILL)
+    lease_lost_bound = sum(
+        f.inflight if f.inflight is not None else 2 * batch_size for f in faults if f.kind in pauses
+    )
     reclaimed = final.stats.get("reclaimed", 0)
     lease_lost = final.stats.get("lease_lost", 0)
 
@@ -307,6 +315,7 @@ def _check(
         duplicate_bound=bound,
         reclaimed=reclaimed,
         lease_lost=lease_lost,
+        lease_lost_bound=lease_lost_bound,
         max_invocations=max_invocations,
         max_attempt_seen=max_attempt_seen,
         attempts_over_limit=len(over_limit),

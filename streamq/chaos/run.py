@@ -327,9 +327,11 @@ async def final_state(
     retry = await retrying(lambda: backlog(admin, retry_key))
     holding: dict[str, int] = {}
     pending_ids: list[str] = []
+    names: set[str] = set()
     for key in (stream, retry_key):
         try:
             for row in await admin.xinfo_consumers(key, GROUP):
+                names.add(_s(row["name"]))
                 if int(row["pending"]):
                     name = _s(row["name"])
                     holding[name] = holding.get(name, 0) + int(row["pending"])
@@ -353,6 +355,7 @@ async def final_state(
         retry_length=int(await admin.xlen(retry_key)) if await admin.exists(retry_key) else 0,
         dlq_length=int(await admin.xlen(keys.dlq_key(stream))),
         stats=dict(sorted(stats.items())),
+        consumers=len(names),
         consumers_holding=holding,
         pending_ids=pending_ids,
         worker_exit_codes={str(pid): code for pid, code in exit_codes.items()},

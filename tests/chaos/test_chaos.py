@@ -34,7 +34,7 @@ def _final(**changes: Any) -> FinalState:
         "drained": True, "drain_s": 1.0, "stream_pending": 0, "retry_pending": 0, "stream_undelivered": 0,
         "retry_undelivered": 0, "stream_lag": 0, "retry_lag": 0, "delayed": 0, "stream_length": 0,
         "retry_length": 0, "dlq_length": 0, "stats": {"reclaimed": 0, "lease_lost": 0},
-        "consumers_holding": {}, "pending_ids": [], "worker_exit_codes": {},
+        "consumers": 0, "consumers_holding": {}, "pending_ids": [], "worker_exit_codes": {},
     }  # fmt: skip
     values.update(changes)
     return FinalState(**values)
