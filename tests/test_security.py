@@ -153,10 +153,11 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """With SECURITY.md's users only: the producer publishes (async and sync); a worker acks events, retries
-    one, dead-letters a poison payload and a rejected event, renews leases and removes itself from the
-    group; the operator reads status, replays the rejected event (a second worker run acks it) and purges;
-    the worker's script fallbacks (EVAL) work after the script cache is flushed. The server's ACL LOG has
-    no denial for any of the three users, inside Lua scripts and pcalls included."""
+    one, dead-letters a poison payload and a rejected event, renews leases, settles an entry whose lease it
+    lost, reclaims that entry, removes idle consumers and itself from the group; the operator reads status,
+    replays the rejected event (a second worker run acks it) and purges; the worker's script fallbacks
+    (EVAL) work after the script cache is flushed. The server's ACL LOG has no denial for any of the three
+    users, inside Lua scripts and pcalls included."""
     await admin.script_flush()  # the worker loads streamq's scripts itself (SCRIPT LOAD, EVAL)
     monkeypatch.setattr(consumer_module, "REAP_CHECK_EVERY_S", 0.0)  # run the idle-consumer sweep each tick
     stream = f"app1:{unique}"
@@ -180,6 +181,10 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
             keeper = app.consumers[0].lease_keeper  # renews through its own connection, as the worker user
             await async_wait_until(lambda: keeper.renewals or keeper.failures, message="a lease renewal")
             renewals.append((keeper.renewals, keeper.failures))
+            # Another consumer takes n=5 over: this worker's settle finds it gone from its PEL (and asks
+            # XRANGE whether it still exists), then reclaims it once idle for lease_ms.
+            (taken,) = [m.entry_id for m in batch if m.event.n == 5]
+            await admin.xclaim(stream, GROUP, "thief", 0, [taken], justid=True)
         for message in batch:
             seen.append((message.event.n, message.attempt))
             if message.event.n == 1 and message.attempt == 1:
@@ -189,13 +194,20 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
 
     await app.run(burst=True)
     assert renewals[0][0] >= 1 and renewals[0][1] == 0
-    assert sorted(seen) == [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]
+    assert sorted(seen) == [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1), (4, 1), (5, 1), (5, 2), (6, 1)]
 
     operator = redis.asyncio.Redis.from_url(users.operator)
     try:
+        assert await operator.ping()
         (state,) = await status(operator)  # every stream of the registry: only this one on this server
         assert state.dead_letters == 2
-        assert (state.groups[0].pending, state.groups[0].stats["retried"]) == (0, 1)
+        stats = state.groups[0].stats
+        assert (state.groups[0].pending, stats["retried"], stats["lease_lost"], stats["reclaimed"]) == (
+            0,
+            1,
+            1,
+            1,
+        )
         dead_letters = streamq.DeadLetters(operator)
         letters = {letter.reason: letter for letter in await dead_letters.list(stream)}
         assert set(letters) == {"undecodable", "rejected"}
@@ -219,7 +231,8 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
         assert await worker.ping()
     finally:
         await worker.aclose()
-    assert await admin.xinfo_consumers(stream, GROUP) == []  # each worker removed itself; the ghost is gone
+    # The idle thief was reaped, each worker removed itself, and the ghost is gone.
+    assert await admin.xinfo_consumers(stream, GROUP) == []
     assert (await admin.xpending(stream, GROUP))["pending"] == 0
     assert acl_denials(redis.Redis.from_url(acl_server.url), users.names) == []
 
