@@ -51,7 +51,9 @@ class DeadLetter(msgspec.Struct, kw_only=True):
             return None
         try:
             return msgspec.to_builtins(msgspec.msgpack.decode(self.payload), enc_hook=repr)
-        except (msgspec.DecodeError, TypeError, RecursionError):  # RecursionError: nested too deep
+        except (msgspec.DecodeError, TypeError, ValueError, RecursionError):
+            # ValueError: msgspec's UnicodeDecodeError for a string that is not UTF-8; RecursionError:
+            # nesting deeper than Python's limit.
             return None
 
 

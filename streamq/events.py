@@ -124,8 +124,9 @@ class Decoder:
             event: Event = self._one.decode(payload)
         except Exception as exc:
             # Whatever the bytes, the answer is an event or a failure, never an exception out of the worker.
-            # Besides DecodeError, msgspec raises RecursionError for nesting deeper than the interpreter's
-            # limit (a kilobyte of it does, even in a field no event declares), and an event's own
+            # Besides DecodeError, msgspec raises UnicodeDecodeError for a string that is not UTF-8 (the tag
+            # included: a few bytes crash any worker), RecursionError for nesting deeper than the
+            # interpreter's limit (a kilobyte of it, even in a field no event declares), and an event's own
             # __post_init__ may raise anything.
             return DecodeFailure("undecodable", type(exc).__name__, str(exc))
         return event

@@ -47,7 +47,9 @@ def encode_record(record: RetryRecord) -> bytes:
 def decode_record(data: bytes) -> RetryRecord | None:
     try:
         return _decode_record(data)
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting deeper than Python's limit
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        # Besides DecodeError, msgspec raises UnicodeDecodeError (a ValueError) for a string that is not
+        # UTF-8, and RecursionError for nesting deeper than Python's limit.
         return None
 
 

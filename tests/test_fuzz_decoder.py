@@ -72,6 +72,10 @@ DEEP = b"\x91" * 3_000 + b"\xc0"
 # A valid Placed with one more field, unknown to it, whose value is DEEP.
 _SHALLOW_PLACED = msgspec.msgpack.encode({"type": "fuzz.placed", "order_id": 1, "customer": "a"})
 DEEP_UNKNOWN_FIELD = b"\x84" + _SHALLOW_PLACED[1:] + b"\xa2zz" + DEEP
+# Strings that are not UTF-8 (msgspec raises UnicodeDecodeError, not DecodeError): in the tag, which every
+# event has, and in a str field.
+NOT_UTF8_TAG = b"\x82\xa4type\xa1\x80\xa8order_id\x01"
+NOT_UTF8_FIELD = b"\x83\xa4type\xabfuzz.placed\xa8order_id\x01\xa8customer\xa1\x80"
 # A valid array_like Point with one more trailing element (a newer producer's field), whose value is DEEP.
 DEEP_EXTRA_ELEMENT = b"\x95" + msgspec.msgpack.encode(["fuzz.point", 1, 2, ""])[1:] + DEEP
 
@@ -146,10 +150,8 @@ payloads = st.one_of(
     truncated(),
     wrong_structures(),
     with_trailing_bytes(),
-    # Deep nesting; an array and a string that claim four billion elements or bytes.
-    st.sampled_from(
-        [b"", DEEP, DEEP_UNKNOWN_FIELD, DEEP_EXTRA_ELEMENT, b"\xdd\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff"]
-    ),
+    st.sampled_from([b"", DEEP, DEEP_UNKNOWN_FIELD, DEEP_EXTRA_ELEMENT, NOT_UTF8_TAG, NOT_UTF8_FIELD]),
+    st.sampled_from([b"\xdd\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff"]),  # claim 4 GiB of elements, bytes
 )
 
 
@@ -194,6 +196,8 @@ def _same(left: object, right: object) -> bool:
 @example(payload=DEEP_UNKNOWN_FIELD)
 @example(payload=DEEP_EXTRA_ELEMENT)
 @example(payload=_cancelled_payload(-1))
+@example(payload=NOT_UTF8_TAG)
+@example(payload=NOT_UTF8_FIELD)
 def test_decode_turns_every_input_into_an_event_or_a_failure(payload: bytes) -> None:
     """Decoder.decode never raises: random bytes, wrong structures, truncations, unknown tags, deep nesting,
     a user validator raising, payloads over the cap: each ends as a declared event or a DecodeFailure."""
@@ -218,7 +222,7 @@ def test_decode_round_trips_every_valid_event_within_the_cap(event: streamq.Even
 @given(batch=batches)
 @example(batch=[b"", ENCODE(Placed(1, "a")) + ENCODE(Placed(2, "b"))])
 @example(batch=[ENCODE(Placed(1, "a")) + ENCODE(Placed(2, "b"))[:5], ENCODE(Placed(2, "b"))[5:]])
-@example(batch=[ENCODE(Placed(1, "a")), DEEP_UNKNOWN_FIELD])
+@example(batch=[ENCODE(Placed(1, "a")), DEEP_UNKNOWN_FIELD, NOT_UTF8_TAG, NOT_UTF8_FIELD])
 def test_decode_batch_decodes_exactly_as_one_by_one(batch: list[bytes | None]) -> None:
     """decode_batch gives, for each payload, what decoding it alone gives: the one-call fast path frames the
     payloads end to end, and a payload that is not exactly one msgpack value (truncated, or with trailing
@@ -236,6 +240,7 @@ def test_decode_batch_decodes_exactly_as_one_by_one(batch: list[bytes | None]) -
 
 @settings(max_examples=200, deadline=None)
 @given(data=payloads)
+@example(data=b"\x96\xa1\x80")  # origin_id is not UTF-8
 @example(data=b"\x97" + encode_record(RetryRecord("1-0", 1, 0, 0, "", b"x"))[1:] + DEEP)
 def test_retry_records_that_cannot_be_read_are_none(data: bytes) -> None:
     """decode_record (retry entries, replays) returns a RetryRecord or None for any bytes, never raises."""
@@ -246,6 +251,7 @@ def test_retry_records_that_cannot_be_read_are_none(data: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(payload=payloads)
 @example(payload=DEEP)
+@example(payload=NOT_UTF8_FIELD)
 def test_dead_letter_preview_never_raises(payload: bytes) -> None:
     """`streamq dlq show` previews any dead payload as plain data, or shows none; it never fails on one."""
     letter = DeadLetter(
@@ -309,6 +315,7 @@ async def _run_worker_over(redis_url: str, batch: list[bytes]) -> None:
 )
 @given(batch=st.lists(payloads, min_size=1, max_size=8) | reframed())
 @example(batch=[b"", ENCODE(Placed(1, "a")) + ENCODE(Placed(2, "b"))])
+@example(batch=[NOT_UTF8_TAG, ENCODE(Placed(5, "e")), NOT_UTF8_FIELD])
 @example(
     batch=[DEEP_UNKNOWN_FIELD, ENCODE(Placed(3, "c")), _cancelled_payload(-2), ENCODE(Placed(4, "x" * CAP))]
 )
