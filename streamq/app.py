@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire
 from .connection import RedisLike, async_client, redact, resolve_url, sync_client
-from .consumer import Consumer
+from .consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from .errors import ConfigurationError
 from .events import Event
 from .handlers import HandlerSpec
@@ -113,7 +115,7 @@ class App:
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         try:
-            server = await _wire.check_server(client)
+            server = await self._check_server(client, stopping)
             shown = redact(resolve_url(target)) if not isinstance(target, aioredis.Redis) else "client given"
             log.info("connected", redis=shown, **server)
             if server.get("maxmemory_policy") not in (None, "", "noeviction"):
@@ -140,6 +142,21 @@ class App:
             if owned:
                 await client.aclose()
             self._stopping = None
+
+    async def _check_server(self, client: aioredis.Redis, stopping: asyncio.Event) -> dict[str, str]:
+        """Check the server, waiting for it while it is down, as the consumers do: a worker started during
+        an outage (a restart, a failover) waits instead of exiting. A connection that fails for another
+        reason (TLS, authentication) fails at once, and so does any error once stop() was called."""
+        delay_s = 0.05
+        while True:
+            try:
+                return await _wire.check_server(client)
+            except TRANSIENT as exc:
+                if stopping.is_set() or not _server_down(exc):
+                    raise
+                log.warning("redis unavailable at start, retrying", error=repr(exc), retry_in_s=delay_s)
+                await _sleep_or_stop(stopping, delay_s)
+                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
 
     async def _supervise(self, stopping: asyncio.Event) -> None:
         tasks = self._tasks
@@ -206,6 +223,17 @@ class App:
             for name, value in consumer.counts.items():
                 total[name] = total.get(name, 0) + value
         return total
+
+
+def _server_down(error: BaseException) -> bool:
+    """True when an error says the server is not there (yet): refused, reset, timed out, or loading."""
+    down = (ConnectionRefusedError, ConnectionResetError, BrokenPipeError, TimeoutError, RedisTimeoutError)
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (*down, BusyLoadingError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def run_app(app: App, *, burst: bool = False, use_uvloop: bool = True) -> int:

@@ -5,13 +5,24 @@
    holder's settle then found them "not held", counted them in `lease_lost` and warned that another worker
    would process them again, though nobody will (found by trim_pending: lease_lost exceeded what the
    SIGSTOPped worker held).
+2. A worker started while the server was down exited at once (App.run's server check did not retry), where
+   running workers ride out the same outage: found by server_restart, when a replacement worker was
+   starting as the server went down (reported as crash_during_outage). It now waits for the server; a
+   connection refused for another reason (TLS, authentication) still fails at once.
 """
 
 from __future__ import annotations
 
-import redis.asyncio
+import asyncio
+import socket
 
+import pytest
+import redis.asyncio
+from helpers import async_wait_until
+
+import streamq
 from streamq import _wire, keys
+from streamq.embedded import EmbeddedServer, ServerBinary
 
 
 def _plan(stream: str, group: str, ids: list[bytes], *, retry_stream: bool = False) -> _wire.SettlePlan:
@@ -92,3 +103,42 @@ async def test_vanished_retry_entries_are_lost_leases(client: redis.asyncio.Redi
 
     assert lost == ids[:1]
     assert stats[b"lease_lost"] == b"1"
+
+
+class Ping(streamq.Event, tag="test.chaos.regression.ping"):
+    n: int
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_an_app_started_during_an_outage_waits_for_the_server(
+    server_binary: ServerBinary | None, unique: str
+) -> None:
+    """App.run() with the server down keeps retrying; once the server is up it consumes as usual."""
+    if server_binary is None:
+        pytest.skip("needs a server it can start late, but STREAMQ_TEST_REDIS_URL is set")
+    server = EmbeddedServer(server_binary, port=_free_port())
+    app = streamq.App(f"redis://127.0.0.1:{server.port}/0")
+    seen: list[int] = []
+
+    @app.consumer(unique, group="g", block_ms=50)
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        seen.extend(event.n for event in batch.events)
+
+    running = asyncio.create_task(app.run())
+    try:
+        await asyncio.sleep(0.5)
+        assert not running.done(), "the app gave up while the server was down"
+        server.start()
+        async with streamq.Producer(server.url) as producer:
+            await producer.publish(unique, Ping(n=7))
+        await async_wait_until(lambda: seen == [7], timeout_s=20, message="the event to be handled")
+    finally:
+        app.stop()
+        await asyncio.wait_for(running, 30)
+        server.close()
