@@ -31,7 +31,6 @@ from .ledger import AMBIGUOUS, DeadLetterRow, EventRow, Fault, Invocation, Ledge
 from .workload import MALFORMED_KINDS, MALFORMED_REASONS, POISON, uuid_in
 
 SAMPLE = 20  # ids quoted per class in the report
-OUTAGE_MARGIN_MS = 5_000  # a worker that exits this close to a server outage is excused (see workers check)
 
 
 class FinalState(msgspec.Struct, kw_only=True):
@@ -109,7 +108,7 @@ class CheckReport(msgspec.Struct, kw_only=True):
     # faults
     faults: dict[str, int]
     self_kills: dict[str, int]
-    worker_exits: dict[str, int]  # failpoint | crash_during_outage | unexplained
+    worker_exits: dict[str, int]  # failpoint | unexplained
     unexplained_exits: list[str]
     final: FinalState
     stats: dict[str, int]
@@ -233,21 +232,14 @@ def _check(
     reclaimed = final.stats.get("reclaimed", 0)
     lease_lost = final.stats.get("lease_lost", 0)
 
-    # Worker exits: each must be a failpoint self-kill, or a start refused while the server was down.
+    # Worker exits: each must be a failpoint self-kill. Workers ride out server outages, even while starting.
     killed_pids = {k.pid for k in self_kills}
-    outages = [
-        (int(f.detail["killed_at_ms"]) - OUTAGE_MARGIN_MS, f.t_ms + OUTAGE_MARGIN_MS)
-        for f in faults
-        if f.kind == SERVER_RESTART
-    ]
     exits: Counter[str] = Counter()
     unexplained: list[str] = []
     for fault in (f for f in faults if f.kind == WORKER_EXIT):
         pid, code = int(fault.detail["pid"]), int(fault.detail["returncode"])
         if code == -9 and pid in killed_pids:
             exits["failpoint"] += 1
-        elif any(low <= fault.t_ms <= high for low, high in outages):
-            exits["crash_during_outage"] += 1
         else:
             exits["unexplained"] += 1
             unexplained.append(f"pid {pid} exit {code}: {fault.detail.get('log_tail', '')[-400:]}")

@@ -5,7 +5,8 @@
     stop            SIGSTOP a worker for 3 leases, then SIGCONT: its entries are reclaimed meanwhile, and
                     its settle must find them gone (lease_lost), never double-acknowledge them
     server_restart  SIGKILL the server (AOF, appendfsync always) and start it again on the same port and
-                    directory; workers must reconnect by themselves. Only with a server the harness owns
+                    directory; workers must reconnect by themselves, and one worker replaced during the
+                    outage must wait for the server. Only with a server the harness owns
     client_kill     CLIENT KILL TYPE normal SKIPME yes: every client connection drops at once
     trim_safe       XTRIM MINID below the oldest pending entry and the group's last-delivered id: only
                     acknowledged entries go, so nothing may be missing afterwards
@@ -297,20 +298,31 @@ class Nemesis:
             await asyncio.sleep(0.01)
 
     async def server_restart(self) -> bool:
+        """Kill -9 the server and start it again; meanwhile one worker is replaced, so a worker also has to
+        start while the server is down (it must wait for it, not exit)."""
         if self.server is None:
             return False  # not our server to kill (--redis-url)
         inflight = await self._busy_moment()
+        candidates = sorted((w for w in self.fleet.running() if not w.stopped), key=lambda w: w.slot)
+        victim = self.rng.choice(candidates) if candidates else None
+        victim_inflight = None
+        if victim is not None:
+            os.kill(victim.pid, signal.SIGSTOP)
+            victim_inflight = await self.inflight([victim.pid])
         killed_at = time.time()
         # Sometimes shorter than a lease, sometimes longer: then the entries held by live workers become
         # reclaimable the moment the server is back, racing their holders' settle retries.
         down_s = self.rng.uniform(*self.server_down_s)
-        self.fleet.server_down = True
-        try:
-            self.server.kill()
-            await asyncio.sleep(down_s)
-            self.server.start()  # same port and directory: the AOF is replayed
-        finally:
-            self.fleet.server_down = False
+        self.server.kill()
+        if victim is not None:
+            self.fleet.kill(victim)
+            replacement = self.fleet.spawn(victim.slot)
+            self.ledger.add_fault(
+                KILL, f"slot{victim.slot}/pid{victim.pid}", victim_inflight,
+                replacement_pid=replacement.pid, replacement_failpoints="", during_outage=True,
+            )  # fmt: skip
+        await asyncio.sleep(down_s)
+        self.server.start()  # same port and directory: the AOF is replayed
         self.ledger.add_fault(
             SERVER_RESTART, "server", inflight,
             killed_at_ms=int(killed_at * 1000), down_ms=int((time.time() - killed_at) * 1000),

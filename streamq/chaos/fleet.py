@@ -1,9 +1,9 @@
 """The worker fleet: N `python -m streamq.chaos.worker` subprocesses, kept at strength.
 
 Each slot runs one worker at a time. A worker the nemesis kills is replaced at once; one that dies by itself
-(a failpoint, or a crash) is replaced by the supervisor on its next poll, unless the server is down (a
-worker refuses to start without one). Every process gets a fresh pid, hence a fresh consumer name: a
-restarted worker never inherits a dead one's identity, as in production.
+(a failpoint, or a crash) is replaced by the supervisor on its next poll, whether or not the server is up:
+a worker must wait for a server that is down. Every process gets a fresh pid, hence a fresh consumer
+name: a restarted worker never inherits a dead one's identity, as in production.
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ class Fleet:
     workers: dict[int, Worker] = field(default_factory=dict)
     exits: list[Exit] = field(default_factory=list)
     spawned: int = 0
-    server_down: bool = False
     stopping: bool = False
     _generations: dict[int, int] = field(default_factory=dict)
 
@@ -134,12 +133,12 @@ class Fleet:
         worker.process.wait()
 
     def supervise(self, on_exit: Callable[[Exit], None]) -> None:
-        """Reap workers that died by themselves and start replacements (not while the server is down)."""
+        """Reap workers that died by themselves and start replacements (even while the server is down)."""
         for slot, worker in list(self.workers.items()):
             code = worker.process.poll()
             if code is None:
                 continue
-            if self.stopping or self.server_down:
+            if self.stopping:
                 continue
             gone = Exit(slot, worker.pid, code, worker.failpoints, time.monotonic(), _tail(worker.log_path))
             self.exits.append(gone)
