@@ -15,11 +15,13 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
+from worker_proc import SpawnWorker, WorkerProcess
 
 from streamq.embedded import EmbeddedServer, ServerBinary, default_server_binary, find_server_binaries
 
@@ -112,3 +114,18 @@ def sync_client(redis_url: str) -> Iterator[redis.Redis]:
         yield connection
     finally:
         connection.close()
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path, redis_url: str) -> Iterator[SpawnWorker]:
+    """Start worker_proc.py subprocesses against this test's server; all are killed and reaped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def spawn(**options: Any) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", url=redis_url, **options)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.close()

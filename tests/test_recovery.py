@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,7 @@ import redis
 import redis.asyncio
 import structlog
 from helpers import async_wait_until
-from worker_proc import Job, WorkerProcess, read_ledger
+from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
 from streamq import _wire, keys
@@ -26,23 +24,8 @@ from streamq.embedded import EmbeddedServer
 from streamq.recovery import Reclaimer
 from streamq.settle import RetryRecord, encode_record
 
-SpawnWorker = Callable[..., WorkerProcess]
 SLOW_LEASE_MS = 700  # the slow handler takes five of these
 
-
-@pytest.fixture
-def spawn_worker(tmp_path: Path, redis_url: str) -> Iterator[SpawnWorker]:
-    """Start worker_proc.py subprocesses against this test's server; all are killed and reaped afterwards."""
-    started: list[WorkerProcess] = []
-
-    def spawn(**options: Any) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", url=redis_url, **options)
-        started.append(worker)
-        return worker
-
-    yield spawn
-    for worker in started:
-        worker.close()
 
 
 async def _publish(url: str, stream: str, count: int) -> list[str]:

@@ -6,35 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
 from helpers import async_wait_until, wait_until
-from worker_proc import Job, WorkerProcess, read_ledger
+from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
 from streamq import keys
-
-SpawnWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def spawn_worker(tmp_path: Path, redis_url: str) -> Iterator[SpawnWorker]:
-    """Start worker_proc.py subprocesses against this test's server; all are killed and reaped afterwards."""
-    started: list[WorkerProcess] = []
-
-    def spawn(**options: Any) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", url=redis_url, **options)
-        started.append(worker)
-        return worker
-
-    yield spawn
-    for worker in started:
-        worker.close()
 
 
 def _publish(url: str, stream: str, count: int) -> list[str]:

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -188,6 +189,10 @@ class WorkerProcess:
             self.process.kill()
         self.process.wait()
         self._log.close()
+
+
+# What the `spawn_worker` fixture (conftest.py) hands a test: start a worker subprocess.
+SpawnWorker = Callable[..., WorkerProcess]
 
 
 if __name__ == "__main__":
