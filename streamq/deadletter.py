@@ -3,6 +3,11 @@
 Each stream has one dead-letter stream (keys.dlq_key), shared by its groups; every entry names its group.
 Replay sends an entry back to that group only (through the group's retry stream, with its attempts reset)
 and removes it from the dead-letter stream in the same atomic step.
+
+DeadLetters takes whatever client the application already has, including one built with
+decode_responses=True. Dead letters are read undecoded through it anyway: their payloads are arbitrary bytes
+(a client that decodes would fail on them, or replace them and lose the byte-for-byte copy), and the field
+names are then bytes whichever client was given.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 
 from . import _wire, keys
 from .errors import DeadLetterNotFound
@@ -69,7 +75,8 @@ def _int(fields: dict[bytes, bytes], name: bytes) -> int:
         return 0
 
 
-def parse_entry(entry_id: bytes, flat: Sequence[bytes] | dict[bytes, bytes]) -> DeadLetter:
+def parse_entry(entry_id: bytes | str, flat: Sequence[bytes] | dict[bytes, bytes]) -> DeadLetter:
+    """One dead-letter entry as read undecoded (field names and values as bytes)."""
     fields = flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
     return DeadLetter(
         dlq_id=_wire.decode_id(entry_id),
@@ -96,6 +103,14 @@ class DeadLetters:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
 
+    async def _xrange(self, key: str, start: str, end: str, count: int | None = None) -> Any:
+        """XRANGE with the reply left as bytes, whether or not the client decodes responses."""
+        args: list[str | int] = [key, start, end]
+        if count is not None:
+            args += ["COUNT", count]
+        # NEVER_DECODE is redis-py's per-command switch to skip decoding (its own DUMP uses it).
+        return await self.client.execute_command("XRANGE", *args, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+
     async def count(self, stream: str) -> int:
         return int(await self.client.xlen(keys.dlq_key(keys.validate_name("stream", stream))))
 
@@ -107,7 +122,7 @@ class DeadLetters:
         found: list[DeadLetter] = []
         cursor = start
         while len(found) < count:
-            rows: Any = await self.client.xrange(key, min=cursor, max="+", count=max(count, 100))
+            rows = await self._xrange(key, cursor, "+", count=max(count, 100))
             if not rows:
                 break
             for entry_id, fields in rows:
@@ -118,9 +133,7 @@ class DeadLetters:
         return found[:count]
 
     async def show(self, stream: str, dlq_id: str) -> DeadLetter:
-        rows: Any = await self.client.xrange(
-            keys.dlq_key(keys.validate_name("stream", stream)), min=dlq_id, max=dlq_id
-        )
+        rows = await self._xrange(keys.dlq_key(keys.validate_name("stream", stream)), dlq_id, dlq_id)
         if not rows:
             raise DeadLetterNotFound(f"no dead letter {dlq_id} for stream {stream!r}")
         return parse_entry(rows[0][0], rows[0][1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -22,13 +23,28 @@ FAST: dict[str, Any] = {"lease_ms": 1_000, "block_ms": 100, "retry_base_ms": 0}
 GARBAGE = b"\xc1\x00\xff\xfe not msgpack \x80"
 
 
+@pytest.fixture(
+    params=[{}, {"decode_responses": True}, {"decode_responses": True, "encoding_errors": "replace"}],
+    ids=["bytes-client", "str-client", "str-replace-client"],
+)
+async def operator(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """The client handed to DeadLetters: replies as bytes, or decoded to str (decode_responses=True, as many
+    applications build theirs), strictly or with bad bytes replaced. DeadLetters must read the same letters,
+    payload byte for byte, through each."""
+    connection = redis.asyncio.Redis.from_url(redis_url, **request.param)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
 async def _publish(url: str, stream: str, numbers: list[int]) -> list[str]:
     async with streamq.Producer(url) as producer:
         return await producer.publish_many(stream, [Invoice(n) for n in numbers])
 
 
 async def test_poison_entries_are_dead_lettered_intact_while_good_events_flow(
-    redis_url: str, client: redis.asyncio.Redis, unique: str
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
 ) -> None:
     """Entries written around streamq (raw XADD) that cannot be decoded go to the dead-letter stream at once,
     unretried: garbage in the payload field byte for byte, an entry without the payload field with all its
@@ -48,7 +64,7 @@ async def test_poison_entries_are_dead_lettered_intact_while_good_events_flow(
 
     await asyncio.wait_for(app.run_until_idle(), 30)
     assert handled == [1, 2]
-    letters = {d.id: d for d in await streamq.DeadLetters(client).list(unique)}
+    letters = {d.id: d for d in await streamq.DeadLetters(operator).list(unique)}
     assert set(letters) == {garbage_id, no_payload_id, unknown_id}
     assert all(d.reason == "undecodable" and d.attempts == 1 and d.group == "g" for d in letters.values())
     assert letters[garbage_id].payload == GARBAGE
@@ -85,11 +101,13 @@ async def _fill_dlq(url: str, stream: str, rejected: set[int], count: int) -> tu
     return ids, audited
 
 
-async def test_list_show_count_and_paging(redis_url: str, client: redis.asyncio.Redis, unique: str) -> None:
+async def test_list_show_count_and_paging(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
+) -> None:
     """list() returns dead letters oldest first, filtered by group and paged by start/count; show()
     returns one by its dead-letter id, and a missing one raises DeadLetterNotFound."""
     ids, _ = await _fill_dlq(redis_url, unique, {1, 3, 4}, 6)
-    dead = streamq.DeadLetters(client)
+    dead = streamq.DeadLetters(operator)
     letters = await dead.list(unique)
     assert [d.id for d in letters] == [ids[1], ids[3], ids[4]]
     assert [d.detail for d in letters] == ["cannot bill 1", "cannot bill 3", "cannot bill 4"]
@@ -107,13 +125,13 @@ async def test_list_show_count_and_paging(redis_url: str, client: redis.asyncio.
 
 
 async def test_replay_sends_an_event_back_to_its_own_group_only(
-    redis_url: str, client: redis.asyncio.Redis, unique: str
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
 ) -> None:
     """A replayed dead letter is handled again by the group that dead-lettered it, not by the stream's
     other groups, under its original id with its attempts reset, and it leaves the dead-letter stream."""
     ids, audited = await _fill_dlq(redis_url, unique, {2}, 4)
     assert audited == [0, 1, 2, 3]
-    dead = streamq.DeadLetters(client)
+    dead = streamq.DeadLetters(operator)
     (letter,) = await dead.list(unique)
     assert await dead.replay(unique, [letter.dlq_id]) == 1
     assert await dead.count(unique) == 0
@@ -138,14 +156,14 @@ async def test_replay_sends_an_event_back_to_its_own_group_only(
 
 
 async def test_replay_all_of_a_group_skips_entries_without_payload(
-    redis_url: str, client: redis.asyncio.Redis, unique: str
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
 ) -> None:
     """replay() without ids moves every dead letter of the group that has a payload; an entry kept only
     as raw fields cannot be replayed and stays."""
     await _fill_dlq(redis_url, unique, {0, 1}, 2)
     await client.xadd(unique, {"no": b"payload"})
     await _fill_dlq(redis_url, unique, set(), 0)  # the raw entry is dead-lettered by both groups
-    dead = streamq.DeadLetters(client)
+    dead = streamq.DeadLetters(operator)
     assert await dead.count(unique) == 4
     assert await dead.replay(unique, group="billing") == 2
     remaining = await dead.list(unique)
@@ -155,10 +173,12 @@ async def test_replay_all_of_a_group_skips_entries_without_payload(
     assert await client.xlen(keys.retry_key(unique, "audit")) == 0
 
 
-async def test_purge_some_or_all(redis_url: str, client: redis.asyncio.Redis, unique: str) -> None:
+async def test_purge_some_or_all(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
+) -> None:
     """purge(ids) deletes those dead letters only; purge() deletes the stream's whole dead-letter stream."""
     await _fill_dlq(redis_url, unique, {0, 1, 2}, 3)
-    dead = streamq.DeadLetters(client)
+    dead = streamq.DeadLetters(operator)
     first, *rest = await dead.list(unique)
     assert await dead.purge(unique, [first.dlq_id]) == 1
     assert [d.dlq_id for d in await dead.list(unique)] == [d.dlq_id for d in rest]
