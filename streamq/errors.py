@@ -9,6 +9,8 @@ StreamqError
 │   ├── Retry               try this event (or batch) again after a delay
 │   └── Reject              dead-letter this event (or batch) now
 └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
+
+describe_error(exc) renders any exception for a log line or a stored error message.
 """
 
 from __future__ import annotations
@@ -62,3 +64,13 @@ class Reject(HandlerOutcome):
 
 class DeadLetterNotFound(StreamqError, LookupError):
     """The dead-letter entry does not exist (already replayed or purged)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: message` for logs, or the type alone when there is no message.
+
+    Not repr(): redis-py 8 gives its errors a repr such as `network:ConnectionError`, without the message
+    that says what went wrong (refused, which host, timed out).
+    """
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
