@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import _wire
 from .connection import RedisLike, async_client, redact, resolve_url, sync_client
 from .consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
-from .errors import ConfigurationError
+from .errors import ConfigurationError, describe_error
 from .events import Event
 from .handlers import HandlerSpec
 from .recovery import LeaseKeeper
@@ -154,7 +154,9 @@ class App:
             except TRANSIENT as exc:
                 if stopping.is_set() or not _server_down(exc):
                     raise
-                log.warning("redis unavailable at start, retrying", error=repr(exc), retry_in_s=delay_s)
+                log.warning(
+                    "redis unavailable at start, retrying", error=describe_error(exc), retry_in_s=delay_s
+                )
                 await _sleep_or_stop(stopping, delay_s)
                 delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
 
