@@ -10,7 +10,7 @@ StreamqError
 │   └── Reject              dead-letter this event (or batch) now
 └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
 
-describe_error(exc) renders any exception for a log line or a stored error message.
+describe_error(exc) renders any exception for a log line.
 """
 
 from __future__ import annotations
