@@ -1,7 +1,7 @@
 """App: the registry of consumers, and running them with graceful shutdown.
 
 Nothing happens on import or in __init__: no connection, no event loop, no signal handler. `run()` installs
-signal handlers only when asked (the CLI does) and removes them when it returns.
+signal handlers only when asked (the CLI does) and, when it returns, puts back the handlers it found.
 
 Shutdown: the first SIGTERM/SIGINT stops reading; every batch in hand is handled and settled within the
 grace period, then run() returns. A second signal stops at once. Either way nothing read is lost: an entry
@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -35,6 +36,8 @@ from .recovery import LeaseKeeper
 from .settings import ConsumerSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
+# What signal.getsignal returns: a callable, SIG_DFL / SIG_IGN, or None for a handler set outside Python.
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 DEFAULT_SHUTDOWN_GRACE_MS = 30_000  # time to finish and settle in-flight batches after the first signal
 HANDLER_THREAD_PREFIX = "streamq-handler"  # names the threads that run plain `def` handlers
 
@@ -113,7 +116,7 @@ class App:
         )
         self._stopping = stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
+        replaced: dict[signal.Signals, SignalHandler] = {}
         try:
             server = await self._check_server(client, stopping)
             shown = redact(resolve_url(target)) if not isinstance(target, aioredis.Redis) else "client given"
@@ -127,16 +130,16 @@ class App:
             self.consumers = [Consumer(cfg, spec, client, keeper, executor) for cfg, spec in self.specs]
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
+                    found = signal.getsignal(sig)
                     loop.add_signal_handler(sig, self._on_signal, sig)
-                    installed.append(sig)
+                    replaced[sig] = found
             self._tasks = [
                 asyncio.create_task(c.run(stopping, burst=burst), name=f"streamq-{c.name}")
                 for c in self.consumers
             ]
             await self._supervise(stopping)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            _restore_signal_handlers(loop, replaced)
             keeper.stop()
             executor.shutdown(wait=False, cancel_futures=True)
             if owned:
@@ -225,6 +228,22 @@ class App:
             for name, value in consumer.counts.items():
                 total[name] = total.get(name, 0) + value
         return total
+
+
+def _restore_signal_handlers(
+    loop: asyncio.AbstractEventLoop, replaced: dict[signal.Signals, SignalHandler]
+) -> None:
+    """Remove the loop's handlers and put back the ones found before: the program embedding the app may
+    have its own, and remove_signal_handler alone resets SIGINT and SIGTERM to Python's defaults.
+
+    A handler found as None was installed outside Python and cannot be put back from it. One that another
+    callback registered on this same loop (add_signal_handler) comes back at the signal level, but the loop
+    forgot that callback when ours replaced it: no public API can read it.
+    """
+    for sig, found in replaced.items():
+        loop.remove_signal_handler(sig)
+        if found is not None:
+            signal.signal(sig, found)
 
 
 def _server_down(error: BaseException) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from helpers import async_wait_until, wait_until
 from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
+import streamq.app
 from streamq import keys
 
 
@@ -162,3 +165,71 @@ async def test_run_installs_signal_handlers_only_when_asked_and_removes_them(
     assert during[0] == before and during[1] != before
     assert signal.getsignal(signal.SIGTERM) == before
     assert loop.remove_signal_handler(signal.SIGINT) is False  # run() left no handler behind
+
+
+@pytest.fixture
+def previous_handlers() -> Iterator[dict[signal.Signals, Callable[[int, FrameType | None], None]]]:
+    """Handlers of the embedding program's own for SIGTERM and SIGINT, installed before a run; the handlers
+    found before the test are put back after it."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        return None
+
+    def on_int(signum: int, frame: FrameType | None) -> None:
+        return None
+
+    ours: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {
+        signal.SIGTERM: on_term,
+        signal.SIGINT: on_int,
+    }
+    for sig, handler in ours.items():
+        signal.signal(sig, handler)
+    try:
+        yield ours
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+async def test_run_restores_the_signal_handlers_it_found(
+    redis_url: str,
+    unique: str,
+    previous_handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]],
+) -> None:
+    """run(handle_signals=True) replaces the program's own SIGTERM and SIGINT handlers while it runs and
+    puts those same handlers back when it returns, not the defaults."""
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", lease_ms=1_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        return None
+
+    run = asyncio.create_task(app.run(handle_signals=True))
+    await async_wait_until(lambda: app.consumers, message="the app to start")
+    assert all(signal.getsignal(sig) is not handler for sig, handler in previous_handlers.items())
+    app.stop()
+    await asyncio.wait_for(run, 10)
+    assert {sig: signal.getsignal(sig) for sig in previous_handlers} == previous_handlers
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_run_app_restores_the_signal_handlers_it_found(
+    use_uvloop: bool,
+    redis_url: str,
+    unique: str,
+    previous_handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]],
+) -> None:
+    """run_app, as `streamq worker` calls it, leaves the SIGTERM and SIGINT handlers of the program that
+    called it in place once it returns, on either event loop."""
+    _publish(redis_url, unique, 2)
+    handled: list[int] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", lease_ms=1_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        handled.extend(job.n for job in batch.events)
+
+    assert streamq.app.run_app(app, burst=True, use_uvloop=use_uvloop) == 0
+    assert handled == [0, 1]
+    assert {sig: signal.getsignal(sig) for sig in previous_handlers} == previous_handlers
