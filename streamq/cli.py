@@ -1,11 +1,14 @@
 """The `streamq` command: run workers, inspect streams, manage dead letters, and run the demo.
 
 `main(argv) -> int` is the whole interface: it parses the arguments, configures logging (the only place
-streamq does), runs one command and returns one of the exit codes below. It never calls sys.exit, so the
-tests call it in-process; `streamq` (the console script) and `python -m streamq` wrap it.
+streamq does), runs one command and returns one of the exit codes (defined in cli_output.py). It never
+calls sys.exit, so the tests call it in-process; `streamq` (the console script) and `python -m streamq`
+wrap it.
 
 Global options may come before or after the command (`streamq --redis-url URL status` and
 `streamq status --redis-url URL` both work), because that is how people type them.
+
+The exit codes, tables and JSON output are in cli_output.py, the help texts in cli_help.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import importlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,116 +30,57 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__
 from .app import App, run_app
+from .cli_help import (
+    DEMO_EPILOG,
+    DLQ_EPILOG,
+    DLQ_LIST_EPILOG,
+    DLQ_PURGE_EPILOG,
+    DLQ_REPLAY_EPILOG,
+    DLQ_SHOW_EPILOG,
+    EPILOG,
+    STATUS_EPILOG,
+    WORKER_EPILOG,
+)
+from .cli_output import (
+    ERROR_COLUMN_WIDTH,
+    FAILURE,
+    INTERRUPTED,
+    OK,
+    USAGE,
+    format_dead_letters,
+    format_status,
+    format_table,
+    format_timestamp,
+    print_json,
+)
 from .connection import ENV_URL, async_client, redact, resolve_url
-from .deadletter import DeadLetter, DeadLetters
+from .deadletter import DeadLetters
 from .errors import StreamqError
-from .inspect import StreamStatus, status
+from .inspect import status
 from .logs import DEFAULT_LEVEL, LEVELS, configure_logging
 
-OK = 0
-FAILURE = 1  # the command ran and failed: Redis unreachable, no such dead letter, the demo's check failed
-USAGE = 2  # bad arguments (argparse's own code for them too)
-INTERRUPTED = 130  # 128 + SIGINT: stopped before in-flight batches were settled (a second signal, Ctrl-C)
+# What other code imports from here. The exit codes and formatters now live in cli_output.py and are
+# re-exported: the tests import the codes from here, the demo format_dead_letters.
+__all__ = [
+    "ERROR_COLUMN_WIDTH",
+    "FAILURE",
+    "INTERRUPTED",
+    "OK",
+    "USAGE",
+    "AppLoadError",
+    "build_parser",
+    "format_dead_letters",
+    "format_status",
+    "format_table",
+    "load_app",
+    "main",
+]
 
 DEFAULT_DLQ_COUNT = 100  # dead letters shown by `dlq list`
 DEFAULT_DEMO_EVENTS = 20_000
-ERROR_COLUMN_WIDTH = 60  # characters of an error shown in a table row; `dlq show` prints all of it
 
 T = TypeVar("T")
 log = structlog.get_logger("streamq.cli")
-
-EPILOG = f"""\
-examples:
-  streamq worker myapp.workers:app                run an app's consumers until SIGTERM or Ctrl-C
-  streamq worker myapp.workers:app --burst        process everything there is, then exit
-  streamq status                                  every stream that has had a worker
-  streamq status orders --json
-  streamq dlq list orders
-  streamq dlq replay orders --all
-  streamq demo                                    the showcase, on a throwaway server
-  {ENV_URL}=redis://:secret@redis:6379/0 streamq status
-
-exit codes: {OK} ok, {FAILURE} failure, {USAGE} usage error, {INTERRUPTED} interrupted
-"""
-
-WORKER_EPILOG = """\
-APP_PATH is module:attribute naming a streamq.App; the current directory is on the import path.
-The app's own Redis URL wins; an app built without one (streamq.App()) uses --redis-url.
-
-examples:
-  streamq worker myapp.workers:app
-  streamq worker myapp.workers:app --redis-url rediss://:secret@redis.internal:6380/0
-  streamq worker myapp.workers:app --burst --log-level debug
-  streamq worker streamq.demo_app:app             the demo's billing consumer
-"""
-
-STATUS_EPILOG = """\
-Without STREAM arguments, shows every stream that has had a streamq worker.
-PENDING counts entries delivered and not yet settled; LAG those not yet delivered to the group;
-RETRIES WAITING those failed and waiting for their backoff. The counters are totals since the group began.
-
-examples:
-  streamq status
-  streamq status orders payments
-  streamq status orders --json | jq '.[0].groups[0].pending'
-"""
-
-DLQ_EPILOG = """\
-Each stream has one dead-letter stream, shared by its groups; every dead letter names its group.
-
-examples:
-  streamq dlq list orders
-  streamq dlq show orders 1712345678901-0
-  streamq dlq replay orders --all --group billing
-  streamq dlq purge orders 1712345678901-0
-"""
-
-DLQ_LIST_EPILOG = """\
-examples:
-  streamq dlq list orders
-  streamq dlq list orders --group billing --count 20
-  streamq dlq list orders --json | jq -r '.[].dlq_id'
-"""
-
-DLQ_SHOW_EPILOG = """\
-Prints every field: why and when it failed, the error and its traceback, the raw payload as hex and,
-when the payload is msgpack, a preview of it decoded as plain data.
-
-examples:
-  streamq dlq show orders 1712345678901-0
-  streamq dlq show orders 1712345678901-0 --json
-"""
-
-DLQ_REPLAY_EPILOG = """\
-A replayed event goes back to its own group only, with a fresh set of attempts, and leaves the
-dead-letter stream in the same atomic step. Entries with no payload field at all cannot be replayed.
-
-examples:
-  streamq dlq replay orders 1712345678901-0 1712345678950-0
-  streamq dlq replay orders --all
-  streamq dlq replay orders --all --group billing
-"""
-
-DLQ_PURGE_EPILOG = """\
-examples:
-  streamq dlq purge orders 1712345678901-0 1712345678950-0
-  streamq dlq purge orders --all --yes
-"""
-
-DEMO_EPILOG = f"""\
-Publishes order events (some poison, two undecodable), starts a worker and SIGKILLs it mid-batch, then
-runs a second worker in burst mode that reclaims the dead worker's entries, retries the failures and
-dead-letters the poison. Exits {OK} only if every event ended acknowledged or dead-lettered, nothing pending.
-Without --redis-url (or {ENV_URL}) it starts a throwaway server. With a URL it first deletes the
-demo stream's previous data (stream demo.orders and its streamq keys; nothing else).
-
-examples:
-  streamq demo
-  streamq demo --events 2000
-  streamq demo --redis-url redis://localhost:6379/0
-  streamq demo --redis-url redis://redis:6379/0 --producer-only   what docker-compose's producer runs
-"""
-
 
 # ---------------------------------------------------------------------------------------------- parser
 
@@ -150,13 +93,29 @@ def _global_options(parser: argparse.ArgumentParser, *, on_command: bool) -> Non
         "--redis-url", metavar="URL", default=default,
         help=f"Redis URL: redis://, rediss:// or unix:// (default: ${ENV_URL}, else redis://localhost:6379/0)",
     )  # fmt: skip
-    parser.add_argument("--log-level", choices=LEVELS, default=default if on_command else DEFAULT_LEVEL,
-                        help=f"least severe log level shown (default: {DEFAULT_LEVEL})")
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=default if on_command else DEFAULT_LEVEL,
+        help=f"least severe log level shown (default: {DEFAULT_LEVEL})",
+    )
     style = parser.add_mutually_exclusive_group()
-    style.add_argument("--log-json", dest="log_json", action="store_const", const=True, default=default,
-                       help="log JSON lines (the default when stderr is not a terminal)")
-    style.add_argument("--log-console", dest="log_json", action="store_const", const=False, default=default,
-                       help="log for people (the default on a terminal)")
+    style.add_argument(
+        "--log-json",
+        dest="log_json",
+        action="store_const",
+        const=True,
+        default=default,
+        help="log JSON lines (the default when stderr is not a terminal)",
+    )
+    style.add_argument(
+        "--log-console",
+        dest="log_json",
+        action="store_const",
+        const=False,
+        default=default,
+        help="log for people (the default on a terminal)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -173,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, on_command=True)
 
-    def command(group: Any, name: str, help_text: str, epilog: str,
-                run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def command(
+        group: Any, name: str, help_text: str, epilog: str, run: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = group.add_parser(
             name, parents=[common], help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -200,16 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     show_status.add_argument("streams", metavar="STREAM", nargs="*", help="default: every known stream")
     show_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    dlq = commands.add_parser("dlq", parents=[common], help="list, show, replay or purge dead letters",
-                              description="List, show, replay or purge dead letters.", epilog=DLQ_EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    dlq = commands.add_parser(
+        "dlq",
+        parents=[common],
+        help="list, show, replay or purge dead letters",
+        description="List, show, replay or purge dead letters.",
+        epilog=DLQ_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = dlq.add_subparsers(dest="action", metavar="ACTION", required=True)
     about = "list a stream's dead letters, oldest first"
     listing = command(actions, "list", about, DLQ_LIST_EPILOG, cmd_dlq_list)
     listing.add_argument("stream", metavar="STREAM")
     listing.add_argument("--group", metavar="G", help="only this group's dead letters")
-    listing.add_argument("--count", metavar="N", type=_positive_int, default=DEFAULT_DLQ_COUNT,
-                         help=f"show at most N (default: {DEFAULT_DLQ_COUNT})")
+    listing.add_argument(
+        "--count",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_DLQ_COUNT,
+        help=f"show at most N (default: {DEFAULT_DLQ_COUNT})",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show = command(actions, "show", "show every field of one dead letter", DLQ_SHOW_EPILOG, cmd_dlq_show)
     show.add_argument("stream", metavar="STREAM")
@@ -229,8 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     about = "publish, crash a worker, recover, and account for every event"
     demo = command(commands, "demo", about, DEMO_EPILOG, cmd_demo)
-    demo.add_argument("--events", metavar="N", type=_positive_int, default=DEFAULT_DEMO_EVENTS,
-                      help=f"order events to publish (default: {DEFAULT_DEMO_EVENTS})")
+    demo.add_argument(
+        "--events",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_DEMO_EVENTS,
+        help=f"order events to publish (default: {DEFAULT_DEMO_EVENTS})",
+    )
     demo.add_argument("--producer-only", action="store_true", help="only publish the events, then exit")
     return parser
 
@@ -335,71 +310,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return INTERRUPTED if code == INTERRUPTED else OK
 
 
-# ---------------------------------------------------------------------------------------------- tables
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Plain columns: numbers right-aligned, text left-aligned, two spaces apart."""
-    cells = [[str(h) for h in headers], *[["-" if v is None else str(v) for v in row] for row in rows]]
-    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows) and bool(rows)
-               for i in range(len(headers))]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
-    lines = []
-    for line in cells:
-        parts = [c.rjust(widths[i]) if numeric[i] else c.ljust(widths[i]) for i, c in enumerate(line)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def _clip(text: str, width: int = ERROR_COLUMN_WIDTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else "-"
-
-
-def format_dead_letters(letters: Sequence[DeadLetter]) -> str:
-    rows = [
-        [d.dlq_id, d.id, d.group, d.attempts, d.reason, _when(d.last_failure_ms),
-         _clip(f"{d.error_type}: {d.error}" if d.error_type else d.detail)]
-        for d in letters
-    ]  # fmt: skip
-    return format_table(["DLQ ID", "EVENT ID", "GROUP", "ATTEMPTS", "REASON", "FAILED AT", "ERROR"], rows)
-
-
-_KNOWN_STATS = ("acked", "retried", "dead", "reclaimed", "lease_lost")
-
-
-def format_status(statuses: Sequence[StreamStatus]) -> str:
-    headers = ["STREAM", "LENGTH", "DEAD LETTERS", "GROUP", "CONSUMERS", "PENDING", "LAG", "RETRIES WAITING",
-               "ACKED", "RETRIED", "DEAD-LETTERED", "RECLAIMED", "LEASE LOST", "OTHER"]
-    rows: list[list[object]] = []
-    for st in statuses:
-        head: list[object] = [st.stream, st.length, st.dead_letters]
-        if not st.groups:
-            rows.append([*head, "(no groups)" if st.exists else "(no such stream)", *[None] * 10])
-        for g in st.groups:
-            other = " ".join(f"{k}={v}" for k, v in sorted(g.stats.items()) if k not in _KNOWN_STATS)
-            rows.append([*head, g.name, g.consumers, g.pending, g.lag, g.retries_waiting,
-                         *[g.stats.get(k, 0) for k in _KNOWN_STATS], other])
-    if not any(row[-1] for row in rows):
-        headers, rows = headers[:-1], [row[:-1] for row in rows]
-    return format_table(headers, rows)
-
-
-def _print_json(value: Any) -> None:
-    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-
-
 # ---------------------------------------------------------------------------------------------- status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     statuses = _with_client(args, lambda client: status(client, args.streams or None))
     if args.json:
-        _print_json(statuses)
+        print_json(statuses)
     elif not statuses:
         print("no streams: none has had a streamq worker yet (name streams to inspect them anyway)")
     else:
@@ -414,7 +331,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     stream, group, count = args.stream, args.group, args.count
     letters = _with_client(args, lambda c: DeadLetters(c).list(stream, group=group, count=count))
     if args.json:
-        _print_json([letter.to_dict(with_payload=False) for letter in letters])
+        print_json([letter.to_dict(with_payload=False) for letter in letters])
     elif not letters:
         print(f"no dead letters for {args.stream}" + (f" in group {args.group}" if args.group else ""))
     else:
@@ -426,12 +343,12 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     letter = _with_client(args, lambda c: DeadLetters(c).show(args.stream, args.dlq_id))
     data = letter.to_dict()
     if args.json:
-        _print_json(data)
+        print_json(data)
         return OK
     trace = data.pop("traceback")
     event = data.pop("event")
-    data["first_failure_ms"] = f"{data['first_failure_ms']} ({_when(letter.first_failure_ms)})"
-    data["last_failure_ms"] = f"{data['last_failure_ms']} ({_when(letter.last_failure_ms)})"
+    data["first_failure_ms"] = f"{data['first_failure_ms']} ({format_timestamp(letter.first_failure_ms)})"
+    data["last_failure_ms"] = f"{data['last_failure_ms']} ({format_timestamp(letter.last_failure_ms)})"
     width = max(len(k) for k in data)
     for key, value in data.items():
         print(f"{key.ljust(width)}  {'-' if value is None or value == '' else value}")

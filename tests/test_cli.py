@@ -23,6 +23,8 @@ import structlog
 from cli_app import Ping
 from helpers import wait_until
 
+import streamq.cli
+import streamq.cli_output
 from streamq import SyncProducer, keys
 from streamq.cli import FAILURE, INTERRUPTED, OK, USAGE, main
 from streamq.connection import ENV_URL
@@ -139,6 +141,16 @@ def test_missing_commands_unknown_options_and_bad_values_are_usage_errors(
 def test_exit_codes_are_the_documented_numbers() -> None:
     """The exit codes are the conventional numbers that scripts test for."""
     assert (OK, FAILURE, USAGE, INTERRUPTED) == (0, 1, 2, 130)
+
+
+def test_names_moved_out_of_cli_stay_importable_from_it() -> None:
+    """The exit codes and table formatters, now in cli_output.py, are still streamq.cli's public names,
+    where the demo and users' scripts import them from."""
+    assert all(hasattr(streamq.cli, name) for name in streamq.cli.__all__)
+    moved = ["OK", "FAILURE", "USAGE", "INTERRUPTED", "format_table", "format_status", "format_dead_letters"]
+    for name in moved:
+        assert name in streamq.cli.__all__
+        assert getattr(streamq.cli, name) is getattr(streamq.cli_output, name)
 
 
 def test_unreachable_redis_fails_without_showing_the_password(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,102 @@
+"""The texts `streamq --help` and each command's --help print below the options: examples, mostly.
+
+Kept apart from cli.py, where a hundred lines of examples would stand between the reader and the parser
+they belong to.
+"""
+
+from __future__ import annotations
+
+from .cli_output import FAILURE, INTERRUPTED, OK, USAGE
+from .connection import ENV_URL
+
+EPILOG = f"""\
+examples:
+  streamq worker myapp.workers:app                run an app's consumers until SIGTERM or Ctrl-C
+  streamq worker myapp.workers:app --burst        process everything there is, then exit
+  streamq status                                  every stream that has had a worker
+  streamq status orders --json
+  streamq dlq list orders
+  streamq dlq replay orders --all
+  streamq demo                                    the showcase, on a throwaway server
+  {ENV_URL}=redis://:secret@redis:6379/0 streamq status
+
+exit codes: {OK} ok, {FAILURE} failure, {USAGE} usage error, {INTERRUPTED} interrupted
+"""
+
+WORKER_EPILOG = """\
+APP_PATH is module:attribute naming a streamq.App; the current directory is on the import path.
+The app's own Redis URL wins; an app built without one (streamq.App()) uses --redis-url.
+
+examples:
+  streamq worker myapp.workers:app
+  streamq worker myapp.workers:app --redis-url rediss://:secret@redis.internal:6380/0
+  streamq worker myapp.workers:app --burst --log-level debug
+  streamq worker streamq.demo_app:app             the demo's billing consumer
+"""
+
+STATUS_EPILOG = """\
+Without STREAM arguments, shows every stream that has had a streamq worker.
+PENDING counts entries delivered and not yet settled; LAG those not yet delivered to the group;
+RETRIES WAITING those failed and waiting for their backoff. The counters are totals since the group began.
+
+examples:
+  streamq status
+  streamq status orders payments
+  streamq status orders --json | jq '.[0].groups[0].pending'
+"""
+
+DLQ_EPILOG = """\
+Each stream has one dead-letter stream, shared by its groups; every dead letter names its group.
+
+examples:
+  streamq dlq list orders
+  streamq dlq show orders 1712345678901-0
+  streamq dlq replay orders --all --group billing
+  streamq dlq purge orders 1712345678901-0
+"""
+
+DLQ_LIST_EPILOG = """\
+examples:
+  streamq dlq list orders
+  streamq dlq list orders --group billing --count 20
+  streamq dlq list orders --json | jq -r '.[].dlq_id'
+"""
+
+DLQ_SHOW_EPILOG = """\
+Prints every field: why and when it failed, the error and its traceback, the raw payload as hex and,
+when the payload is msgpack, a preview of it decoded as plain data.
+
+examples:
+  streamq dlq show orders 1712345678901-0
+  streamq dlq show orders 1712345678901-0 --json
+"""
+
+DLQ_REPLAY_EPILOG = """\
+A replayed event goes back to its own group only, with a fresh set of attempts, and leaves the
+dead-letter stream in the same atomic step. Entries with no payload field at all cannot be replayed.
+
+examples:
+  streamq dlq replay orders 1712345678901-0 1712345678950-0
+  streamq dlq replay orders --all
+  streamq dlq replay orders --all --group billing
+"""
+
+DLQ_PURGE_EPILOG = """\
+examples:
+  streamq dlq purge orders 1712345678901-0 1712345678950-0
+  streamq dlq purge orders --all --yes
+"""
+
+DEMO_EPILOG = f"""\
+Publishes order events (some poison, two undecodable), starts a worker and SIGKILLs it mid-batch, then
+runs a second worker in burst mode that reclaims the dead worker's entries, retries the failures and
+dead-letters the poison. Exits {OK} only if every event ended acknowledged or dead-lettered, nothing pending.
+Without --redis-url (or {ENV_URL}) it starts a throwaway server. With a URL it first deletes the
+demo stream's previous data (stream demo.orders and its streamq keys; nothing else).
+
+examples:
+  streamq demo
+  streamq demo --events 2000
+  streamq demo --redis-url redis://localhost:6379/0
+  streamq demo --redis-url redis://redis:6379/0 --producer-only   what docker-compose's producer runs
+"""
