@@ -1,8 +1,9 @@
-"""``python -m benchmarks``: run the throughput scenarios and report events/s, CPU and RSS per process.
+"""``python -m benchmarks``: run the benchmark scenarios and report events/s, CPU and RSS per process.
 
-Measures every selected case (a scenario at one batch size) ``--repeats`` times, each repeat in a fresh
-subprocess, against a throwaway server (or ``--redis-url``), then prints a table and optionally writes JSON
-and a PNG chart. See benchmarks/RESULTS.md for figures and how they were made.
+Measures every selected case (a scenario at one batch size, or one variant of it) ``--repeats`` times, each
+repeat in a fresh subprocess, against a throwaway server (or ``--redis-url``), then prints a table (and the
+extra figures of the system scenarios: latencies, per-process rates, counts) and optionally writes JSON,
+Markdown and a PNG chart. See benchmarks/RESULTS.md for figures and how they were made.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from benchmarks.harness import DEFAULT_REPEATS, Case, run_case
+from benchmarks.harness import DEFAULT_REPEATS, Case, add_ratios, run_case
 from benchmarks.report import describe_run, format_markdown, format_table, write_json, write_png
 from benchmarks.server import ServerUnavailable, throwaway_server
 
@@ -25,12 +26,14 @@ EXIT_CASE_FAILED = 1  # at least one case failed (skipped ones do not count)
 EXIT_USAGE = 2
 EXIT_NO_SERVER = 3
 
-# Baselines first, then streamq, then the peers: the table and the chart follow this order.
+# Baselines first, then streamq, then the peers, then streamq's system scenarios (end to end, scaling,
+# recovery, failure paths, growth): the table and the chart follow this order.
 SCENARIO_MODULES = (
     "benchmarks.baseline_redispy",
     "benchmarks.scenarios_streamq",
     "benchmarks.peer_taskiq",
     "benchmarks.peer_faststream",
+    "benchmarks.scenarios_system",
 )
 
 EPILOG = """\
@@ -39,6 +42,8 @@ examples:
   python -m benchmarks --quick                           a few seconds: proves the harness works
   python -m benchmarks --scenarios baseline-consume,faststream-consume --json out/run.json --png out/run.png
   python -m benchmarks --scenarios 'baseline-consume[500]' --repeats 5
+  python -m benchmarks --scenarios streamq-e2e,streamq-scaling,streamq-growth --markdown out/system.md
+  python -m benchmarks --scenarios 'streamq-scaling[2-workers]' --repeats 1
   python -m benchmarks --redis-url redis://127.0.0.1:6400/0 --list
 """
 
@@ -67,7 +72,8 @@ def select(cases: list[Case], spec: str | None) -> list[Case]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Throughput of streamq against hand-written redis-py loops and peer libraries.",
+        description="Throughput of streamq against hand-written redis-py loops and peer libraries, and "
+        "streamq's end-to-end latency, scaling, recovery, failure-path and growth figures.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -100,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --repeats must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     if args.list:
+        width = max((len(case.name) for case in cases), default=0)
         for case in cases:
-            print(f"{case.name:32} {case.contender:11} {case.operation:8} {case.detail}")
+            print(f"{case.name:{width}}  {case.contender:11} {case.operation:8} {case.detail}")
         return EXIT_OK
 
     try:
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 server_source=source,
             )
             results = [run_case(case, url, repeats=repeats, quick=args.quick) for case in cases]
+            add_ratios(results)
     except ServerUnavailable as exc:
         print(f"error: no server to measure against: {exc} (or pass --redis-url)", file=sys.stderr)
         return EXIT_NO_SERVER

@@ -1,7 +1,8 @@
 """Entry point of the fresh process that runs one repeat of one benchmark case.
 
-Measures what the case's measure function brackets with ``Probe.measure()``, plus this process's peak RSS, and
-writes a ``ChildOutcome`` as JSON to the path it is given. Run by the harness, not by hand:
+Measures what the case's measure function brackets with ``Probe.measure()``, plus this process's peak RSS (or
+the largest of the helper processes it started, as reported to the probe), and writes a ``ChildOutcome`` as
+JSON to the path it is given. Run by the harness, not by hand:
 
     python -m benchmarks.child MODULE:FUNCTION RUN_CONTEXT_JSON OUTCOME_PATH
 
@@ -61,10 +62,12 @@ def _measure(
     sample = Sample(
         events=events,
         wall_s=probe.wall_s,
-        client_cpu_s=probe.client_cpu_s,
+        # Helper processes (a multi-process scenario's producer and workers) count as client CPU too.
+        client_cpu_s=probe.client_cpu_s + probe.helper_cpu_s,
         server_cpu_s=probe.server_cpu_s,
         machine_cpu_s=probe.machine_cpu_s,
-        peak_rss_bytes=peak_rss_bytes(),
+        peak_rss_bytes=max(peak_rss_bytes(), probe.helper_peak_rss_bytes),
+        extra=dict(probe.extra),
     )
     return ChildOutcome(status="ok", sample=sample)
 

@@ -7,7 +7,13 @@ Measures, for each case (a scenario at one batch size) and each repeat:
     (works for a throwaway server and for ``--redis-url`` alike; other clients of a shared server count too);
   * peak RSS of the measuring process (VmHWM: its own high-water mark, whatever the harness holds);
   * machine CPU: all CPU time the machine spent over that section (/proc/stat), so that time spent by
-    neither the client nor the server (other people's jobs on a shared box) shows up as "other CPU".
+    neither the client nor the server (other people's jobs on a shared box) shows up as "other CPU";
+  * optional extra figures (``Probe.extra``: latencies, per-process rates, counts), each summarized by its
+    median over the repeats.
+
+A scenario that runs several processes (a producer and a worker, N workers) starts them from its measure
+function and reports their CPU and peak RSS to the probe (``Probe.add_cpu``, ``Probe.add_rss``): client CPU
+is then the sum over its processes (percent of one core, so it may exceed 100%), peak RSS the largest one.
 
 Every repeat runs the measured code in a fresh ``python -m benchmarks.child`` subprocess, so a figure is "per
 process", RSS starts clean and no peer's imports or globals leak into another contender's numbers. Untimed
@@ -29,8 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,8 +54,9 @@ QUICK_CASE_TIMEOUT_MS = 60_000
 MIN_WALL_FOR_OTHER_CPU_S = 0.5
 BENCH_INSTALL_HINT = "skipped (pip install 'streamq[bench]')"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STREAMQ_REGISTRY_KEY = "streamq:registry"  # the set of streams that had a worker (README, "Keys")
 
-Operation = Literal["publish", "consume"]
+Operation = Literal["publish", "consume", "e2e"]
 Status = Literal["ok", "skipped", "failed"]
 
 
@@ -67,10 +74,14 @@ class Case:
     setup: str | None = None  # "module:function", (RunContext) -> None, sync or async; runs untimed
     requires: tuple[str, ...] = ()  # importable top-level modules; missing ones skip the case
     detail: str = ""  # how the contender is driven, for the table and RESULTS.md
+    variant: str = ""  # what the name's brackets show instead of the batch size ("2-workers", "empty")
+    options: Mapping[str, int] = field(default_factory=dict)  # handed to setup and measure (RunContext)
+    chart: bool = True  # plot in the PNG (events/s against batch size); False for the system scenarios
+    compare_to: str = ""  # a case name: when both ran, the report gives this case's rate relative to it
 
     @property
     def name(self) -> str:
-        return f"{self.scenario}[{self.batch_size}]"
+        return f"{self.scenario}[{self.variant or self.batch_size}]"
 
 
 class RunContext(msgspec.Struct, frozen=True):
@@ -81,6 +92,8 @@ class RunContext(msgspec.Struct, frozen=True):
     group: str
     count: int
     batch_size: int
+    options: dict[str, int] = msgspec.field(default_factory=dict)  # the case's own knobs (Case.options)
+    quick: bool = False  # under --quick: scenarios with fixed durations shorten them too
 
 
 class Sample(msgspec.Struct, frozen=True):
@@ -92,6 +105,7 @@ class Sample(msgspec.Struct, frozen=True):
     server_cpu_s: float | None
     peak_rss_bytes: int
     machine_cpu_s: float | None = None  # busy CPU seconds of the whole machine; None off Linux
+    extra: dict[str, float] = msgspec.field(default_factory=dict)  # scenario-specific figures (Probe.extra)
 
     @property
     def rate(self) -> float:
@@ -120,6 +134,12 @@ class CaseResult(msgspec.Struct):
     server_cpu_pct: float | None = None
     other_cpu_pct: float | None = None  # machine CPU that was neither client nor server: noise if large
     peak_rss_mib: float | None = None  # the largest peak over the repeats
+    # Scenario-specific figures, each the median over the repeats that reported it. A key "group.figure"
+    # (e.g. "30k/s.p99_ms") is shown in a table per case: one row per group, one column per figure.
+    extra: dict[str, float] = msgspec.field(default_factory=dict)
+    chart: bool = True
+    compare_to: str = ""  # the case `rate_ratio` divides by
+    rate_ratio: float | None = None  # rate_median / compare_to's rate_median, when both were measured
 
 
 class ChildOutcome(msgspec.Struct, frozen=True):
@@ -132,7 +152,12 @@ class ChildOutcome(msgspec.Struct, frozen=True):
 
 
 class Probe:
-    """Brackets the measured section of a scenario; one use per child."""
+    """Brackets the measured section of a scenario; one use per child.
+
+    Besides ``measure()``, a scenario may fill ``extra`` with figures of its own, and a scenario whose work
+    runs in processes it started reports their CPU over the measured section (``add_cpu``) and their peak
+    RSS (``add_rss``).
+    """
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -140,6 +165,26 @@ class Probe:
         self.client_cpu_s = 0.0
         self.server_cpu_s: float | None = None
         self.machine_cpu_s: float | None = None
+        self.extra: dict[str, float] = {}
+        self.helper_cpu_s = 0.0
+        self.helper_peak_rss_bytes = 0
+
+    def add_cpu(self, seconds: float) -> None:
+        """CPU seconds a helper process spent in the measured section: counted as client CPU."""
+        self.helper_cpu_s += seconds
+
+    def add_rss(self, peak_bytes: int) -> None:
+        """A helper process's peak RSS: the sample's peak RSS is the largest over every process."""
+        self.helper_peak_rss_bytes = max(self.helper_peak_rss_bytes, peak_bytes)
+
+    def narrow_wall(self, seconds: float) -> None:
+        """Replace the measured wall time by a narrower one the scenario timed itself (e.g. first publish to
+        last ack, as stamped by its helper processes), after ``measure()`` has ended."""
+        if self.wall_s is None:
+            raise RuntimeError("narrow_wall() before measure()")
+        if not 0 < seconds <= self.wall_s:
+            raise ValueError(f"narrowed wall {seconds:.6f} s is outside the measured {self.wall_s:.6f} s")
+        self.wall_s = seconds
 
     @contextlib.asynccontextmanager
     async def measure(self) -> AsyncIterator[None]:
@@ -211,7 +256,20 @@ def summarize(result: CaseResult) -> CaseResult:
     ]
     result.other_cpu_pct = max(0.0, statistics.median(other)) if other else None
     result.peak_rss_mib = max(s.peak_rss_bytes for s in result.samples) / 2**20
+    keys = dict.fromkeys(key for s in result.samples for key in s.extra)  # first-seen order
+    result.extra = {
+        key: statistics.median(s.extra[key] for s in result.samples if key in s.extra) for key in keys
+    }
     return result
+
+
+def add_ratios(results: list[CaseResult]) -> None:
+    """Fill `rate_ratio` of every result whose `compare_to` case was measured in the same run."""
+    rates = {r.name: r.rate_median for r in results if r.status == "ok"}
+    for result in results:
+        reference = rates.get(result.compare_to) if result.compare_to else None
+        if result.rate_median is not None and reference:
+            result.rate_ratio = result.rate_median / reference
 
 
 def run_case(case: Case, url: str, *, repeats: int, quick: bool) -> CaseResult:
@@ -226,6 +284,8 @@ def run_case(case: Case, url: str, *, repeats: int, quick: bool) -> CaseResult:
         count=count,
         detail=case.detail,
         status="ok",
+        chart=case.chart,
+        compare_to=case.compare_to,
     )
     missing = [module for module in case.requires if importlib.util.find_spec(module) is None]
     if missing:
@@ -241,6 +301,8 @@ def run_case(case: Case, url: str, *, repeats: int, quick: bool) -> CaseResult:
             group="bench",
             count=count,
             batch_size=case.batch_size,
+            options=dict(case.options),
+            quick=quick,
         )
         try:
             outcome = _run_repeat(case, ctx, timeout_ms)
@@ -327,8 +389,14 @@ def _run_child(case: Case, ctx: RunContext, timeout_ms: int) -> ChildOutcome:
 
 
 def _delete_keys(url: str, token: str) -> None:
-    """Delete every key a repeat created: all carry its token (peers add lock keys beside the stream)."""
+    """Delete every key a repeat created: all carry its token (peers add lock keys beside the stream).
+
+    streamq also lists every stream that had a worker in its registry set (README, "Keys"): drop ours.
+    """
     with contextlib.closing(redis.Redis.from_url(url)) as client:
         keys = list(client.scan_iter(match=f"*{token}*", count=1000))
         if keys:
             client.delete(*keys)
+        listed = [m for m in client.sscan_iter(STREAMQ_REGISTRY_KEY, match=f"*{token}*") if m]
+        if listed:
+            client.srem(STREAMQ_REGISTRY_KEY, *listed)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import math
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,6 +45,7 @@ TABLE_HEADER = (
     "peak RSS", "note",
 )  # fmt: skip
 RIGHT_ALIGNED = {3, 4, 5, 6, 7, 8, 9}
+LINE_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))  # (line style, marker) per scenario
 
 
 class RunMeta(msgspec.Struct):
@@ -96,6 +99,9 @@ def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
         if r.status != "ok":
             rows.append((r.name, r.contender, r.operation, str(r.batch_size), *["-"] * 6, r.note))
             continue
+        note = f"{len(r.samples)} repeat(s) of {r.count:,} events"
+        if r.rate_ratio is not None:
+            note += f"; {r.rate_ratio:.2f}x {r.compare_to}"
         rows.append(
             (
                 r.name,
@@ -108,38 +114,60 @@ def format_table(meta: RunMeta, results: list[CaseResult]) -> str:
                 _pct(r.server_cpu_pct),
                 _pct(r.other_cpu_pct),
                 f"{r.peak_rss_mib:.0f} MiB" if r.peak_rss_mib is not None else "-",
-                f"{len(r.samples)} repeat(s) of {r.count:,} events",
+                note,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER) - 1)]
     lines = [
         f"server {meta.server_version} ({meta.server_source}); {meta.nproc} cores, {meta.cpu_model}; "
         f"python {meta.python}; streamq {meta.streamq_revision}"
     ]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if i in RIGHT_ALIGNED else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
-        ]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    lines += _aligned(rows, RIGHT_ALIGNED)
+    extras = [r for r in results if r.status == "ok" and r.extra]
+    if extras:
+        lines += ["", "extra figures (median over the repeats):"]
+        for r in extras:
+            inline, header, groups = _split_extra(r.extra)
+            lines.append(f"{r.name}: {r.detail}")
+            if inline:
+                lines.append("  " + "; ".join(f"{key} {_fig(value)}" for key, value in inline.items()))
+            if groups:
+                rows = [header, *([label, *(_fig(v) for v in values)] for label, values in groups)]
+                lines += ["  " + line for line in _aligned(rows, set(range(1, len(header))), last_free=False)]
     return "\n".join(lines)
 
 
 def format_markdown(results: list[CaseResult]) -> str:
-    """The figures as a Markdown table, for RESULTS.md."""
-    lines = [
-        "| case | detail | events/s (median) | spread | client CPU | server CPU | other CPU | peak RSS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The figures as a Markdown table (and one more per case with extra figures), for RESULTS.md."""
+    relative = any(r.rate_ratio is not None for r in results)
+    header = "| case | detail | events/s (median) | spread | client CPU | server CPU | other CPU | peak RSS |"
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|"
+    if relative:
+        header += " relative |"
+        rule += "---|"
+    lines = [header, rule]
     for r in results:
         if r.status != "ok":
-            lines.append(f"| {r.name} | {r.detail} | {r.note} | | | | | |")
+            lines.append(f"| {r.name} | {r.detail} | {r.note} | | | | | |" + (" |" if relative else ""))
             continue
         rss = f"{r.peak_rss_mib:.0f} MiB" if r.peak_rss_mib is not None else "-"
         cpu = " | ".join(_pct(v) for v in (r.client_cpu_pct, r.server_cpu_pct, r.other_cpu_pct))
-        lines.append(
-            f"| {r.name} | {r.detail} | {_num(r.rate_median)} | {_pct(r.spread_pct)} | {cpu} | {rss} |"
-        )
+        line = f"| {r.name} | {r.detail} | {_num(r.rate_median)} | {_pct(r.spread_pct)} | {cpu} | {rss} |"
+        if relative:
+            ratio = f" {r.rate_ratio:.2f}x {r.compare_to} |" if r.rate_ratio is not None else " |"
+            line += ratio
+        lines.append(line)
+    for r in results:
+        if r.status != "ok" or not r.extra:
+            continue
+        inline, header, groups = _split_extra(r.extra)
+        lines += ["", f"`{r.name}` (median of {len(r.samples)} repeat(s)):"]
+        if inline:
+            lines.append(", ".join(f"{key} {_fig(value)}" for key, value in inline.items()))
+        if groups:
+            lines += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+            lines += [
+                "| " + " | ".join([label, *(_fig(v) for v in values)]) + " |" for label, values in groups
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +177,11 @@ def write_json(path: Path, meta: RunMeta, results: list[CaseResult]) -> None:
 
 
 def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
-    """Chart events/s against batch size, publish and consume side by side; False if matplotlib is absent."""
+    """Chart events/s against batch size, publish and consume side by side; False if matplotlib is absent.
+
+    Only cases with ``chart`` set: the one-process throughput scenarios. The system scenarios (end to end,
+    scaling, recovery, failure paths, growth) are in the tables, not on an axis of batch sizes.
+    """
     try:
         import matplotlib
 
@@ -159,9 +191,16 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for ax, operation in zip(axes, ("publish", "consume"), strict=True):
-        measured = [r for r in results if r.operation == operation and r.status == "ok"]
-        for contender in dict.fromkeys(r.contender for r in measured):  # run order: baselines first
-            points = sorted((r for r in measured if r.contender == contender), key=lambda r: r.batch_size)
+        charted = [r for r in results if r.operation == operation and r.chart]
+        measured = [r for r in charted if r.status == "ok"]
+        # One line per scenario (run order: baselines first), coloured by contender; a contender's second
+        # and later scenarios (streamq-publish-trim beside streamq-publish) get other line styles.
+        styles: dict[str, int] = {}
+        for scenario in dict.fromkeys(r.scenario for r in measured):
+            points = sorted((r for r in measured if r.scenario == scenario), key=lambda r: r.batch_size)
+            contender = points[0].contender
+            style = LINE_STYLES[styles.setdefault(contender, 0) % len(LINE_STYLES)]
+            styles[contender] += 1
             xs = [r.batch_size for r in points]
             ys = [r.rate_median or 0.0 for r in points]
             errors = [
@@ -172,14 +211,13 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
                 xs,
                 ys,
                 yerr=errors,
-                marker="o",
+                marker=style[1],
+                linestyle=style[0],
                 capsize=3,
-                label=contender,
+                label=scenario,
                 color=CONTENDER_COLOURS.get(contender),
             )
-        pending = list(
-            dict.fromkeys(r.contender for r in results if r.operation == operation and r.status != "ok")
-        )
+        pending = list(dict.fromkeys(r.contender for r in charted if r.status != "ok"))
         title = f"{operation}, one process"
         if pending:
             title += f"\n(not measured: {', '.join(pending)})"
@@ -190,7 +228,7 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
         ax.set_ylabel("events/s (median, bars: min-max)")
         ax.grid(True, which="both", alpha=0.3)
         if measured:
-            ax.legend()
+            ax.legend(fontsize="small")
     fig.suptitle(
         f"streamq {meta.streamq_revision} benchmarks: server {meta.server_version}, {meta.nproc} cores, "
         f"{meta.cpu_model}, {meta.repeats} repeat(s){' (quick)' if meta.quick else ''}"
@@ -199,6 +237,48 @@ def write_png(path: Path, meta: RunMeta, results: list[CaseResult]) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _aligned(rows: Sequence[Sequence[str]], right: set[int], last_free: bool = True) -> list[str]:
+    """Rows padded into columns; the last column is left ragged when `last_free` (the table's note)."""
+    padded = len(rows[0]) - 1 if last_free else len(rows[0])
+    widths = [max(len(row[i]) for row in rows) for i in range(padded)]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row[:padded], widths, strict=True))
+        ]
+        lines.append("  ".join([*cells, *row[padded:]]).rstrip())
+    return lines
+
+
+def _split_extra(
+    extra: dict[str, float],
+) -> tuple[dict[str, float], list[str], list[tuple[str, list[float]]]]:
+    """Extra figures as (figures without a group, header, rows): keys "group.figure" make a table with one
+    row per group and one column per figure (a figure a group lacks is NaN, shown as "-")."""
+    inline: dict[str, float] = {}
+    figures: dict[str, None] = {}
+    groups: dict[str, dict[str, float]] = {}
+    for key, value in extra.items():
+        group, _, figure = key.rpartition(".")
+        if not group:
+            inline[figure] = value
+            continue
+        figures[figure] = None
+        groups.setdefault(group, {})[figure] = value
+    rows = [(group, [values.get(f, math.nan) for f in figures]) for group, values in groups.items()]
+    return inline, ["", *figures], rows
+
+
+def _fig(value: float) -> str:
+    """An extra figure: thousands separated when large, three significant digits when small."""
+    if math.isnan(value):
+        return "-"
+    if abs(value) >= 100 or value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def _num(value: float | None) -> str:
