@@ -268,8 +268,11 @@ def _split_extra(
             continue
         figures[figure] = None
         groups.setdefault(group, {})[figure] = value
-    rows = [(group, [values.get(f, math.nan) for f in figures]) for group, values in groups.items()]
-    return inline, ["", *figures], rows
+    # Columns in the order of the group with the most figures (a group lacking one must not push it last).
+    widest = max(groups.values(), key=len, default={})
+    order = [*widest, *(f for f in figures if f not in widest)]
+    rows = [(group, [values.get(f, math.nan) for f in order]) for group, values in groups.items()]
+    return inline, ["", *order], rows
 
 
 def _fig(value: float) -> str:
