@@ -60,11 +60,12 @@ class Script:
 
 
 SETTLE = Script("settle", _scripts.SETTLE)
+ACK = Script("ack", _scripts.ACK)
 RENEW = Script("renew", _scripts.RENEW)
 MOVE_DUE = Script("move_due", _scripts.MOVE_DUE)
 REPLAY = Script("replay", _scripts.REPLAY)
 REAP = Script("reap", _scripts.REAP)
-ALL_SCRIPTS = (SETTLE, RENEW, MOVE_DUE, REPLAY, REAP)
+ALL_SCRIPTS = (SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP)
 
 
 def _is_noscript(reply: object) -> bool:
@@ -204,18 +205,25 @@ async def _read_replies(conn: Any, count: int) -> list[Any]:
     return out
 
 
-
 class Link:
     """One connection borrowed from a redis-py pool and kept by one loop for its whole life.
 
     Holding the connection spares the pool's per-command bookkeeping on the hot path and lets a blocking
-    read own its socket (a BLOCK read would otherwise hold a pooled connection anyway). On any transport
-    error the connection is disconnected; the next call reconnects through redis-py.
+    read own its socket (a BLOCK read would otherwise hold a pooled connection anyway). Commands can be
+    sent ahead of their replies (`send`, then `receive` in order), which lets a consumer keep the server
+    busy while it handles a batch. On any transport error or timeout the connection is disconnected and
+    every owed reply forgotten; the next call reconnects through redis-py.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._conn: Any = None
+        self._owed = 0
+
+    @property
+    def owed(self) -> int:
+        """Replies to commands already sent that nobody has read yet."""
+        return self._owed
 
     async def _connection(self) -> Any:
         if self._conn is None:
@@ -225,24 +233,58 @@ class Link:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._owed:
+                await self._drop(conn)
             await self._client.connection_pool.release(conn)
 
-    async def roundtrip(self, payload: bytes, replies: int, *, timeout_s: float | None = None) -> list[Any]:
-        """Send packed commands at once and read `replies` replies; error replies come back as values.
+    async def abandon(self) -> None:
+        """Forget the owed replies by dropping the connection; the next call reconnects."""
+        if self._conn is not None:
+            await self._drop(self._conn)
+        self._owed = 0
 
-        `timeout_s` bounds the whole exchange (a blocking read's own BLOCK plus a margin); without it the
-        client's socket_timeout does. A timeout leaves the reply stream unknown, so the connection is
-        dropped rather than reused out of step.
-        """
+    async def _drop(self, conn: Any) -> None:
+        # The replies in flight are unknown now: reusing the connection would pair replies with the wrong
+        # commands.
+        self._owed = 0
+        await conn.disconnect(nowait=True)
+
+    async def send(self, payload: bytes, replies: int) -> None:
+        """Write packed commands without waiting; their `replies` replies are owed to `receive`."""
         conn = await self._connection()
+        try:
+            async with asyncio.timeout(conn.socket_timeout):
+                await conn.send_packed_command(payload, check_health=False)
+        except BaseException:
+            await self._drop(conn)
+            raise
+        self._owed += replies
+
+    async def receive(self, replies: int, *, timeout_s: float | None = None) -> list[Any]:
+        """Read the next `replies` owed replies; error replies come back as values.
+
+        `timeout_s` bounds the wait (a blocking read's own BLOCK plus a margin); without it the client's
+        socket_timeout does.
+        """
+        if replies > self._owed:
+            raise RuntimeError(f"{replies} replies asked for, {self._owed} owed")
+        conn = self._conn
         limit = timeout_s if timeout_s is not None else conn.socket_timeout
         try:
             async with asyncio.timeout(limit):
-                await conn.send_packed_command(payload, check_health=False)
-                return await _read_replies(conn, replies)
+                out = await _read_replies(conn, replies)
         except BaseException:
-            await conn.disconnect(nowait=True)
+            await self._drop(conn)
             raise
+        self._owed -= replies
+        return out
+
+    async def roundtrip(self, payload: bytes, replies: int, *, timeout_s: float | None = None) -> list[Any]:
+        """Send packed commands at once and read their `replies` replies (errors come back as values)."""
+        if self._owed:
+            raise RuntimeError(f"{self._owed} replies to earlier commands are still owed")
+        await self.send(payload, replies)
+        return await self.receive(replies, timeout_s=timeout_s)
 
     async def call(self, *args: Arg, timeout_s: float | None = None) -> Any:
         (reply,) = await self.roundtrip(pack(*args), 1, timeout_s=timeout_s)
@@ -331,18 +373,32 @@ def xadd_many_sync(
 # ---------------------------------------------------------------------------------------- consuming
 
 
-async def read_group(
-    link: Link, group: str, consumer: str, keys: Sequence[str], *, count: int, block_ms: int
-) -> list[StreamBatch]:
-    """XREADGROUP of new entries on every key; waits up to block_ms when there are none."""
+def pack_read(group: str, consumer: str, keys: Sequence[str], *, count: int, block_ms: int) -> bytes:
+    """XREADGROUP of new entries on every key; BLOCK only when block_ms > 0."""
     args: list[Arg] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
     if block_ms > 0:
         args += ["BLOCK", block_ms]
     args += ["STREAMS", *keys, *([">"] * len(keys))]
+    return pack(*args)
+
+
+def read_reply(reply: Any) -> list[StreamBatch]:
+    """An XREADGROUP reply -> its batches; an error reply is raised."""
+    if isinstance(reply, ResponseError):
+        raise reply
+    return parse_read(reply)
+
+
+async def read_group(
+    link: Link, group: str, consumer: str, keys: Sequence[str], *, count: int, block_ms: int
+) -> list[StreamBatch]:
+    """XREADGROUP of new entries on every key; waits up to block_ms when there are none."""
     # The read may legitimately wait block_ms; give the socket that long plus a margin, never less
     # (a socket timeout shorter than BLOCK turns every quiet period into an error, redis-py#3138).
-    reply = await link.call(*args, timeout_s=block_ms / 1000 + 10.0)
-    return parse_read(reply)
+    (reply,) = await link.roundtrip(
+        pack_read(group, consumer, keys, count=count, block_ms=block_ms), 1, timeout_s=block_ms / 1000 + 10.0
+    )
+    return read_reply(reply)
 
 
 async def autoclaim(
@@ -385,7 +441,19 @@ class SettlePlan(NamedTuple):
     dead: list[tuple[bytes, list[Arg]]]  # (entry id, flat dead-letter fields)
 
 
-def _settle_call(group: str, consumer: str, plan: SettlePlan) -> tuple[Script, list[Arg], list[Arg]]:
+class Settled(NamedTuple):
+    """What settling found: entries this consumer no longer held (its lease was lost), left untouched."""
+
+    lost: int
+    lost_ids: list[bytes]  # those the fenced script named; the ack fast path only counts them
+
+
+def _settle_call(
+    group: str, consumer: str, plan: SettlePlan, *, resent: bool
+) -> tuple[Script, list[Arg], list[Arg]]:
+    if not (plan.retries or plan.dead or plan.delete_after_ack):
+        # Only successes to acknowledge on the main stream: the unfenced fast path (see _scripts.ACK).
+        return ACK, [plan.key, plan.stats_key], [group, b"0" if resent else b"1", *plan.acks]
     args: list[Arg] = [
         group, consumer, b"1" if plan.delete_after_ack else b"0", plan.min_id, plan.max_id,
         len(plan.acks), len(plan.retries), len(plan.dead), *plan.acks,
@@ -397,12 +465,36 @@ def _settle_call(group: str, consumer: str, plan: SettlePlan) -> tuple[Script, l
     return SETTLE, [plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args
 
 
-async def settle(link: Link, group: str, consumer: str, plans: Sequence[SettlePlan]) -> list[bytes]:
-    """Settle every plan in one round trip; returns the ids whose lease was lost (left untouched)."""
+def pack_settle(group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool = False) -> bytes:
+    """One script call per plan, packed for `Link.send`: one reply per plan."""
+    return b"".join(
+        s.pack(k, a) for s, k, a in (_settle_call(group, consumer, p, resent=resent) for p in plans)
+    )
+
+
+def settled(replies: Sequence[Any]) -> Settled:
+    """The replies of settle calls -> what was lost. Error replies are raised (NoScriptError included)."""
+    lost = 0
+    lost_ids: list[bytes] = []
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+        if isinstance(reply, int):
+            lost += reply
+        else:
+            lost += len(reply)
+            lost_ids.extend(reply)
+    return Settled(lost, lost_ids)
+
+
+async def settle(
+    link: Link, group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool = False
+) -> Settled:
+    """Settle every plan in one round trip. `resent`: these plans were sent before and the reply was lost."""
     if not plans:
-        return []
-    replies = await link.scripts([_settle_call(group, consumer, plan) for plan in plans])
-    return [entry_id for reply in replies for entry_id in reply]
+        return Settled(0, [])
+    calls = [_settle_call(group, consumer, plan, resent=resent) for plan in plans]
+    return settled(await link.scripts(calls))
 
 
 def renew_sync(client: redis.Redis, key: str, group: str, consumer: str, ids: Sequence[bytes]) -> list[bytes]:

@@ -5,11 +5,20 @@ the retry stream, so streamq counts attempts itself: an event's attempt number i
 its retry record plus the deliveries of its current entry. A delivery that never settled (the worker was
 killed, or lost its lease) therefore counts as an attempt too: an event that crashes every worker it reaches
 is dead-lettered after max_attempts deliveries instead of looping forever.
+
+Read-ahead. While the stream has a backlog, the consumer keeps the server busy during handling: as soon as
+batch k is handled, its settlement and the read of batch k+2 go out in one write, and batch k+1 (read the
+same way one round earlier) is handled while the server works; the replies are collected after. Client
+and server then work at the same time instead of taking turns. Entries read ahead wait, unrenewed, for
+the batch in hand, so there is no reading ahead before a first batch has shown that handling is quick,
+while handling is slow (READ_AHEAD_MAX_HANDLE_S), when the batch in hand was not full (no backlog), and
+when stopping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
@@ -21,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire, keys
@@ -36,6 +45,12 @@ from .settle import RECORD_FIELD, Settlement, decode_record
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 MAX_RECONNECT_DELAY_S = 5.0
 REAP_CHECK_EVERY_S = 60.0  # how often a consumer looks for idle, empty consumers of its group to delete
+# Read ahead only while handling a batch takes less than this: far below any lease (>= 100 ms), and a
+# handler this quick holds entries for too short a time to starve other workers of them.
+READ_AHEAD_MAX_HANDLE_S = 0.05
+BURST_BLOCK_MS = (
+    100  # burst mode's wait for retries about to come due, once a non-blocking read found nothing
+)
 
 
 class HandlerTimeout(Exception):
@@ -92,6 +107,14 @@ class Consumer:
             "batches": 0,
         }
         self._on_batch = on_batch
+        self._stopping = asyncio.Event()
+        # How long the last batch took to decode and handle; unknown at first, so the first batch is not
+        # read ahead of (a slow handler would hold two batches for its first call).
+        self._last_work_s = math.inf
+        self._idle_reads = 0  # reads in a row that found nothing
+        self._read_ahead = _wire.pack_read(
+            self.group, self.name, self.keys, count=settings.batch_size, block_ms=0
+        )
         self._retry_wakeup = asyncio.Event()
         self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
         self.log = structlog.get_logger("streamq.consumer").bind(
@@ -110,6 +133,7 @@ class Consumer:
 
     async def run(self, stopping: asyncio.Event, *, burst: bool = False) -> None:
         """Process until `stopping` is set (after settling the batch in hand), or in burst mode until idle."""
+        self._stopping = stopping
         link = _wire.Link(self.client)
         mover_done = asyncio.Event()
         mover = asyncio.create_task(
@@ -129,7 +153,7 @@ class Consumer:
                 try:
                     worked = await self._tick(link, burst=burst)
                     delay_s = 0.05
-                    if not worked and burst and await self._drained():
+                    if not worked and burst and await self._drained(link):
                         break
                 except TRANSIENT as exc:
                     self.log.warning("redis unavailable, retrying", error=repr(exc), retry_in_s=delay_s)
@@ -191,13 +215,17 @@ class Consumer:
                 return True
         block_ms = min(self.settings.block_ms, max(self.reclaimer.ms_until_due(), 1))
         if burst:
-            block_ms = min(block_ms, 100)
+            # Idle as soon as a read that does not wait finds nothing (and nothing is pending); wait briefly
+            # after that only while retries are still to come due.
+            block_ms = min(block_ms, BURST_BLOCK_MS) if self._idle_reads else 0
         batches = await _wire.read_group(
             link, self.group, self.name, self.keys, count=self.settings.batch_size, block_ms=block_ms
         )
         if not batches:
+            self._idle_reads += 1
             return False
-        await self._process(link, batches, None)
+        self._idle_reads = 0
+        await self._flow(link, batches)
         return True
 
     async def _reap_idle_consumers(self) -> None:
@@ -223,11 +251,22 @@ class Consumer:
         if reaped:
             self.log.info("removed idle consumers holding nothing", consumers=reaped[:20], count=len(reaped))
 
-    async def _drained(self) -> bool:
-        """Nothing left for this group: no pending entries anywhere, no retries waiting."""
+    async def _drained(self, link: _wire.Link) -> bool:
+        """Nothing left for this group: no pending entries anywhere, no retries waiting or due."""
         if self.reclaimer.scanning:
             return False
-        return await _wire.group_backlog(self.client, self.keys, self.group, self.delayed_key) == 0
+        if await _wire.group_backlog(self.client, self.keys, self.group, self.delayed_key):
+            return False
+        # The retry mover may have moved a retry into the retry stream after the read that found nothing
+        # and before the check above; one more read sees it (nothing can be moved after the check).
+        batches = await _wire.read_group(
+            link, self.group, self.name, self.keys, count=self.settings.batch_size, block_ms=0
+        )
+        if batches:
+            self._idle_reads = 0
+            await self._flow(link, batches)
+            return False
+        return True
 
     async def _process_claimed(self, link: _wire.Link, claimed: list[_wire.Claimed]) -> None:
         batches = []
@@ -329,27 +368,124 @@ class Consumer:
             out.append(message)
         return out
 
+    def _hold(self, batches: list[_wire.StreamBatch]) -> list[Hold]:
+        renew_every_ms = self.settings.renew_every_ms
+        return [self.lease_keeper.hold(b.key, self.group, self.name, b.ids, renew_every_ms) for b in batches]
+
+    def _release(self, holds: list[Hold]) -> None:
+        for held in holds:
+            self.lease_keeper.release(held)
+
+    def _may_read_ahead(self, batches: list[_wire.StreamBatch]) -> bool:
+        return (
+            self.settings.read_ahead
+            and not self._stopping.is_set()
+            and self._last_work_s < READ_AHEAD_MAX_HANDLE_S
+            and any(len(b.ids) >= self.settings.batch_size for b in batches)  # a full batch: a backlog
+            and not self.reclaimer.due()
+            and time.monotonic() < self._next_reap_check
+        )
+
+    async def _flow(self, link: _wire.Link, first: list[_wire.StreamBatch]) -> None:
+        """Handle `first` and, while the stream has a backlog, the batches after it, reading ahead.
+
+        One write per batch carries its settlement and the next read-ahead; see the module docstring.
+        Returns once a batch is handled without a read-ahead, with every settlement confirmed.
+        """
+        batches, holds = first, self._hold(first)  # received, not handled yet
+        work: Settlement | None = None  # handled, not sent yet
+        work_holds: list[Hold] = []
+        sent: Settlement | None = None  # sent, its reply still owed
+        reading = False  # a read-ahead was sent, its reply owed after the settlement's
+        try:
+            if self._may_read_ahead(batches):
+                await link.send(self._read_ahead, 1)
+                reading = True
+            while batches:
+                work, work_holds = await self._work(batches, None), holds
+                batches, holds = [], []
+                replies = await link.receive(link.owed) if link.owed else []
+                if reading:
+                    reading = False
+                    batches = _wire.read_reply(replies[-1])
+                    holds = self._hold(batches)
+                if sent is not None:
+                    self._settled(sent, await self._confirm(link, sent, replies[: len(sent.plans())]))
+                    sent = None
+                # The settlement decides these entries' fate from here on: no more renewals needed.
+                self._release(work_holds)
+                reading = bool(batches) and self._may_read_ahead(batches)
+                payload = _wire.pack_settle(self.group, self.name, work.plans())
+                if reading:
+                    payload += self._read_ahead
+                sent, work = work, None
+                await link.send(payload, len(sent.plans()) + reading)
+            if sent is not None:
+                replies = await link.receive(link.owed)
+                self._settled(sent, await self._confirm(link, sent, replies))
+                sent = None
+        except TRANSIENT as exc:
+            # The connection broke with replies owed. What was handled is settled now, with retries; a
+            # batch received and not handled yet is handled; one whose reply was lost stays pending under
+            # this consumer and is reclaimed after the lease.
+            self.log.warning("connection lost mid-flow, settling what was handled", error=repr(exc))
+            for settlement in (sent, work):
+                if settlement is not None:
+                    await self._settle(link, settlement, resent=settlement is sent)
+            if batches:
+                await self._process_held(link, batches, holds)
+        finally:
+            self._release(holds)
+            self._release(work_holds)
+            if link.owed:
+                # Left by an error that is not the connection's (an error reply, a cancel): the replies
+                # still owed would be read as answers to the next commands.
+                await link.abandon()
+
+    async def _confirm(self, link: _wire.Link, settlement: Settlement, replies: list[Any]) -> _wire.Settled:
+        """The replies of a settlement sent ahead; settled again in a round trip if the scripts were gone."""
+        try:
+            return _wire.settled(replies)
+        except NoScriptError:
+            # The server restarted or flushed its scripts: nothing of that settlement ran.
+            await link.load_scripts()
+            return await _wire.settle(link, self.group, self.name, settlement.plans())
+
+    async def _work(
+        self, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
+    ) -> Settlement:
+        """Decode and handle one fetch; returns what to settle."""
+        started = time.perf_counter()
+        now_ms = _now_ms()
+        settlement = Settlement(self.settings, self.name, {b.key: (b.ids[0], b.ids[-1]) for b in batches})
+        messages: list[Message[Any]] = []
+        for b in batches:
+            messages.extend(self._messages(b, deliveries, settlement, now_ms))
+        self.counts["fetched"] += sum(len(b.ids) for b in batches)
+        ready = self._decode(messages, settlement, now_ms)
+        if ready:
+            await self._handle(ready, settlement)
+        self._last_work_s = time.perf_counter() - started
+        return settlement
+
     async def _process(
         self, link: _wire.Link, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
     ) -> None:
-        holds = [
-            self.lease_keeper.hold(b.key, self.group, self.name, b.ids, self.settings.renew_every_ms)
-            for b in batches
-        ]
+        """Handle and settle one fetch, one step after the other (reclaimed entries)."""
+        await self._process_held(link, batches, self._hold(batches), deliveries)
+
+    async def _process_held(
+        self,
+        link: _wire.Link,
+        batches: list[_wire.StreamBatch],
+        holds: list[Hold],
+        deliveries: dict[bytes, int] | None = None,
+    ) -> None:
         try:
-            now_ms = _now_ms()
-            settlement = Settlement(self.settings, self.name, {b.key: (b.ids[0], b.ids[-1]) for b in batches})
-            messages: list[Message[Any]] = []
-            for b in batches:
-                messages.extend(self._messages(b, deliveries, settlement, now_ms))
-            self.counts["fetched"] += sum(len(b.ids) for b in batches)
-            ready = self._decode(messages, settlement, now_ms)
-            if ready:
-                await self._handle(ready, settlement)
-            await self._settle(link, settlement, holds)
+            settlement = await self._work(batches, deliveries)
         finally:
-            for held in holds:
-                self.lease_keeper.release(held)
+            self._release(holds)
+        await self._settle(link, settlement)
 
     def _decode(
         self, messages: list[Message[Any]], settlement: Settlement, now_ms: int
@@ -466,32 +602,45 @@ class Consumer:
                     error_text=str(outcome.error or outcome.reason),
                 )
 
-    async def _settle(self, link: _wire.Link, settlement: Settlement, holds: list[Hold]) -> None:
+    async def _settle(self, link: _wire.Link, settlement: Settlement, *, resent: bool = False) -> None:
         """Settle in one round trip; on a connection error keep the lease and try again.
 
-        The settle script is idempotent (it acts only on entries this consumer still holds), so running it
-        again after a reply was lost cannot double anything.
+        Settling is idempotent (the scripts act only on entries still pending, and the fenced ones only on
+        entries this consumer holds), so running it again after a reply was lost cannot double anything.
+        `resent`: it may have run already, so entries no longer pending are not counted as lost leases.
         """
         plans = settlement.plans()
+        holds = [
+            self.lease_keeper.hold(p.key, self.group, self.name, _plan_ids(p), self.settings.renew_every_ms)
+            for p in plans
+        ]
         delay_s = 0.05
-        while True:
-            try:
-                lost = await _wire.settle(link, self.group, self.name, plans)
-                break
-            except TRANSIENT as exc:
-                self.log.warning("settle failed, retrying", error=repr(exc), retry_in_s=delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+        try:
+            while True:
+                try:
+                    done = await _wire.settle(link, self.group, self.name, plans, resent=resent)
+                    break
+                except TRANSIENT as exc:
+                    self.log.warning("settle failed, retrying", error=repr(exc), retry_in_s=delay_s)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+                    resent = True
+        finally:
+            self._release(holds)
+        self._settled(settlement, done)
+
+    def _settled(self, settlement: Settlement, done: _wire.Settled) -> None:
+        """Count and log a confirmed settlement."""
         for name, value in settlement.counts.items():
             self.counts[name] += value
         self.counts["batches"] += 1
-        if lost:
-            self.counts["lease_lost"] += len(lost)
+        if done.lost:
+            self.counts["lease_lost"] += done.lost
             self.log.warning(
                 "lease lost before settling: another worker took these entries and will process"
-                " them again (counted as lease_lost)",
-                count=len(lost),
-                entry_ids=_first_ids(lost),
+                " them again, or already has (counted as lease_lost)",
+                count=done.lost,
+                entry_ids=_first_ids(done.lost_ids),
             )
         if settlement.counts["retried"]:
             self._retry_wakeup.set()
@@ -540,6 +689,10 @@ async def _sleep_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
             await stopping.wait()
     except TimeoutError:
         pass
+
+
+def _plan_ids(plan: _wire.SettlePlan) -> list[bytes]:
+    return [*plan.acks, *(r[0] for r in plan.retries), *(d[0] for d in plan.dead)]
 
 
 def _first_ids(ids: Any) -> list[str]:

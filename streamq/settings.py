@@ -37,6 +37,9 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     reclaim_interval_ms: int | None = None
     reap_idle_ms: int = DEFAULT_REAP_IDLE_MS
     consumer_prefix: str = "streamq"
+    # Read the next batch while this one is handled, so the server works while the handler does. Only
+    # while the stream has a backlog and handling is quick (see consumer.READ_AHEAD_MAX_HANDLE_S).
+    read_ahead: bool = True
 
     def __post_init__(self) -> None:
         validate_name("stream", self.stream)
@@ -45,7 +48,8 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_range("max_attempts", self.max_attempts, 1, 1_000)
         _check_range("lease_ms", self.lease_ms, 100, 86_400_000)
-        _check_range("block_ms", self.block_ms, 0, 600_000)
+        # Not 0: a read that never waits would spin on an empty stream (and BLOCK 0 means forever to Redis).
+        _check_range("block_ms", self.block_ms, 1, 600_000)
         _check_range("retry_base_ms", self.retry_base_ms, 0, 86_400_000)
         _check_range("retry_max_ms", self.retry_max_ms, self.retry_base_ms, 86_400_000 * 30)
         _check_range("retry_poll_ms", self.retry_poll_ms, 10, 60_000)

@@ -81,6 +81,7 @@ class Settlement:
         self.settings = settings
         self.consumer = consumer
         self._plans = {key: _KeyPlan(first, last) for key, (first, last) in bounds.items()}
+        self._built: list[SettlePlan] | None = None
         self.counts = {"acked": 0, "retried": 0, "dead": 0}
 
     def ack(self, message: Message[Any]) -> None:
@@ -163,6 +164,12 @@ class Settlement:
         self.counts["dead"] += 1
 
     def plans(self) -> list[SettlePlan]:
+        """One plan per stream key with anything to settle; built once, when the outcomes are all in."""
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def _build(self) -> list[SettlePlan]:
         stream, group = self.settings.stream, self.settings.group
         out = []
         for key, plan in self._plans.items():

@@ -27,7 +27,6 @@ from streamq.settle import RetryRecord, encode_record
 SLOW_LEASE_MS = 700  # the slow handler takes five of these
 
 
-
 async def _publish(url: str, stream: str, count: int) -> list[str]:
     async with streamq.Producer(url) as producer:
         return await producer.publish_many(stream, [Job(n) for n in range(count)])
@@ -255,40 +254,70 @@ def _plan(
     )  # fmt: skip
 
 
-async def test_stale_worker_cannot_settle_entries_it_lost(client: redis.asyncio.Redis, unique: str) -> None:
-    """A worker whose entries were claimed by another consumer settles only what it still holds: its ack,
-    retry and dead letter of lost entries are refused and returned, and nothing is acknowledged twice."""
+async def test_stale_worker_cannot_retry_or_dead_letter_entries_it_lost(
+    client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A worker whose entries were claimed by another consumer may retry or dead-letter only what it still
+    holds (those create new entries): the rest is refused, returned and counted as lease_lost, and the
+    entries stay with their new holder."""
     await _wire.ensure_group(client, unique, "g")
     ids = [await client.xadd(unique, {"d": b"x"}) for _ in range(4)]
     await client.xreadgroup("g", "stale", {unique: ">"})
     await client.xclaim(unique, "g", "fresh", 0, ids[:2])  # the lease of ids[0] and ids[1] was lost
     link = _wire.Link(client)
     try:
-        plan = _plan(unique, ids, acks=[ids[0], ids[2]], retries=[ids[1]], dead=[ids[3]])
-        lost = await _wire.settle(link, "g", "stale", [plan])
-        assert sorted(lost) == sorted(ids[:2])
+        plan = _plan(unique, ids, acks=[ids[2]], retries=[ids[0]], dead=[ids[1], ids[3]])
+        done = await _wire.settle(link, "g", "stale", [plan])
+        assert (done.lost, sorted(done.lost_ids)) == (2, sorted(ids[:2]))
         pending = await client.xpending_range(unique, "g", min="-", max="+", count=10)
         assert {(p["message_id"], p["consumer"]) for p in pending} == {(ids[0], b"fresh"), (ids[1], b"fresh")}
         assert await client.zcard(keys.delayed_key(unique, "g")) == 0  # the lost retry was not scheduled
         assert await client.xlen(keys.dlq_key(unique)) == 1  # ids[3], still held, was dead-lettered
+    finally:
+        await link.close()
+    stats = await _stats(client, unique, "g")
+    assert (stats["acked"], stats["dead"], stats["lease_lost"]) == (1, 1, 2)
 
-        # The new holder settles them; the stale worker trying again changes nothing.
-        assert await _wire.settle(link, "g", "fresh", [_plan(unique, ids, acks=ids[:2])]) == []
-        assert sorted(await _wire.settle(link, "g", "stale", [_plan(unique, ids, acks=ids[:2])])) == sorted(
-            ids[:2]
-        )
+
+async def test_success_is_acknowledged_whoever_holds_the_entry(
+    client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Acknowledging a success needs no lease: the event was handled, whoever holds it now. The holder that
+    settles second finds the entry no longer pending and counts the duplicate as lease_lost, once; an ack
+    resent after a lost reply counts nothing; a pending entry trimmed away is not a lost lease."""
+    await _wire.ensure_group(client, unique, "g")
+    ids = [await client.xadd(unique, {"d": b"x"}) for _ in range(4)]
+    await client.xreadgroup("g", "stale", {unique: ">"})
+    await client.xclaim(unique, "g", "fresh", 0, ids[:2])  # the stale worker's lease on these was lost
+    link = _wire.Link(client)
+    try:
+        stale = await _wire.settle(link, "g", "stale", [_plan(unique, ids, acks=ids[:3])])
+        assert stale.lost == 0  # all three were pending: acknowledged, ids[0] and ids[1] from "fresh"
+        assert await _pending(client, unique, "g") == 1
+
+        fresh = await _wire.settle(link, "g", "fresh", [_plan(unique, ids, acks=ids[:2])])
+        assert fresh.lost == 2  # handled twice: the second settle counts the duplicates
+        resent = await _wire.settle(link, "g", "fresh", [_plan(unique, ids, acks=ids[:2])], resent=True)
+        assert resent.lost == 0  # a resend may be finding its own first attempt's work: not counted
+
+        # ids[3] is still pending but its entry is gone; XAUTOCLAIM drops such ids from the PEL (7.0+).
+        await client.xdel(unique, ids[3])
+        await client.xautoclaim(unique, "g", "fresh", 0, "0-0")
+        trimmed = await _wire.settle(link, "g", "stale", [_plan(unique, ids, acks=[ids[3]])])
+        assert trimmed.lost == 0
     finally:
         await link.close()
     assert await _pending(client, unique, "g") == 0
     stats = await _stats(client, unique, "g")
-    assert (stats["acked"], stats["dead"], stats["lease_lost"]) == (3, 1, 4)
+    assert (stats["acked"], stats["lease_lost"]) == (3, 2)
 
 
-async def test_consumer_whose_lease_was_taken_mid_batch_does_not_ack(
+async def test_consumer_whose_lease_was_taken_mid_batch_cannot_retry(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:
-    """If another consumer takes a batch while its handler runs, the consumer's settle is refused and
-    counted as lease_lost; the entries stay with the new holder and are handled again after its lease."""
+    """If another consumer takes a batch while its handler runs and the handler fails, the consumer's retry
+    is refused and counted as lease_lost; the entries stay with the new holder and are handled again after
+    its lease."""
     await _publish(redis_url, unique, 5)
     calls: list[list[int]] = []
     app = streamq.App(redis_url)
@@ -298,13 +327,36 @@ async def test_consumer_whose_lease_was_taken_mid_batch_does_not_ack(
         calls.append([m.attempt for m in batch])
         if len(calls) == 1:
             await client.xclaim(unique, "g", "thief", 0, [m.entry_id for m in batch])
+            raise RuntimeError("fails after losing its lease")
 
     await asyncio.wait_for(app.run_until_idle(), 30)
     # First call: read (attempt 1) then stolen; second: the thief's entries reclaimed (read, XCLAIM, reclaim).
     assert calls == [[1] * 5, [3] * 5]
     assert app.counts()["lease_lost"] == 5
     stats = await _stats(client, unique, "g")
-    assert (stats["acked"], stats["lease_lost"], stats["reclaimed"]) == (5, 5, 5)
+    assert (stats["acked"], stats.get("retried", 0), stats["lease_lost"], stats["reclaimed"]) == (5, 0, 5, 5)
+    assert await client.zcard(keys.delayed_key(unique, "g")) == 0
+    assert await _pending(client, unique, "g") == 0
+
+
+async def test_consumer_whose_lease_was_taken_mid_batch_still_acks_its_success(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A handler that succeeded after its entries were taken over still acknowledges them: the events were
+    handled, so nothing is handled again."""
+    await _publish(redis_url, unique, 5)
+    calls: list[list[int]] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", lease_ms=300, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        calls.append([m.attempt for m in batch])
+        await client.xclaim(unique, "g", "thief", 0, [m.entry_id for m in batch])
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert calls == [[1] * 5]
+    stats = await _stats(client, unique, "g")
+    assert (stats["acked"], stats.get("lease_lost", 0)) == (5, 0)
     assert await _pending(client, unique, "g") == 0
 
 

@@ -118,26 +118,30 @@ async def test_grace_period_bounds_how_long_shutdown_waits(
     assert read_ledger(sync_client, unique, "done") == {}
 
 
-async def test_stop_lets_the_batch_in_hand_settle(
-    redis_url: str, client: redis.asyncio.Redis, unique: str
+@pytest.mark.parametrize(("read_ahead", "in_hand"), [(False, 6), (True, 9)])
+async def test_stop_lets_the_batches_in_hand_settle(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, read_ahead: bool, in_hand: int
 ) -> None:
-    """App.stop() called while a handler runs (here from inside it) lets that batch finish and settle, then
-    run() returns without reading more; stop() is idempotent."""
-    await asyncio.to_thread(_publish, redis_url, unique, 6)
+    """App.stop() called while a handler runs (here from inside it, in the second batch) lets that batch
+    finish and settle, and the batch already read ahead of it (read-ahead on: it is delivered, so it is
+    handled rather than left pending until its lease runs out); then run() returns without reading more;
+    stop() is idempotent."""
+    await asyncio.to_thread(_publish, redis_url, unique, 12)
     handled: list[int] = []
     app = streamq.App(redis_url)
 
-    @app.consumer(unique, group="g", batch_size=3, lease_ms=1_000, block_ms=100)
+    @app.consumer(unique, group="g", batch_size=3, lease_ms=1_000, block_ms=100, read_ahead=read_ahead)
     async def handle(batch: streamq.Batch[Job]) -> None:
-        app.stop()
-        app.stop()
-        await asyncio.sleep(0)  # give the loop a chance to act on the stop before the batch is settled
+        if handled:
+            app.stop()
+            app.stop()
+            await asyncio.sleep(0)  # give the loop a chance to act on the stop before the batch is settled
         handled.extend(batch_event.n for batch_event in batch.events)
 
     await asyncio.wait_for(app.run(), 30)
-    assert handled == [0, 1, 2]
+    assert handled == list(range(in_hand))
     assert int((await client.xpending(unique, "g"))["pending"]) == 0
-    assert await client.hget(keys.stats_key(unique, "g"), "acked") == b"3"
+    assert await client.hget(keys.stats_key(unique, "g"), "acked") == str(in_hand).encode()
     app.stop()  # after run() returned: still harmless
 
 

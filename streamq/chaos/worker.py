@@ -37,7 +37,6 @@ from streamq import App, Batch, Message, _wire
 from streamq import consumer as consumer_module
 from streamq.app import run_app
 from streamq.consumer import Consumer
-from streamq.recovery import Hold
 from streamq.settle import Settlement
 
 from .ledger import WorkerLog
@@ -114,27 +113,27 @@ def install_settle_failpoints(failpoints: Failpoints) -> None:
     """Put the after_handler and after_settle failpoints around streamq's settle step.
 
     streamq has no failpoint API, so this patches two seams of the library in this process only:
-    Consumer._settle (entered once the handler has returned) and _wire.settle (the one round trip that
-    runs the settle script). Acceptable in a test harness; nothing else in streamq is changed.
+    Consumer._work (returns once a batch is decoded and handled, before anything of it is settled) and
+    Consumer._settled (entered once a settlement's reply has come back). With read-ahead on, a kill at
+    either point also leaves the next batch, already read, pending. Acceptable in a test harness; nothing
+    else in streamq is changed.
     """
-    settle_method = Consumer._settle
-    wire_settle = _wire.settle
+    work_method = Consumer._work
+    settled_method = Consumer._settled
 
-    async def settle_with_failpoint(
-        self: Consumer, link: _wire.Link, settlement: Settlement, holds: list[Hold]
-    ) -> None:
-        failpoints.hit("after_handler", sum(len(held.ids) for held in holds))
-        await settle_method(self, link, settlement, holds)
+    async def work_with_failpoint(
+        self: Consumer, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
+    ) -> Settlement:
+        settlement = await work_method(self, batches, deliveries)
+        failpoints.hit("after_handler", sum(len(b.ids) for b in batches))
+        return settlement
 
-    async def wire_settle_with_failpoint(
-        link: _wire.Link, group: str, consumer: str, plans: Sequence[_wire.SettlePlan]
-    ) -> list[bytes]:
-        lost = await wire_settle(link, group, consumer, plans)
+    def settled_with_failpoint(self: Consumer, settlement: Settlement, done: _wire.Settled) -> None:
+        settled_method(self, settlement, done)
         failpoints.hit("after_settle", 0)
-        return lost
 
-    Consumer._settle = settle_with_failpoint  # type: ignore[method-assign]  # failpoint seam, see docstring
-    _wire.settle = wire_settle_with_failpoint
+    Consumer._work = work_with_failpoint  # type: ignore[method-assign]  # failpoint seam, see docstring
+    Consumer._settled = settled_with_failpoint  # type: ignore[method-assign]
 
 
 def install_sabotage(name: str) -> None:

@@ -25,7 +25,11 @@ from streamq import _wire, keys
 from streamq.embedded import EmbeddedServer, ServerBinary
 
 
-def _plan(stream: str, group: str, ids: list[bytes], *, retry_stream: bool = False) -> _wire.SettlePlan:
+def _plan(
+    stream: str, group: str, ids: list[bytes], *, retry_stream: bool = False, outcome: str = "ack"
+) -> _wire.SettlePlan:
+    """Settle every id as `outcome`: "ack" (the unfenced fast path on a main stream) or "retry" (fenced)."""
+    record = b"record"
     return _wire.SettlePlan(
         key=stream,
         delayed_key=keys.delayed_key(stream, group),
@@ -34,8 +38,8 @@ def _plan(stream: str, group: str, ids: list[bytes], *, retry_stream: bool = Fal
         delete_after_ack=retry_stream,
         min_id=ids[0],
         max_id=ids[-1],
-        acks=ids,
-        retries=[],
+        acks=ids if outcome == "ack" else [],
+        retries=[(i, 60_000, record) for i in ids] if outcome == "retry" else [],
         dead=[],
     )
 
@@ -49,44 +53,47 @@ async def _held_by_holder(client: redis.asyncio.Redis, stream: str, group: str) 
 
 async def _settle(
     client: redis.asyncio.Redis, group: str, plan: _wire.SettlePlan
-) -> tuple[list[bytes], dict[bytes, bytes]]:
+) -> tuple[_wire.Settled, dict[bytes, bytes]]:
     link = _wire.Link(client)
     try:
-        lost = await _wire.settle(link, group, "holder", [plan])
+        done = await _wire.settle(link, group, "holder", [plan])
     finally:
         await link.close()
-    return lost, await client.hgetall(plan.stats_key)
+    return done, await client.hgetall(plan.stats_key)
 
 
+@pytest.mark.parametrize("outcome", ["ack", "retry"])
 async def test_entries_trimmed_while_held_are_not_lost_leases(
-    client: redis.asyncio.Redis, unique: str
+    client: redis.asyncio.Redis, unique: str, outcome: str
 ) -> None:
     """Two held entries are trimmed and another consumer's XAUTOCLAIM (min-idle one hour: it takes nothing)
-    drops them from the holder's PEL; settling the batch acknowledges the third and reports no lost lease."""
+    drops them from the holder's PEL; settling the batch (acks, or fenced retries) settles the third and
+    reports no lost lease."""
     stream, group = f"{unique}-trimmed", "g"
     ids = await _held_by_holder(client, stream, group)
     assert await client.xtrim(stream, minid=ids[2], approximate=False) == 2
     await client.xautoclaim(stream, group, "other", min_idle_time=3_600_000, start_id="0-0")
 
-    lost, stats = await _settle(client, group, _plan(stream, group, ids))
+    done, stats = await _settle(client, group, _plan(stream, group, ids, outcome=outcome))
 
-    assert lost == []
+    assert done.lost == 0
     assert stats.get(b"lease_lost") is None
-    assert stats[b"acked"] == b"1"
+    assert stats[b"acked" if outcome == "ack" else b"retried"] == b"1"
     assert (await client.xpending(stream, group))["pending"] == 0
 
 
 async def test_entries_taken_over_are_still_lost_leases(client: redis.asyncio.Redis, unique: str) -> None:
-    """Entries another consumer claimed (they still exist) stay lost leases, left to their new holder."""
+    """Entries another consumer claimed (they still exist) are lost leases for a fenced settle (a retry
+    would create a second copy of the event): they are left to their new holder."""
     stream, group = f"{unique}-claimed", "g"
     ids = await _held_by_holder(client, stream, group)
     await client.xclaim(stream, group, "other", min_idle_time=0, message_ids=ids[:2])
 
-    lost, stats = await _settle(client, group, _plan(stream, group, ids))
+    done, stats = await _settle(client, group, _plan(stream, group, ids, outcome="retry"))
 
-    assert lost == ids[:2]
+    assert (done.lost, done.lost_ids) == (2, ids[:2])
     assert stats[b"lease_lost"] == b"2"
-    assert stats[b"acked"] == b"1"
+    assert stats[b"retried"] == b"1"
     assert (await client.xpending(stream, group))["pending"] == 2  # still the other consumer's
 
 
@@ -99,9 +106,9 @@ async def test_vanished_retry_entries_are_lost_leases(client: redis.asyncio.Redi
     await client.xack(stream, group, ids[0])
     await client.xdel(stream, ids[0])
 
-    lost, stats = await _settle(client, group, _plan(stream, group, ids, retry_stream=True))
+    done, stats = await _settle(client, group, _plan(stream, group, ids, retry_stream=True))
 
-    assert lost == ids[:1]
+    assert (done.lost, done.lost_ids) == (1, ids[:1])
     assert stats[b"lease_lost"] == b"1"
 
 

@@ -1,0 +1,127 @@
+"""Read-ahead: while a batch is handled, the next one is already being read (and the last one settled), so
+the server works while the handler does; it stops when handling is slow, and a connection lost with
+replies in flight loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio
+from helpers import async_wait_until
+
+import streamq
+from streamq import keys
+from streamq.consumer import READ_AHEAD_MAX_HANDLE_S
+
+
+class Tick(streamq.Event, tag="test.read_ahead.tick"):
+    n: int
+
+
+async def _publish(url: str, stream: str, count: int) -> list[bytes]:
+    async with streamq.Producer(url) as producer:
+        ids = await producer.publish_many(stream, [Tick(n) for n in range(count)])
+    return [i.encode() for i in ids]
+
+
+async def _delivered(client: redis.asyncio.Redis, stream: str) -> set[bytes]:
+    rows = await client.xpending_range(stream, "g", min="-", max="+", count=1000)
+    return {row["message_id"] for row in rows}
+
+
+async def test_next_batch_is_read_while_a_batch_is_handled(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """With a backlog, once a first batch has shown that handling is quick, the third batch is delivered to
+    the worker while the second is still in its handler; every event is handled once, in order, and
+    acknowledged."""
+    ids = await _publish(redis_url, unique, 9)
+    handled: list[int] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=3, lease_ms=5_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Tick]) -> None:
+        if len(handled) == 3:
+            await async_wait_until(
+                lambda: _has(client, unique, ids[6:]), message="the third batch read ahead"
+            )
+        handled.extend(e.n for e in batch.events)
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert handled == list(range(9))
+    assert int((await client.xpending(unique, "g"))["pending"]) == 0
+    assert await client.hget(keys.stats_key(unique, "g"), "acked") == b"9"
+
+
+async def _has(client: redis.asyncio.Redis, stream: str, ids: list[bytes]) -> bool:
+    return set(ids) <= await _delivered(client, stream)
+
+
+@pytest.mark.parametrize("setting", ["slow handler", "read_ahead=False"])
+async def test_no_read_ahead_while_handling_is_slow_or_when_disabled(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, setting: str
+) -> None:
+    """Entries read ahead wait unrenewed for the batch in hand and are kept from other workers, so a worker
+    whose handler is slow reads one batch at a time (as does one with read_ahead=False)."""
+    ids = await _publish(redis_url, unique, 9)
+    seen_pending: list[set[bytes]] = []
+    options: dict[str, Any] = {"read_ahead": False} if setting == "read_ahead=False" else {}
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=3, lease_ms=5_000, block_ms=100, **options)
+    async def handle(batch: streamq.Batch[Tick]) -> None:
+        if not seen_pending:
+            # The first batch is slow: from then on the worker must not read ahead. (It may have read the
+            # second batch before it knew; the third is what counts.)
+            await asyncio.sleep(READ_AHEAD_MAX_HANDLE_S * 2)
+        elif len(seen_pending) == 1:
+            # A negative check: give a wrong read-ahead of the third batch time to show before looking.
+            await asyncio.sleep(0.2)
+        seen_pending.append(await _delivered(client, unique))
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert len(seen_pending) == 3
+    assert not set(ids[6:]) & seen_pending[1]  # the third batch was not delivered during the second
+    assert int((await client.xpending(unique, "g"))["pending"]) == 0
+
+
+async def test_connection_lost_with_replies_in_flight_loses_nothing(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """The worker's connection is killed while the second batch is handled, after the first batch's
+    settlement and the third batch's read-ahead have run on the server: whichever replies the worker had
+    not read yet are lost with the connection. The batches handled are settled once it is back; the batch
+    read ahead is handled, from the reply if that arrived or, if not, reclaimed after the lease as a second
+    attempt; every event ends acknowledged and nothing stays pending."""
+    ids = await _publish(redis_url, unique, 12)
+    attempts: dict[int, list[int]] = {}
+    batches = 0
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=3, lease_ms=300, block_ms=100)
+    async def handle(batch: streamq.Batch[Tick]) -> None:
+        nonlocal batches
+        batches += 1
+        for message in batch:
+            attempts.setdefault(message.event.n, []).append(message.attempt)
+        if batches == 2:
+            await async_wait_until(lambda: _has(client, unique, ids[6:9]), message="batch 3 read ahead")
+            await _kill_stream_connections(client)
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert sorted(attempts) == list(range(12))
+    assert {n: runs for n in range(6) if (runs := attempts[n]) != [1]} == {}  # handled before the kill
+    # A delivery whose reply was lost counts as an attempt: a reclaimed event comes back as attempt 2.
+    assert {n: runs for n, runs in attempts.items() if runs != sorted(set(runs))} == {}
+    assert int((await client.xpending(unique, "g"))["pending"]) == 0
+    assert int(await client.hget(keys.stats_key(unique, "g"), "acked") or 0) == 12
+
+
+async def _kill_stream_connections(client: redis.asyncio.Redis) -> None:
+    """Kill every other client connection whose last command was a stream read or a settle script."""
+    me = await client.client_id()
+    for info in await client.client_list():
+        if int(info["id"]) != me and info.get("cmd") in {"xreadgroup", "evalsha", "xautoclaim"}:
+            await client.client_kill_filter(_id=int(info["id"]))
