@@ -47,6 +47,13 @@ def pack(*args: Arg) -> bytes:
     return b"".join(parts)
 
 
+def pack_with_ids(args: Sequence[Arg], ids: Sequence[bytes]) -> bytes:
+    """pack(*args, *ids) for a long tail of entry ids, a few times faster than the general loop."""
+    head = pack(*args)
+    tail = b"".join([b"$%d\r\n%s\r\n" % (len(i), i) for i in ids])
+    return b"*%d%s%s" % (len(args) + len(ids), head[head.index(b"\r\n") :], tail)
+
+
 class Script:
     """A Lua script run by EVALSHA, loaded on first use and again after the server forgets it."""
 
@@ -451,7 +458,7 @@ class Settled(NamedTuple):
 def _settle_call(
     group: str, consumer: str, plan: SettlePlan, *, resent: bool
 ) -> tuple[Script, list[Arg], list[Arg]]:
-    if not (plan.retries or plan.dead or plan.delete_after_ack):
+    if _acks_only(plan):
         # Only successes to acknowledge on the main stream: the unfenced fast path (see _scripts.ACK).
         return ACK, [plan.key, plan.stats_key], [group, b"0" if resent else b"1", *plan.acks]
     args: list[Arg] = [
@@ -465,11 +472,21 @@ def _settle_call(
     return SETTLE, [plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args
 
 
+def _acks_only(plan: SettlePlan) -> bool:
+    return not (plan.retries or plan.dead or plan.delete_after_ack)
+
+
 def pack_settle(group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool = False) -> bytes:
     """One script call per plan, packed for `Link.send`: one reply per plan."""
-    return b"".join(
-        s.pack(k, a) for s, k, a in (_settle_call(group, consumer, p, resent=resent) for p in plans)
-    )
+    out = []
+    for plan in plans:
+        if _acks_only(plan):  # the hot path: the ids packed in one pass
+            head = ("EVALSHA", ACK.sha, 2, plan.key, plan.stats_key, group, b"0" if resent else b"1")
+            out.append(pack_with_ids(head, plan.acks))
+        else:
+            script, keys, args = _settle_call(group, consumer, plan, resent=resent)
+            out.append(script.pack(keys, args))
+    return b"".join(out)
 
 
 def settled(replies: Sequence[Any]) -> Settled:

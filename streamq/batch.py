@@ -68,7 +68,7 @@ ACK = Outcome("ack")
 class Batch(Generic[E]):
     """The messages of one read, in stream order, and the outcomes chosen for them."""
 
-    __slots__ = ("_outcomes", "_sealed", "consumer", "group", "messages", "stream")
+    __slots__ = ("_chosen", "_outcomes", "_sealed", "consumer", "group", "messages", "stream")
 
     def __init__(self, stream: str, group: str, consumer: str, messages: list[Message[E]]) -> None:
         self.stream = stream
@@ -79,6 +79,7 @@ class Batch(Generic[E]):
             message._index = index
         self._outcomes: list[Outcome | None] = [None] * len(messages)
         self._sealed = False
+        self._chosen = False  # an outcome was set for some message
 
     def __iter__(self) -> Iterator[Message[E]]:
         return iter(self.messages)
@@ -100,6 +101,7 @@ class Batch(Generic[E]):
         if index >= len(self.messages) or self.messages[index] is not message:
             raise ValueError(f"{message!r} is not part of this batch")
         self._outcomes[index] = outcome
+        self._chosen = True
 
     def ack(self, message: Message[E]) -> None:
         """Acknowledge this message even if the handler raises afterwards."""

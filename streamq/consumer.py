@@ -320,6 +320,8 @@ class Consumer:
     ) -> list[Message[Any]]:
         out: list[Message[Any]] = []
         from_retry = batch.key != self.stream
+        if not from_retry and deliveries is None:
+            return self._fresh_messages(batch, settlement, now_ms)
         for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
             delivered = deliveries.get(entry_id, 1) if deliveries else 1
             if from_retry:
@@ -365,6 +367,27 @@ class Consumer:
                         raw_fields=fields or [],
                     )
                     continue
+            out.append(message)
+        return out
+
+    def _fresh_messages(
+        self, batch: _wire.StreamBatch, settlement: Settlement, now_ms: int
+    ) -> list[Message[Any]]:
+        """_messages for the common case, first deliveries from the stream itself: kept lean (per event)."""
+        out: list[Message[Any]] = []
+        key = batch.key
+        for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
+            payload: bytes | None
+            if fields is not None and len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
+                payload = fields[1]
+            else:
+                payload = _wire.payload_of(fields, PAYLOAD_FIELD)
+            message: Message[Any] = Message(0, key, entry_id, entry_id.decode(), 1, payload)
+            if payload is None:
+                settlement.dead(
+                    message, now_ms, "undecodable", "entry has no 'd' payload field", raw_fields=fields or []
+                )
+                continue
             out.append(message)
         return out
 
@@ -565,6 +588,9 @@ class Consumer:
                 first_id=messages[0].id,
                 last_id=messages[-1].id,
             )
+        if error is None and not batch._chosen:
+            settlement.ack_all(messages)  # the common case, without a step per message
+            return
         for message in messages:
             outcome = batch.outcome(message)
             if outcome is None:

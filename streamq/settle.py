@@ -88,6 +88,16 @@ class Settlement:
         self._plans[message.key].acks.append(message.entry_id)
         self.counts["acked"] += 1
 
+    def ack_all(self, messages: Sequence[Message[Any]]) -> None:
+        """ack() for every message, in one step per stream key."""
+        if len(self._plans) == 1:
+            (plan,) = self._plans.values()
+            plan.acks.extend([m.entry_id for m in messages])
+        else:
+            for message in messages:
+                self._plans[message.key].acks.append(message.entry_id)
+        self.counts["acked"] += len(messages)
+
     def ack_ids(self, key: str, ids: Sequence[bytes]) -> None:
         self._plans[key].acks.extend(ids)
 

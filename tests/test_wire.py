@@ -19,6 +19,31 @@ def test_pack_is_resp() -> None:
     assert _wire.pack("XACK", "s", b"g", 12) == b"*4\r\n$4\r\nXACK\r\n$1\r\ns\r\n$1\r\ng\r\n$2\r\n12\r\n"
 
 
+def test_pack_with_ids_equals_the_general_packing() -> None:
+    ids = [b"1-1", b"1700000000000-12", b"18446744073709551615-18446744073709551615"]
+    head = ("EVALSHA", "ab" * 20, 2, "orders", "streamq:{orders}:g:stats", "g", b"1")
+    assert _wire.pack_with_ids(head, ids) == _wire.pack(*head, *ids)
+    assert _wire.pack_with_ids(head, []) == _wire.pack(*head)
+
+
+async def test_link_pairs_replies_sent_ahead_in_order(client: redis.asyncio.Redis, unique: str) -> None:
+    """Commands sent without waiting are answered in order by receive(); a round trip is refused while
+    replies are owed (it would read theirs), and abandon() drops them with the connection."""
+    link = _wire.Link(client)
+    try:
+        await link.send(_wire.pack("SET", unique, "1") + _wire.pack("INCR", unique), 2)
+        await link.send(_wire.pack("GET", unique), 1)
+        assert link.owed == 3
+        assert await link.receive(2) == [b"OK", 2]
+        with pytest.raises(RuntimeError, match="owed"):
+            await link.call("PING")
+        await link.abandon()
+        assert link.owed == 0
+        assert await link.call("GET", unique) == b"2"  # reconnected, in step again
+    finally:
+        await link.close()
+
+
 def test_parse_autoclaim_pre_7_reply_with_nil_fields() -> None:
     """Before 7.0 XAUTOCLAIM replies [cursor, entries]; an entry deleted while pending comes back with nil
     fields (or as a bare nil) and must be reported as deleted, not handed to a handler."""
