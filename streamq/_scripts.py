@@ -149,7 +149,8 @@ return lost
 
 # Renew the lease on in-flight entries: reset their idle time so XAUTOCLAIM elsewhere leaves them alone.
 # XCLAIM with JUSTID does not count a delivery. Only entries this consumer still holds are touched.
-# KEYS: stream. ARGV: group, consumer, min_id, max_id, ids... Returns the ids no longer held.
+# KEYS: stream. ARGV: group, consumer, min_id, max_id, ids... Returns the ids another consumer now holds
+# (or, on a retry stream, took over and settled).
 RENEW = (
     _OWNED
     + """
@@ -159,7 +160,9 @@ for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 local mine = owned(stream, group, consumer, ids, ARGV[3], ARGV[4])
 local keep, lost = {}, {}
 for i = 1, #ids do
-    if mine[ids[i]] then keep[#keep + 1] = ids[i] else lost[#lost + 1] = ids[i] end
+    if mine[ids[i]] then keep[#keep + 1] = ids[i]
+    -- An entry trimmed or deleted while held is nobody's (XAUTOCLAIM drops it from every PEL): not lost.
+    elseif #redis.call('XRANGE', stream, ids[i], ids[i]) > 0 then lost[#lost + 1] = ids[i] end
 end
 local size = 4000
 for i = 1, #keep, size do
@@ -201,11 +204,21 @@ return id
 # Delete a consumer only if it holds nothing on either stream key: DELCONSUMER drops a consumer's pending
 # entries for good, so the check and the delete must be one step.
 # KEYS: stream, retry stream. ARGV: group, consumer. Returns 1 if deleted.
+# A key or group that does not exist (the retry stream of a group that never retried) holds nothing; any
+# other error (an ACL denial) is returned, never read as "holds nothing".
 REAP = """
-for i = 1, #KEYS do
-    local ok, rows = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2])
-    if ok and #rows > 0 then return 0 end
+local function call(...)
+    local ok, reply = pcall(redis.call, ...)
+    if ok then return reply end
+    local text = type(reply) == 'table' and reply.err or tostring(reply)
+    for _, missing in ipairs({'NOGROUP', 'no such key', 'requires the key to exist'}) do
+        if string.find(text, missing, 1, true) then return {} end
+    end
+    error(reply)
 end
-for i = 1, #KEYS do pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2]) end
+for i = 1, #KEYS do
+    if #call('XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+end
+for i = 1, #KEYS do call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2]) end
 return 1
 """

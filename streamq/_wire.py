@@ -547,8 +547,26 @@ def id_bounds(ids: Sequence[bytes]) -> tuple[bytes, bytes]:
 
 async def move_due(link: Link, delayed_key: str, retry_key: str, limit: int) -> tuple[int, int]:
     """Move due retries to the retry stream; returns (moved, ms until the next is due, or -1)."""
-    (reply,) = await link.scripts([(MOVE_DUE, [delayed_key, retry_key], [limit])])
+    try:
+        (reply,) = await link.scripts([(MOVE_DUE, [delayed_key, retry_key], [limit])])
+    except ResponseError as exc:
+        if is_denied(exc):
+            raise ConfigurationError(
+                "the Redis user may not run the commands that move due retries (ZRANGEBYSCORE, ZRANGE,"
+                f" ZREM, XADD, TIME on {delayed_key!r} and {retry_key!r}): {exc}"
+            ) from exc
+        _raise_for_key(delayed_key, exc)
     return int(reply[0]), int(reply[1])
+
+
+def is_denied(error: ResponseError) -> bool:
+    """An ACL denial, of a command sent or of one a script called (which does not name the command)."""
+    text = str(error)
+    # Redis 7.0: "The user executing the script can't run this command..."; Valkey 8: "ACL failure in
+    # script: User ... has no permissions to run the 'zrangebyscore' command".
+    return isinstance(error, NoPermissionError) or any(
+        words in text for words in ("can't run this command", "no permissions")
+    )
 
 
 # ---------------------------------------------------------------------------------------- setup, admin

@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire, keys
 from .batch import Batch, Message
-from .errors import Reject, Retry
+from .errors import ConfigurationError, Reject, Retry, ServerError, describe_error
 from .events import PAYLOAD_FIELD, DecodeFailure, Decoder
 from .handlers import HandlerSpec
 from .recovery import Hold, LeaseKeeper, Reclaimer
@@ -51,6 +51,10 @@ READ_AHEAD_MAX_HANDLE_S = 0.05
 BURST_BLOCK_MS = (
     100  # burst mode's wait for retries about to come due, once a non-blocking read found nothing
 )
+
+
+# Times each reclaimed entry was delivered, per stream key (ids are unique within one stream only).
+Deliveries = dict[str, dict[bytes, int]]
 
 
 class HandlerTimeout(Exception):
@@ -116,6 +120,7 @@ class Consumer:
             self.group, self.name, self.keys, count=settings.batch_size, block_ms=0
         )
         self._retry_wakeup = asyncio.Event()
+        self._mover_failed: ConfigurationError | None = None
         self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
         self.log = structlog.get_logger("streamq.consumer").bind(
             stream=self.stream, group=self.group, consumer=self.name
@@ -156,7 +161,9 @@ class Consumer:
                     if not worked and burst and await self._drained(link):
                         break
                 except TRANSIENT as exc:
-                    self.log.warning("redis unavailable, retrying", error=repr(exc), retry_in_s=delay_s)
+                    self.log.warning(
+                        "redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s
+                    )
                     await _sleep_or_stop(stopping, delay_s)
                     delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
                 except ResponseError as exc:
@@ -188,7 +195,7 @@ class Consumer:
             except TRANSIENT as exc:
                 if stopping.is_set():
                     raise
-                self.log.warning("redis unavailable, retrying", error=repr(exc), retry_in_s=delay_s)
+                self.log.warning("redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s)
                 await _sleep_or_stop(stopping, delay_s)
                 delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
 
@@ -198,12 +205,14 @@ class Consumer:
         try:
             await _wire.reap(self.client, self.keys, self.group, self.name)
         except (RedisError, OSError) as exc:
-            self.log.info("could not remove consumer from group", error=repr(exc))
+            self.log.info("could not remove consumer from group", error=describe_error(exc))
 
     # ------------------------------------------------------------------------------------------ one tick
 
     async def _tick(self, link: _wire.Link, *, burst: bool) -> bool:
         """Fetch and process one batch; returns False when there was nothing to do."""
+        if self._mover_failed is not None:
+            raise self._mover_failed
         if time.monotonic() >= self._next_reap_check:
             await self._reap_idle_consumers()
         if self.reclaimer.due():
@@ -246,8 +255,12 @@ class Consumer:
             # `idle`: since the consumer's last read attempt from 7.2 on, its last successful one before.
             idle = int(info["idle"]) >= self.settings.reap_idle_ms
             candidate = name != self.name and int(info["pending"]) == 0 and idle
-            if candidate and await _wire.reap(self.client, self.keys, self.group, name):
-                reaped.append(name)
+            try:
+                if candidate and await _wire.reap(self.client, self.keys, self.group, name):
+                    reaped.append(name)
+            except ResponseError as exc:  # an ACL without XGROUP DELCONSUMER: keep working, say why
+                self.log.warning("could not remove idle consumers", error=describe_error(exc))
+                break
         if reaped:
             self.log.info("removed idle consumers holding nothing", consumers=reaped[:20], count=len(reaped))
 
@@ -270,14 +283,14 @@ class Consumer:
 
     async def _process_claimed(self, link: _wire.Link, claimed: list[_wire.Claimed]) -> None:
         batches = []
-        deliveries: dict[bytes, int] = {}
+        deliveries: Deliveries = {}
         deleted_by_key: dict[str, list[bytes]] = {}
         for step in claimed:
             if step.deleted:
                 deleted_by_key[step.batch.key] = step.deleted
             if step.batch.ids:
                 batches.append(step.batch)
-                deliveries.update(step.deliveries)
+                deliveries[step.batch.key] = step.deliveries  # ids are unique per key only
                 self.counts["reclaimed"] += len(step.batch.ids)
                 self.log.info(
                     "reclaimed entries of a dead or stalled worker",
@@ -314,7 +327,7 @@ class Consumer:
     def _messages(
         self,
         batch: _wire.StreamBatch,
-        deliveries: dict[bytes, int] | None,
+        deliveries: Deliveries | None,
         settlement: Settlement,
         now_ms: int,
     ) -> list[Message[Any]]:
@@ -322,8 +335,9 @@ class Consumer:
         from_retry = batch.key != self.stream
         if not from_retry and deliveries is None:
             return self._fresh_messages(batch, settlement, now_ms)
+        counts = deliveries.get(batch.key, {}) if deliveries else {}
         for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
-            delivered = deliveries.get(entry_id, 1) if deliveries else 1
+            delivered = counts.get(entry_id, 1)
             if from_retry:
                 raw = _wire.payload_of(fields, RECORD_FIELD)
                 record = decode_record(raw) if raw is not None else None
@@ -451,7 +465,7 @@ class Consumer:
             # The connection broke with replies owed. What was handled is settled now, with retries; a
             # batch received and not handled yet is handled; one whose reply was lost stays pending under
             # this consumer and is reclaimed after the lease.
-            self.log.warning("connection lost mid-flow, settling what was handled", error=repr(exc))
+            self.log.warning("connection lost mid-flow, settling what was handled", error=describe_error(exc))
             for settlement in (sent, work):
                 if settlement is not None:
                     await self._settle(link, settlement, resent=settlement is sent)
@@ -475,7 +489,7 @@ class Consumer:
             return await _wire.settle(link, self.group, self.name, settlement.plans())
 
     async def _work(
-        self, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
+        self, batches: list[_wire.StreamBatch], deliveries: Deliveries | None
     ) -> Settlement:
         """Decode and handle one fetch; returns what to settle."""
         started = time.perf_counter()
@@ -492,7 +506,7 @@ class Consumer:
         return settlement
 
     async def _process(
-        self, link: _wire.Link, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
+        self, link: _wire.Link, batches: list[_wire.StreamBatch], deliveries: Deliveries | None
     ) -> None:
         """Handle and settle one fetch, one step after the other (reclaimed entries)."""
         await self._process_held(link, batches, self._hold(batches), deliveries)
@@ -502,7 +516,7 @@ class Consumer:
         link: _wire.Link,
         batches: list[_wire.StreamBatch],
         holds: list[Hold],
-        deliveries: dict[bytes, int] | None = None,
+        deliveries: Deliveries | None = None,
     ) -> None:
         try:
             settlement = await self._work(batches, deliveries)
@@ -583,7 +597,7 @@ class Consumer:
         if error is not None:
             self.log.warning(
                 "handler failed",
-                error=repr(error),
+                error=describe_error(error),
                 count=len(messages),
                 first_id=messages[0].id,
                 last_id=messages[-1].id,
@@ -647,7 +661,7 @@ class Consumer:
                     done = await _wire.settle(link, self.group, self.name, plans, resent=resent)
                     break
                 except TRANSIENT as exc:
-                    self.log.warning("settle failed, retrying", error=repr(exc), retry_in_s=delay_s)
+                    self.log.warning("settle failed, retrying", error=describe_error(exc), retry_in_s=delay_s)
                     await asyncio.sleep(delay_s)
                     delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
                     resent = True
@@ -692,9 +706,14 @@ class Consumer:
                     if next_ms >= 0:
                         wait_s = min(poll_s, next_ms / 1000)
                 except TRANSIENT as exc:
-                    self.log.debug("retry mover waiting for redis", error=repr(exc))
+                    self.log.debug("retry mover waiting for redis", error=describe_error(exc))
                     wait_s = min(1.0, poll_s * 2)
-                except ResponseError as exc:
+                except ConfigurationError as exc:
+                    # Waiting will not help (an ACL rule missing, a key of another type): the consumer stops
+                    # with this error rather than keep retries from ever coming back.
+                    self._mover_failed = exc
+                    break
+                except (ResponseError, ServerError) as exc:
                     self.log.warning("retry mover error", error=str(exc))
                     wait_s = 1.0
                 self._retry_wakeup.clear()

@@ -22,6 +22,7 @@ import redis
 import structlog
 
 from . import _wire
+from .errors import describe_error
 
 log = structlog.get_logger("streamq.recovery")
 
@@ -110,7 +111,7 @@ class LeaseKeeper:
                 group=held.group,
                 consumer=held.consumer,
                 entries=len(held.ids),
-                error=repr(exc),
+                error=describe_error(exc),
             )
             return
         self.renewals += 1

@@ -169,6 +169,19 @@ async def test_renew_resets_idle_without_counting_a_delivery(
     assert rows[ids[2]][0] == b"other" and rows[ids[2]][2] == 2  # untouched by the renewal
 
 
+async def test_renew_does_not_report_trimmed_entries_as_taken(
+    client: redis.asyncio.Redis, sync_client: redis.Redis, unique: str
+) -> None:
+    """An entry trimmed while held, and dropped from the PEL by anyone's XAUTOCLAIM, is nobody's now: the
+    renewal does not report it as taken by another worker (the lease keeper would log a false alarm)."""
+    await _wire.ensure_group(client, unique, "g")
+    ids = [await client.xadd(unique, {"d": b"x"}) for _ in range(2)]
+    await client.xreadgroup("g", "me", {unique: ">"})
+    await client.xdel(unique, ids[0])
+    await client.xautoclaim(unique, "g", "other", 3_600_000, "0-0")
+    assert _wire.renew_sync(sync_client, unique, "g", "me", ids) == []
+
+
 async def test_scripts_are_reloaded_after_the_server_forgets_them(
     client: redis.asyncio.Redis, link: _wire.Link, unique: str
 ) -> None:
@@ -192,6 +205,31 @@ async def test_reap_never_drops_a_consumer_that_holds_entries(
     assert await _wire.reap(client, [unique], "g", "empty") is True
     names = {c["name"] for c in await client.xinfo_consumers(unique, "g")}
     assert names == {b"holder"}
+
+
+async def test_reap_reports_a_denied_check_instead_of_deleting(
+    client: redis.asyncio.Redis, redis_url: str, unique: str
+) -> None:
+    """A user that may delete consumers but not list their pending entries gets an error from REAP: the
+    denied check is never read as "holds nothing" (which would delete a consumer and lose its entries).
+    A retry stream that does not exist yet does hold nothing."""
+    await _wire.ensure_group(client, unique, "g")
+    await client.xadd(unique, {"d": b"x"})
+    await client.xreadgroup("g", "holder", {unique: ">"})
+    user = f"{unique}-reaper"
+    await client.execute_command(
+        "ACL", "SETUSER", user, "on", "nopass", "+evalsha", "+eval", "+xgroup|delconsumer", "~*"
+    )
+    reaper = redis.asyncio.Redis.from_url(redis_url, username=user)
+    try:
+        with pytest.raises(redis.ResponseError, match=r"(?i)can't run|no permissions"):
+            await _wire.reap(reaper, [unique, f"{unique}:never-created"], "g", "holder")
+    finally:
+        await reaper.aclose()
+        await client.execute_command("ACL", "DELUSER", user)
+    assert {c["name"] for c in await client.xinfo_consumers(unique, "g")} == {b"holder"}
+    await client.xreadgroup("g", "empty", {unique: ">"})
+    assert await _wire.reap(client, [unique, f"{unique}:never-created"], "g", "empty") is True
 
 
 async def test_check_server_reports_version_and_memory_policy(client: redis.asyncio.Redis) -> None:

@@ -36,7 +36,7 @@ import structlog
 from streamq import App, Batch, Message, _wire
 from streamq import consumer as consumer_module
 from streamq.app import run_app
-from streamq.consumer import Consumer
+from streamq.consumer import Consumer, Deliveries
 from streamq.settle import Settlement
 
 from .ledger import WorkerLog
@@ -122,7 +122,7 @@ def install_settle_failpoints(failpoints: Failpoints) -> None:
     settled_method = Consumer._settled
 
     async def work_with_failpoint(
-        self: Consumer, batches: list[_wire.StreamBatch], deliveries: dict[bytes, int] | None
+        self: Consumer, batches: list[_wire.StreamBatch], deliveries: Deliveries | None
     ) -> Settlement:
         settlement = await work_method(self, batches, deliveries)
         failpoints.hit("after_handler", sum(len(b.ids) for b in batches))
