@@ -1,9 +1,10 @@
 """The Lua scripts streamq runs on the server, each one atomic.
 
-Scripts fence every settlement by ownership: XACK has no owner check, so a worker that was paused past its
-lease (SIGSTOP, a long GC, a partition) would otherwise acknowledge or dead-letter an entry that another
-worker has reclaimed and may be processing. Each script first asks XPENDING which of the ids this consumer
-still holds and acts on those only; the rest come back as "lost" for the caller to log and count.
+Retries and dead letters are fenced by ownership: XACK has no owner check, so a worker that was paused past
+its lease (SIGSTOP, a long GC, a partition) would otherwise retry or dead-letter an entry that another
+worker has reclaimed and may be processing, and the event would exist twice. SETTLE first asks XPENDING
+which of the ids this consumer still holds and acts on those only; the rest come back as "lost" for the
+caller to log and count. Acknowledging successes (ACK) needs no fence: see there.
 
 Only _wire.py runs these.
 """
