@@ -47,10 +47,13 @@ def pack(*args: Arg) -> bytes:
     return b"".join(parts)
 
 
+_BULK = b"$%d\r\n%s\r\n"
+
+
 def pack_with_ids(args: Sequence[Arg], ids: Sequence[bytes]) -> bytes:
     """pack(*args, *ids) for a long tail of entry ids, a few times faster than the general loop."""
     head = pack(*args)
-    tail = b"".join([b"$%d\r\n%s\r\n" % (len(i), i) for i in ids])
+    tail = b"".join(map(_BULK.__mod__, zip(map(len, ids), ids)))  # map: no Python frame per id
     return b"*%d%s%s" % (len(args) + len(ids), head[head.index(b"\r\n") :], tail)
 
 
