@@ -119,29 +119,34 @@ return lost
 """
 )
 
-# Acknowledge entries whose handling succeeded: the fast path of settling, for a batch of the main stream
-# with nothing to retry or dead-letter. Unlike SETTLE it asks nobody's permission: success is final, so
-# acknowledging it is right even if the lease was lost meanwhile and another worker has taken the entry
-# over (that worker's own settle then finds the entry gone and counts the duplicate as lease_lost). Only
-# retries and dead letters, which create new entries, need the ownership fence. Skipping the XPENDING
+# Acknowledge entries whose handling succeeded: the fast path of settling, whatever else the batch holds
+# (its retries and dead letters go through SETTLE). Unlike SETTLE it asks nobody's permission: success is
+# final, so acknowledging it is right even if the lease was lost meanwhile and another worker has taken the
+# entry over (that worker's own settle then finds the entry gone and counts the duplicate as lease_lost).
+# Only retries and dead letters, which create new entries, need the ownership fence. Skipping the XPENDING
 # range query roughly halves the server's work per acknowledged event.
 # KEYS: stream, stats hash. ARGV: group, count_shortfall ('1'; '0' when re-sent after a lost reply, when
-# the first attempt may have acked them), ids...
-# Returns how many ids were no longer pending though their entry still exists: entries another consumer
-# reclaimed and settled first. Pending ids whose entry was trimmed, and that XAUTOCLAIM has already dropped
-# from the PEL, are not counted: nobody holds them and nobody will process them again.
+# the first attempt may have acked them), delete ('1' on a retry stream: its entries go once handled), ids...
+# Returns how many ids were no longer pending: entries another consumer reclaimed and settled first. On the
+# main stream, pending ids whose entry was trimmed, and that XAUTOCLAIM has already dropped from the PEL,
+# are not counted: nobody holds them and nobody will process them again.
 ACK = """
 local stream, stats, group = KEYS[1], KEYS[2], ARGV[1]
-local n = #ARGV - 2
+local delete = ARGV[3] == '1'
+local n = #ARGV - 3
 local acked = 0
-for i = 3, #ARGV, 4000 do
-    acked = acked + redis.call('XACK', stream, group, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+for i = 4, #ARGV, 4000 do
+    local last = math.min(i + 3999, #ARGV)
+    acked = acked + redis.call('XACK', stream, group, unpack(ARGV, i, last))
+    if delete then redis.call('XDEL', stream, unpack(ARGV, i, last)) end
 end
 if acked > 0 then redis.call('HINCRBY', stats, 'acked', acked) end
 if acked == n or ARGV[2] ~= '1' then return 0 end
 local gone = 0
-for i = 3, #ARGV do
-    if #redis.call('XRANGE', stream, ARGV[i], ARGV[i]) == 0 then gone = gone + 1 end
+if not delete then
+    for i = 4, #ARGV do
+        if #redis.call('XRANGE', stream, ARGV[i], ARGV[i]) == 0 then gone = gone + 1 end
+    end
 end
 local lost = math.max(0, n - acked - gone)
 if lost > 0 then redis.call('HINCRBY', stats, 'lease_lost', lost) end

@@ -53,7 +53,7 @@ _BULK = b"$%d\r\n%s\r\n"
 def pack_with_ids(args: Sequence[Arg], ids: Sequence[bytes]) -> bytes:
     """pack(*args, *ids) for a long tail of entry ids, a few times faster than the general loop."""
     head = pack(*args)
-    tail = b"".join(map(_BULK.__mod__, zip(map(len, ids), ids)))  # map: no Python frame per id
+    tail = b"".join(map(_BULK.__mod__, zip(map(len, ids), ids, strict=True)))  # no Python frame per id
     return b"*%d%s%s" % (len(args) + len(ids), head[head.index(b"\r\n") :], tail)
 
 
@@ -458,38 +458,43 @@ class Settled(NamedTuple):
     lost_ids: list[bytes]  # those the fenced script named; the ack fast path only counts them
 
 
-def _settle_call(
+def _settle_calls(
     group: str, consumer: str, plan: SettlePlan, *, resent: bool
-) -> tuple[Script, list[Arg], list[Arg]]:
-    if _acks_only(plan):
-        # Only successes to acknowledge on the main stream: the unfenced fast path (see _scripts.ACK).
-        return ACK, [plan.key, plan.stats_key], [group, b"0" if resent else b"1", *plan.acks]
-    args: list[Arg] = [
-        group, consumer, b"1" if plan.delete_after_ack else b"0", plan.min_id, plan.max_id,
-        len(plan.acks), len(plan.retries), len(plan.dead), *plan.acks,
-    ]  # fmt: skip
-    for entry_id, delay_ms, record in plan.retries:
-        args += [entry_id, delay_ms, record]
-    for entry_id, fields in plan.dead:
-        args += [entry_id, len(fields), *fields]
-    return SETTLE, [plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args
+) -> list[tuple[Script, list[Arg], list[Arg]]]:
+    """The script calls for one plan: ACK for the successes, SETTLE (fenced) for retries and dead letters."""
+    calls: list[tuple[Script, list[Arg], list[Arg]]] = []
+    if plan.acks:
+        calls.append((ACK, [plan.key, plan.stats_key], [*_ack_head(group, plan, resent), *plan.acks]))
+    if plan.retries or plan.dead:
+        args: list[Arg] = [
+            group, consumer, b"1" if plan.delete_after_ack else b"0", plan.min_id, plan.max_id,
+            0, len(plan.retries), len(plan.dead),
+        ]  # fmt: skip
+        for entry_id, delay_ms, record in plan.retries:
+            args += [entry_id, delay_ms, record]
+        for entry_id, fields in plan.dead:
+            args += [entry_id, len(fields), *fields]
+        calls.append((SETTLE, [plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args))
+    return calls
 
 
-def _acks_only(plan: SettlePlan) -> bool:
-    return not (plan.retries or plan.dead or plan.delete_after_ack)
+def _ack_head(group: str, plan: SettlePlan, resent: bool) -> tuple[Arg, ...]:
+    return (group, b"0" if resent else b"1", b"1" if plan.delete_after_ack else b"0")
 
 
-def pack_settle(group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool = False) -> bytes:
-    """One script call per plan, packed for `Link.send`: one reply per plan."""
+def pack_settle(
+    group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool = False
+) -> tuple[bytes, int]:
+    """The script calls that settle `plans`, packed for `Link.send`, and how many replies they owe."""
     out = []
     for plan in plans:
-        if _acks_only(plan):  # the hot path: the ids packed in one pass
-            head = ("EVALSHA", ACK.sha, 2, plan.key, plan.stats_key, group, b"0" if resent else b"1")
-            out.append(pack_with_ids(head, plan.acks))
-        else:
-            script, keys, args = _settle_call(group, consumer, plan, resent=resent)
-            out.append(script.pack(keys, args))
-    return b"".join(out)
+        for script, keys, args in _settle_calls(group, consumer, plan, resent=resent):
+            if script is ACK:  # the hot path: the ids packed in one pass
+                head = ("EVALSHA", ACK.sha, 2, *keys, *_ack_head(group, plan, resent))
+                out.append(pack_with_ids(head, plan.acks))
+            else:
+                out.append(script.pack(keys, args))
+    return b"".join(out), len(out)
 
 
 def settled(replies: Sequence[Any]) -> Settled:
@@ -513,7 +518,7 @@ async def settle(
     """Settle every plan in one round trip. `resent`: these plans were sent before and the reply was lost."""
     if not plans:
         return Settled(0, [])
-    calls = [_settle_call(group, consumer, plan, resent=resent) for plan in plans]
+    calls = [call for plan in plans for call in _settle_calls(group, consumer, plan, resent=resent)]
     return settled(await link.scripts(calls))
 
 

@@ -120,6 +120,7 @@ class Consumer:
             self.group, self.name, self.keys, count=settings.batch_size, block_ms=0
         )
         self._retry_wakeup = asyncio.Event()
+        self._mover_wake_at = 0.0  # when the retry mover next looks for due retries (monotonic)
         self._mover_failed: ConfigurationError | None = None
         self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
         self.log = structlog.get_logger("streamq.consumer").bind(
@@ -432,7 +433,8 @@ class Consumer:
         batches, holds = first, self._hold(first)  # received, not handled yet
         work: Settlement | None = None  # handled, not sent yet
         work_holds: list[Hold] = []
-        sent: Settlement | None = None  # sent, its reply still owed
+        sent: Settlement | None = None  # sent, its replies still owed
+        sent_replies = 0
         reading = False  # a read-ahead was sent, its reply owed after the settlement's
         try:
             if self._may_read_ahead(batches):
@@ -447,16 +449,16 @@ class Consumer:
                     batches = _wire.read_reply(replies[-1])
                     holds = self._hold(batches)
                 if sent is not None:
-                    self._settled(sent, await self._confirm(link, sent, replies[: len(sent.plans())]))
+                    self._settled(sent, await self._confirm(link, sent, replies[:sent_replies]))
                     sent = None
                 # The settlement decides these entries' fate from here on: no more renewals needed.
                 self._release(work_holds)
                 reading = bool(batches) and self._may_read_ahead(batches)
-                payload = _wire.pack_settle(self.group, self.name, work.plans())
+                payload, sent_replies = _wire.pack_settle(self.group, self.name, work.plans())
                 if reading:
                     payload += self._read_ahead
                 sent, work = work, None
-                await link.send(payload, len(sent.plans()) + reading)
+                await link.send(payload, sent_replies + reading)
             if sent is not None:
                 replies = await link.receive(link.owed)
                 self._settled(sent, await self._confirm(link, sent, replies))
@@ -683,7 +685,10 @@ class Consumer:
                 entry_ids=_first_ids(done.lost_ids),
             )
         if settlement.counts["retried"]:
-            self._retry_wakeup.set()
+            due = time.monotonic() + settlement.min_retry_delay_ms() / 1000
+            if due < self._mover_wake_at:
+                self._mover_wake_at = due
+                self._retry_wakeup.set()
         if settlement.counts["dead"]:
             self.log.warning("dead-lettered", count=settlement.counts["dead"])
         if self._on_batch is not None:
@@ -716,14 +721,16 @@ class Consumer:
                 except (ResponseError, ServerError) as exc:
                     self.log.warning("retry mover error", error=str(exc))
                     wait_s = 1.0
-                self._retry_wakeup.clear()
-                if done.is_set():
-                    break
-                try:
-                    async with asyncio.timeout(wait_s):
-                        await self._retry_wakeup.wait()
-                except TimeoutError:
-                    pass
+                self._mover_wake_at = time.monotonic() + wait_s
+                while not done.is_set() and (left_s := self._mover_wake_at - time.monotonic()) > 0:
+                    # Woken early only by a retry due before the planned wake-up (see _settled), not by
+                    # every batch that schedules one: most are due later and the zset says when.
+                    self._retry_wakeup.clear()
+                    try:
+                        async with asyncio.timeout(left_s):
+                            await self._retry_wakeup.wait()
+                    except TimeoutError:
+                        pass
         finally:
             await link.close()
 

@@ -173,6 +173,10 @@ class Settlement:
         self._plans[message.key].dead.append((message.entry_id, fields))
         self.counts["dead"] += 1
 
+    def min_retry_delay_ms(self) -> int:
+        """The shortest backoff among the retries scheduled here (0 if none)."""
+        return min((delay for p in self._plans.values() for _, delay, _ in p.retries), default=0)
+
     def plans(self) -> list[SettlePlan]:
         """One plan per stream key with anything to settle; built once, when the outcomes are all in."""
         if self._built is None:
