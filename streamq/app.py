@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -59,8 +60,14 @@ class App:
         *,
         shutdown_grace_ms: int = DEFAULT_SHUTDOWN_GRACE_MS,
         executor_workers: int | None = None,
+        freeze_gc: bool = True,
     ) -> None:
         self.redis = redis
+        # gc.freeze() once started: what exists by then (modules, the app, the clients) lives as long as the
+        # process, and leaving it out of full collections spares the worker their pauses (10-70 ms measured
+        # with ~36k objects on a 2-core VM), which showed as the worst end-to-end latencies. Process-wide:
+        # pass False when the app shares its process with other work that relies on collecting cycles.
+        self.freeze_gc = freeze_gc
         self.shutdown_grace_ms = shutdown_grace_ms
         self.executor_workers = executor_workers
         self.specs: list[tuple[ConsumerSettings, HandlerSpec]] = []
@@ -128,6 +135,9 @@ class App:
                 )
             keeper.start()
             self.consumers = [Consumer(cfg, spec, client, keeper, executor) for cfg, spec in self.specs]
+            if self.freeze_gc:
+                gc.collect()
+                gc.freeze()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     found = signal.getsignal(sig)

@@ -1,8 +1,9 @@
-"""App.run's start: what it logs while the server it was given is not there yet."""
+"""App.run's start: what it logs while the server it was given is not there yet, and the heap it freezes."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import socket
 from collections.abc import Iterator
@@ -50,3 +51,27 @@ async def test_waiting_for_the_server_logs_the_error_message(refusing_port: int,
     assert re.fullmatch(
         rf"ConnectionError: Error \d+ connecting to 127\.0\.0\.1:{refusing_port}\. .+", error
     ), error
+
+
+@pytest.mark.parametrize("freeze_gc", [True, False])
+async def test_run_freezes_the_start_up_heap_unless_told_not_to(
+    redis_url: str, unique: str, freeze_gc: bool
+) -> None:
+    """Once started, run() moves what exists into the collector's permanent generation (gc.freeze), so full
+    collections stop pausing the worker over it; freeze_gc=False leaves the process's collector alone."""
+    gc.unfreeze()
+    seen: list[int] = []
+    app = streamq.App(redis_url, freeze_gc=freeze_gc)
+
+    @app.consumer(unique, group="g")
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        seen.extend(e.n for e in batch.events)
+
+    try:
+        async with streamq.Producer(redis_url) as producer:
+            await producer.publish(unique, Ping(1))
+        await app.run_until_idle()
+        assert seen == [1]
+        assert (gc.get_freeze_count() > 0) is freeze_gc
+    finally:
+        gc.unfreeze()
