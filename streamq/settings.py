@@ -38,7 +38,7 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     reap_idle_ms: int = DEFAULT_REAP_IDLE_MS
     consumer_prefix: str = "streamq"
     # Read the next batch while this one is handled, so the server works while the handler does. Only
-    # while the stream has a backlog and handling is quick (see consumer.READ_AHEAD_MAX_HANDLE_S).
+    # while entries keep coming and handling is quick (see consumer.READ_AHEAD_MAX_HANDLE_S).
     read_ahead: bool = True
 
     def __post_init__(self) -> None:
