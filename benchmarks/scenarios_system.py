@@ -10,7 +10,9 @@ Measures, each repeat in its own measuring child as every case (helper processes
     latency then (mostly queueing: the producer outruns the worker). Then, with the same processes, the
     producer offers fixed rates, paced every millisecond: 10k/s, 30k/s, 50%, 90% and 100% of the max just
     measured, ``PHASE_S`` seconds each; per phase the latency p50/p95/p99/max, the rates offered, sent and
-    completed, and each process's CPU.
+    completed, and each process's CPU. "sustained" repeats the figures of the highest paced phase the pair
+    kept up with (sent and completed within 3% of the offer), searching 80%, 70%, 60%, 50% of the max when
+    neither 90% nor 100% was: the latency at the highest rate held without a growing backlog.
   * streamq-scaling[N-workers]: N = 1, 2, 4 worker processes (``run_until_idle()``, no-op handler,
     batch_size=500) on one pre-filled stream; events/s of all of them together, from "go" until the last one
     is idle, and per process. On a 2-core box with the server on the same cores this measures contention,
@@ -56,6 +58,9 @@ E2E_RATES = ((10_000, "10k/s"), (30_000, "30k/s"))
 # 100% offers the max at an even pace: the flat-out producer's latency is all queueing (it outruns the
 # worker, so backlog and latency grow through the phase); paced at the max, it is what the worker adds.
 E2E_FRACTIONS = ((0.5, "50%-of-max"), (0.9, "90%-of-max"), (1.0, "100%-of-max"))
+# Searched, highest first, when neither 90% nor 100% of the max is kept up with (see end_to_end).
+E2E_SEARCH_FRACTIONS = (0.8, 0.7, 0.6, 0.5)
+KEEP_UP = 0.97  # a paced phase is kept up with when sent and done rates are both within 3% of the offer
 PHASE_S = 3.0  # seconds per fixed-rate phase in a full run
 QUICK_PHASE_S = 0.2
 PHASE_TIMEOUT_S = 240.0  # the worker fails a phase itself after STALL_TIMEOUT_S without progress
@@ -218,14 +223,28 @@ async def end_to_end(ctx: RunContext, probe: Probe) -> int:
 
         # Fixed offered rates, with the same two processes.
         plan = [*E2E_RATES, *((fraction * max_rate, label) for fraction, label in E2E_FRACTIONS)]
+        kept_up: dict[float, tuple[int, dict[str, Any], dict[str, Any]]] = {}
+        number = 0
         for number, (rate, label) in enumerate(plan, start=1):
-            count = max(1, round(rate * phase_s))
-            worker.send("phase", number, count)
-            await worker.recv(procs.START_TIMEOUT_S)
-            producer.send("paced", number, count, rate)
-            sent, done = await _phase_reports(producer, worker)
+            count, sent, done = await _paced_phase(producer, worker, number, rate, phase_s)
             _record_phase(probe, label, rate, count, sent, done)
-            _check_phase(label, count, done)
+            if _keeps_up(rate, count, sent, done):
+                kept_up[rate / max_rate] = (count, sent, done)
+        # Sustained: the highest paced rate (a fraction of the flat-out max) that the pair keeps up with,
+        # searching down from the fractions above; its latency is the one "at saturation" without a backlog
+        # growing for as long as the run lasts.
+        for fraction in E2E_SEARCH_FRACTIONS:
+            if any(f >= fraction for f in kept_up):
+                break
+            number += 1
+            count, sent, done = await _paced_phase(producer, worker, number, fraction * max_rate, phase_s)
+            if _keeps_up(fraction * max_rate, count, sent, done):
+                kept_up[fraction] = (count, sent, done)
+        if kept_up:
+            best = max(kept_up)
+            count, sent, done = kept_up[best]
+            _record_phase(probe, "sustained", best * max_rate, count, sent, done)
+            probe.extra["sustained.fraction_of_max"] = best
 
         worker.send("stop")
         producer.send("stop")
@@ -235,6 +254,25 @@ async def end_to_end(ctx: RunContext, probe: Probe) -> int:
         worker.close()
         producer.close()
     return ctx.count
+
+
+async def _paced_phase(
+    producer: procs.Helper, worker: procs.Helper, number: int, rate: float, phase_s: float
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    count = max(1, round(rate * phase_s))
+    worker.send("phase", number, count)
+    await worker.recv(procs.START_TIMEOUT_S)
+    producer.send("paced", number, count, rate)
+    sent, done = await _phase_reports(producer, worker)
+    _check_phase(f"phase {number} at {rate:,.0f}/s", count, done)
+    return count, sent, done
+
+
+def _keeps_up(rate: float, count: int, sent: dict[str, Any], done: dict[str, Any]) -> bool:
+    """The producer sent at the offered rate and the worker finished within KEEP_UP of it."""
+    send_s = max((sent["last_ns"] - sent["first_ns"]) / 1e9, 1e-9)
+    window_s = (done["acked_ns"] - sent["first_ns"]) / 1e9
+    return count / send_s >= KEEP_UP * rate and count / window_s >= KEEP_UP * rate
 
 
 async def _phase_reports(
