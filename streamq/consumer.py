@@ -223,8 +223,8 @@ class Consumer:
             if claimed:
                 await self._process_claimed(link, claimed)
                 return True
-            if self.reclaimer.scanning:
-                return True
+            # Nothing claimable in this step: read as well before the scan goes on, so a long PEL held by
+            # live workers (each step scans at most ~10x COUNT of it) slows new entries down, not stops them.
         block_ms = min(self.settings.block_ms, max(self.reclaimer.ms_until_due(), 1))
         if burst:
             # Idle as soon as a read that does not wait finds nothing (and nothing is pending); wait briefly
