@@ -458,6 +458,10 @@ async def test_worker_rides_out_a_server_crash(own_server: EmbeddedServer, uniqu
         await after.aclose()
 
 
+async def _settled_all(client: redis.asyncio.Redis, stream: str) -> bool:
+    return await _pending(client, stream, "g") == 0
+
+
 async def test_idle_worker_reconnects_after_a_server_restart(own_server: EmbeddedServer, unique: str) -> None:
     """A worker waiting for events when the server dies keeps retrying its read, and once the server is
     back (same data, AOF) it handles what is published then, without being restarted."""
@@ -474,6 +478,13 @@ async def test_idle_worker_reconnects_after_a_server_restart(own_server: Embedde
         run = asyncio.create_task(app.run())
         try:
             await async_wait_until(lambda: handled == [0], message="the first event")
+            # Idle means settled too: killed between handler and settle, the worker would be retrying its
+            # settle (logged as such), not waiting for events.
+            probe = redis.asyncio.Redis.from_url(url)
+            try:
+                await async_wait_until(lambda: _settled_all(probe, unique), message="the first event settled")
+            finally:
+                await probe.aclose()
             own_server.kill()
             await async_wait_until(
                 lambda: any(log["event"] == "redis unavailable, retrying" for log in logs),
