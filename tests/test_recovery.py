@@ -360,6 +360,29 @@ async def test_consumer_whose_lease_was_taken_mid_batch_still_acks_its_success(
     assert await _pending(client, unique, "g") == 0
 
 
+async def test_a_long_scan_of_entries_held_by_live_workers_does_not_hold_up_reading(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A fresh worker's reclaimer scans the whole PEL, ~10x its COUNT per XAUTOCLAIM step; 200 entries held
+    by a live worker take 20 steps at batch_size=1. A step that claims nothing is followed by a read, so a
+    new event is handled while the scan is still going (it once waited for the whole scan)."""
+    await _publish(redis_url, unique, 200)
+    await client.xgroup_create(unique, "g", id="0")
+    await client.xreadgroup("g", "holder", {unique: ">"}, count=200)  # fresh: far from idle past the lease
+    await _publish(redis_url, unique, 1)
+    scanning: list[bool] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=1, lease_ms=60_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        scanning.append(app.consumers[0].reclaimer.scanning)
+        app.stop()
+
+    await asyncio.wait_for(app.run(), 30)
+    assert scanning == [True]
+    assert int((await client.xpending(unique, "g"))["pending"]) == 200  # the holder's, untouched
+
+
 # ------------------------------------------------------------------------------------- delayed retries
 
 
