@@ -65,8 +65,9 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    def pack(self, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
-        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
+    def pack(self, keys: Sequence[Arg], args: Sequence[Arg], ids: Sequence[bytes] = ()) -> bytes:
+        """EVALSHA of this script; `ids` (entry ids) follow `args`, packed in one pass."""
+        return pack_with_ids(("EVALSHA", self.sha, len(keys), *keys, *args), ids)
 
 
 SETTLE = Script("settle", _scripts.SETTLE)
@@ -302,12 +303,13 @@ class Link:
             raise reply
         return reply
 
-    async def scripts(self, calls: Sequence[tuple[Script, Sequence[Arg], Sequence[Arg]]]) -> list[Any]:
-        """Run scripts in one round trip; load them if the server has forgotten them (restart, FLUSH)."""
-        replies = await self.roundtrip(b"".join(s.pack(k, a) for s, k, a in calls), len(calls))
+    async def scripts(self, calls: Sequence[bytes]) -> list[Any]:
+        """Run packed script calls in one round trip; load the scripts if the server has forgotten them
+        (restart, FLUSH) and run the calls again."""
+        replies = await self.roundtrip(b"".join(calls), len(calls))
         if any(_is_noscript(r) for r in replies):
             await self.load_scripts()
-            replies = await self.roundtrip(b"".join(s.pack(k, a) for s, k, a in calls), len(calls))
+            replies = await self.roundtrip(b"".join(calls), len(calls))
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -432,10 +434,6 @@ async def autoclaim(
     return Claimed(next_cursor, batch, deleted, parse_pending(replies[1]))
 
 
-async def pending_counts(link: Link, key: str, group: str, consumer: str, count: int) -> dict[bytes, int]:
-    return parse_pending(await link.call("XPENDING", key, group, "-", "+", count, consumer))
-
-
 class SettlePlan(NamedTuple):
     """What to do with one batch's entries on one stream key."""
 
@@ -458,13 +456,13 @@ class Settled(NamedTuple):
     lost_ids: list[bytes]  # those the fenced script named; the ack fast path only counts them
 
 
-def _settle_calls(
-    group: str, consumer: str, plan: SettlePlan, *, resent: bool
-) -> list[tuple[Script, list[Arg], list[Arg]]]:
-    """The script calls for one plan: ACK for the successes, SETTLE (fenced) for retries and dead letters."""
-    calls: list[tuple[Script, list[Arg], list[Arg]]] = []
+def _plan_calls(group: str, consumer: str, plan: SettlePlan, *, resent: bool) -> list[bytes]:
+    """The packed script calls for one plan: ACK for the successes, SETTLE (fenced) for retries and dead
+    letters."""
+    calls = []
     if plan.acks:
-        calls.append((ACK, [plan.key, plan.stats_key], [*_ack_head(group, plan, resent), *plan.acks]))
+        flags = (group, b"0" if resent else b"1", b"1" if plan.delete_after_ack else b"0")
+        calls.append(ACK.pack([plan.key, plan.stats_key], flags, plan.acks))
     if plan.retries or plan.dead:
         args: list[Arg] = [
             group, consumer, b"1" if plan.delete_after_ack else b"0", plan.min_id, plan.max_id,
@@ -474,27 +472,20 @@ def _settle_calls(
             args += [entry_id, delay_ms, record]
         for entry_id, fields in plan.dead:
             args += [entry_id, len(fields), *fields]
-        calls.append((SETTLE, [plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args))
+        calls.append(SETTLE.pack([plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args))
     return calls
-
-
-def _ack_head(group: str, plan: SettlePlan, resent: bool) -> tuple[Arg, ...]:
-    return (group, b"0" if resent else b"1", b"1" if plan.delete_after_ack else b"0")
 
 
 def pack_settle(
     group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool = False
 ) -> tuple[bytes, int]:
     """The script calls that settle `plans`, packed for `Link.send`, and how many replies they owe."""
-    out = []
-    for plan in plans:
-        for script, keys, args in _settle_calls(group, consumer, plan, resent=resent):
-            if script is ACK:  # the hot path: the ids packed in one pass
-                head = ("EVALSHA", ACK.sha, 2, *keys, *_ack_head(group, plan, resent))
-                out.append(pack_with_ids(head, plan.acks))
-            else:
-                out.append(script.pack(keys, args))
-    return b"".join(out), len(out)
+    calls = _settle_calls(group, consumer, plans, resent=resent)
+    return b"".join(calls), len(calls)
+
+
+def _settle_calls(group: str, consumer: str, plans: Sequence[SettlePlan], *, resent: bool) -> list[bytes]:
+    return [call for plan in plans for call in _plan_calls(group, consumer, plan, resent=resent)]
 
 
 def settled(replies: Sequence[Any]) -> Settled:
@@ -518,8 +509,7 @@ async def settle(
     """Settle every plan in one round trip. `resent`: these plans were sent before and the reply was lost."""
     if not plans:
         return Settled(0, [])
-    calls = [call for plan in plans for call in _settle_calls(group, consumer, plan, resent=resent)]
-    return settled(await link.scripts(calls))
+    return settled(await link.scripts(_settle_calls(group, consumer, plans, resent=resent)))
 
 
 def renew_sync(client: redis.Redis, key: str, group: str, consumer: str, ids: Sequence[bytes]) -> list[bytes]:
@@ -544,19 +534,10 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def id_bounds(ids: Sequence[bytes]) -> tuple[bytes, bytes]:
-    """Smallest and largest id. Ids from one read or one claim step are already ascending."""
-    first, last = ids[0], ids[-1]
-    if _id_key(first) <= _id_key(last):
-        return first, last
-    ordered = sorted(ids, key=_id_key)
-    return ordered[0], ordered[-1]
-
-
 async def move_due(link: Link, delayed_key: str, retry_key: str, limit: int) -> tuple[int, int]:
     """Move due retries to the retry stream; returns (moved, ms until the next is due, or -1)."""
     try:
-        (reply,) = await link.scripts([(MOVE_DUE, [delayed_key, retry_key], [limit])])
+        (reply,) = await link.scripts([MOVE_DUE.pack([delayed_key, retry_key], [limit])])
     except ResponseError as exc:
         if is_denied(exc):
             raise ConfigurationError(

@@ -50,9 +50,8 @@ REAP_CHECK_EVERY_S = 60.0  # how often a consumer looks for idle, empty consumer
 # Read ahead only while handling a batch takes less than this: far below any lease (>= 100 ms), and a
 # handler this quick holds entries for too short a time to starve other workers of them.
 READ_AHEAD_MAX_HANDLE_S = 0.05
-BURST_BLOCK_MS = (
-    100  # burst mode's wait for retries about to come due, once a non-blocking read found nothing
-)
+# Burst mode's wait for retries about to come due, once a read that does not wait found nothing.
+BURST_BLOCK_MS = 100
 
 
 # Times each reclaimed entry was delivered, per stream key (ids are unique within one stream only).
@@ -334,29 +333,29 @@ class Consumer:
         settlement: Settlement,
         now_ms: int,
     ) -> list[Message[Any]]:
-        out: list[Message[Any]] = []
-        from_retry = batch.key != self.stream
-        if not from_retry and deliveries is None:
-            return self._fresh_messages(batch, settlement, now_ms)
+        """The messages of one stream key's entries; entries without a payload go to the dead letters."""
         counts = deliveries.get(batch.key, {}) if deliveries else {}
+        if batch.key == self.stream:
+            return self._stream_messages(batch, counts, settlement, now_ms)
+        out: list[Message[Any]] = []
         for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
             delivered = counts.get(entry_id, 1)
-            if from_retry:
-                raw = _wire.payload_of(fields, RECORD_FIELD)
-                record = decode_record(raw) if raw is not None else None
-                if record is None:
-                    message: Message[Any] = Message(
-                        0, batch.key, entry_id, _wire.decode_id(entry_id), delivered, None
-                    )
-                    settlement.dead(
-                        message,
-                        now_ms,
-                        "undecodable",
-                        "retry entry without a valid record",
-                        raw_fields=fields or [],
-                    )
-                    continue
-                message = Message(
+            raw = _wire.payload_of(fields, RECORD_FIELD)
+            record = decode_record(raw) if raw is not None else None
+            if record is None:
+                message: Message[Any] = Message(
+                    0, batch.key, entry_id, _wire.decode_id(entry_id), delivered, None
+                )
+                settlement.dead(
+                    message,
+                    now_ms,
+                    "undecodable",
+                    "retry entry without a valid record",
+                    raw_fields=fields or [],
+                )
+                continue
+            out.append(
+                Message(
                     0,
                     batch.key,
                     entry_id,
@@ -366,40 +365,19 @@ class Consumer:
                     record.first_failure_ms,
                     record.error,
                 )
-            else:
-                message = Message(
-                    0,
-                    batch.key,
-                    entry_id,
-                    entry_id.decode(),
-                    delivered,
-                    _wire.payload_of(fields, PAYLOAD_FIELD),
-                )
-                if message.payload is None:
-                    settlement.dead(
-                        message,
-                        now_ms,
-                        "undecodable",
-                        "entry has no 'd' payload field",
-                        raw_fields=fields or [],
-                    )
-                    continue
-            out.append(message)
+            )
         return out
 
-    def _fresh_messages(
-        self, batch: _wire.StreamBatch, settlement: Settlement, now_ms: int
+    def _stream_messages(
+        self, batch: _wire.StreamBatch, counts: dict[bytes, int], settlement: Settlement, now_ms: int
     ) -> list[Message[Any]]:
-        """_messages for the common case, first deliveries from the stream itself: kept lean (per event)."""
+        """_messages for entries of the stream itself: the hot path, one pass with little per event."""
         out: list[Message[Any]] = []
         key = batch.key
         for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
-            payload: bytes | None
-            if fields is not None and len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
-                payload = fields[1]
-            else:
-                payload = _wire.payload_of(fields, PAYLOAD_FIELD)
-            message: Message[Any] = Message(0, key, entry_id, entry_id.decode(), 1, payload)
+            payload = _wire.payload_of(fields, PAYLOAD_FIELD)
+            delivered = counts.get(entry_id, 1) if counts else 1
+            message: Message[Any] = Message(0, key, entry_id, entry_id.decode(), delivered, payload)
             if payload is None:
                 settlement.dead(
                     message, now_ms, "undecodable", "entry has no 'd' payload field", raw_fields=fields or []
@@ -492,9 +470,7 @@ class Consumer:
             await link.load_scripts()
             return await _wire.settle(link, self.group, self.name, settlement.plans())
 
-    async def _work(
-        self, batches: list[_wire.StreamBatch], deliveries: Deliveries | None
-    ) -> Settlement:
+    async def _work(self, batches: list[_wire.StreamBatch], deliveries: Deliveries | None) -> Settlement:
         """Decode and handle one fetch; returns what to settle."""
         started = time.perf_counter()
         now_ms = _now_ms()

@@ -98,9 +98,6 @@ class Settlement:
                 self._plans[message.key].acks.append(message.entry_id)
         self.counts["acked"] += len(messages)
 
-    def ack_ids(self, key: str, ids: Sequence[bytes]) -> None:
-        self._plans[key].acks.extend(ids)
-
     def fail(
         self,
         message: Message[Any],

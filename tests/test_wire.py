@@ -89,12 +89,6 @@ def test_parse_pending_and_payload_of() -> None:
     assert _wire.payload_of(None, b"d") is None
 
 
-def test_id_bounds_orders_ids_numerically() -> None:
-    """Bounds compare ids as (ms, seq) numbers, not as strings (b'9-0' < b'10-0')."""
-    assert _wire.id_bounds([b"9-0", b"10-0"]) == (b"9-0", b"10-0")
-    assert _wire.id_bounds([b"10-0", b"9-1", b"9-0"]) == (b"9-0", b"10-0")
-
-
 def test_parse_version() -> None:
     """Server version strings compare as integer tuples."""
     assert _wire.parse_version("7.0.15") == (7, 0, 15)
