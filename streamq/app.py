@@ -32,7 +32,7 @@ from .connection import RedisLike, async_client, redact, resolve_url, sync_clien
 from .consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from .errors import ConfigurationError, describe_error
 from .events import Event
-from .handlers import HandlerSpec
+from ._worker.handlers import HandlerSpec
 from .recovery import LeaseKeeper
 from .settings import ConsumerSettings
 

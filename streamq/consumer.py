@@ -37,9 +37,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire, keys
 from .batch import Batch, Message
-from .errors import ConfigurationError, Reject, Retry, ServerError, describe_error
+from .errors import ConfigurationError, HandlerTimeout, Reject, Retry, ServerError, describe_error
 from .events import PAYLOAD_FIELD, DecodeFailure, Decoder
-from .handlers import HandlerSpec
+from ._worker.handlers import HandlerSpec
 from .recovery import Hold, LeaseKeeper, Reclaimer
 from .settings import ConsumerSettings
 from .settle import RECORD_FIELD, Settlement, decode_record
@@ -56,10 +56,6 @@ BURST_BLOCK_MS = 100
 
 # Times each reclaimed entry was delivered, per stream key (ids are unique within one stream only).
 Deliveries = dict[str, dict[bytes, int]]
-
-
-class HandlerTimeout(Exception):
-    """The handler did not finish within handler_timeout_ms: every unsettled message failed this attempt."""
 
 
 def consumer_name(prefix: str) -> str:
@@ -572,7 +568,7 @@ class Consumer:
         except Exception as exc:
             error = exc
         finally:
-            batch._sealed = True
+            batch._seal()
         now_ms = _now_ms()
         if error is not None:
             self.log.warning(

@@ -1,13 +1,17 @@
 """Every exception streamq raises on purpose.
 
 StreamqError
-├── ConfigurationError      a setting, name or client that cannot work
+├── ConfigurationError      a setting, name, handler or client that cannot work
+│   └── AppLoadError        `streamq worker APP_PATH` names nothing that loads as an App
 ├── ServerError             the server is unusable (too old, misconfigured)
 ├── EventTooLarge           an encoded event exceeds the size cap
 ├── UnknownEventType        an Event subclass without a stable tag, or a clashing tag
 ├── HandlerOutcome          raised by a handler to choose an outcome
-│   ├── Retry               try this event (or batch) again after a delay
+│   ├── Retry               a failed attempt: try this event (or batch) again after a delay
+│   ├── Defer               not yet: put this event (or batch) back for later without using an attempt
 │   └── Reject              dead-letter this event (or batch) now
+├── HandlerTimeout          a handler call ran past handler_timeout_ms (a failed attempt)
+├── WorkerFailed            a part of the worker failed for good (a background loop could not recover)
 └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
 
 describe_error(exc) renders any exception for a log line.
@@ -22,6 +26,10 @@ class StreamqError(Exception):
 
 class ConfigurationError(StreamqError, ValueError):
     """A setting, a stream or group name, or a client that cannot work."""
+
+
+class AppLoadError(ConfigurationError):
+    """The APP_PATH given to `streamq worker` cannot be imported or is not a streamq.App."""
 
 
 class ServerError(StreamqError):
@@ -54,12 +62,31 @@ class Retry(HandlerOutcome):
         self.reason = reason
 
 
+class Defer(HandlerOutcome):
+    """Not yet: process this event again after `delay_ms` without using an attempt (bounded by max_defer_ms)."""
+
+    def __init__(self, delay_ms: int, reason: str = "deferred") -> None:
+        if not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or delay_ms < 0:
+            raise ValueError(f"delay_ms must be an integer >= 0, got {delay_ms!r}")
+        super().__init__(reason)
+        self.delay_ms = delay_ms
+        self.reason = reason
+
+
 class Reject(HandlerOutcome):
     """Give up now: the event goes to the dead-letter stream with `reason`."""
 
     def __init__(self, reason: str = "rejected by handler") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class HandlerTimeout(StreamqError, TimeoutError):
+    """A handler call ran past handler_timeout_ms: every message it left unsettled failed this attempt."""
+
+
+class WorkerFailed(StreamqError):
+    """A part of the worker failed for good (a background loop that kept failing): the worker stops."""
 
 
 class DeadLetterNotFound(StreamqError, LookupError):

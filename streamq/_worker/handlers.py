@@ -18,9 +18,9 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .batch import Batch, Message
-from .errors import ConfigurationError, Reject, Retry
-from .events import Event, registered_event_types, tag_of
+from ..batch import Batch, Message
+from ..errors import ConfigurationError, Reject, Retry
+from ..events import Event, registered_event_types, tag_of
 
 
 def _event_types_of(annotation: Any) -> list[type[Event]] | None:

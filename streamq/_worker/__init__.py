@@ -1,0 +1,1 @@
+"""The worker: one consumer's path from read to settle, in private modules."""
