@@ -1,6 +1,6 @@
 """The chaos harness: its checker on hand-made ledgers, and the quick run against every server binary.
 
-The quick run (`python -m streamq.chaos --quick --seed 1`) is slow (about a minute per server) but runs in
+The quick run (`python -m chaos --quick --seed 1`) is slow (about a minute per server) but runs in
 CI: it is the only test that kills workers at every failpoint, freezes one past its lease, kills -9 the
 server and trims pending entries, all while events flow, and then checks every event's fate.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from streamq.chaos.checker import CheckReport, FinalState, check
-from streamq.chaos.ledger import AMBIGUOUS, PUBLISHED, DeadLetterRow, Ledger, WorkerLog
-from streamq.chaos.workload import FLAKY, GARBAGE, OK, POISON
+from chaos.checker import CheckReport, FinalState, check
+from chaos.ledger import AMBIGUOUS, PUBLISHED, DeadLetterRow, Ledger, WorkerLog
+from chaos.workload import FLAKY, GARBAGE, OK, POISON
 from streamq.embedded import ServerBinary
 
 QUICK_TIMEOUT_S = 200  # the quick run takes about 50 s here; a hung run must fail, not stall CI
@@ -210,7 +210,7 @@ def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | Non
     holds exactly the poison and malformed events, byte for byte."""
     out = tmp_path / "report.json"
     args = [
-        sys.executable, "-m", "streamq.chaos", "--quick", "--seed", "1",
+        sys.executable, "-m", "chaos", "--quick", "--seed", "1",
         "--json", str(out), "--workdir", str(tmp_path / "run"),
     ]  # fmt: skip
     if server_binary is None:
@@ -266,7 +266,7 @@ def test_the_harness_catches_a_consumer_that_drops_retries(tmp_path: Path) -> No
     run fail with lost flaky events and poison events missing from the dead-letter stream."""
     out = tmp_path / "report.json"
     args = [
-        sys.executable, "-m", "streamq.chaos", "--quick", "--seed", "2",
+        sys.executable, "-m", "chaos", "--quick", "--seed", "2",
         "--events", "3000", "--window-s", "10", "--sabotage", "drop_retries",
         "--json", str(out), "--workdir", str(tmp_path / "run"),
     ]  # fmt: skip

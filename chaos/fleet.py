@@ -1,4 +1,4 @@
-"""The worker fleet: N `python -m streamq.chaos.worker` subprocesses, kept at strength.
+"""The worker fleet: N `python -m chaos.worker` subprocesses, kept at strength.
 
 Each slot runs one worker at a time. A worker the nemesis kills is replaced at once; one that dies by itself
 (a failpoint, or a crash) is replaced by the supervisor on its next poll, whether or not the server is up:
@@ -46,7 +46,7 @@ class WorkerSettings:
 
     def argv(self) -> list[str]:
         args = [
-            sys.executable, "-m", "streamq.chaos.worker",
+            sys.executable, "-m", "chaos.worker",
             "--redis-url", self.redis_url, "--stream", self.stream, "--group", self.group,
             "--ledger-dir", self.ledger_dir, "--batch-size", str(self.batch_size),
             "--lease-ms", str(self.lease_ms), "--max-attempts", str(self.max_attempts),
@@ -105,9 +105,10 @@ class Fleet:
         self._generations[slot] = generation
         env = dict(os.environ)
         env[FAILPOINTS_ENV] = failpoints
-        # Make sure the worker imports this very streamq, installed or not.
-        root = str(Path(streamq.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+        # Make sure the worker imports this very harness and this very streamq, installed or not, whatever
+        # the harness's working directory.
+        roots = dict.fromkeys(str(Path(path).resolve().parents[1]) for path in (__file__, streamq.__file__))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*roots, env.get("PYTHONPATH", "")]))
         log_path = os.path.join(self.settings.log_dir, f"slot{slot}-gen{generation}.log")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(

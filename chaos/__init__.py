@@ -1,4 +1,4 @@
-"""A Jepsen-style chaos harness for streamq: `python -m streamq.chaos --quick`.
+"""A Jepsen-style chaos harness for streamq: `python -m chaos --quick`.
 
 Worker subprocesses (worker.py) consume a stream while a producer (publisher.py) publishes seeded events
 (workload.py) and a nemesis (faults.py) kills, freezes and disconnects workers, restarts the server and
@@ -7,7 +7,7 @@ drain, the checker (checker.py) sorts every event into lost / unexpected / dupli
 recovered and tests streamq's invariants; report.py prints the result. run.py ties one run together and
 fleet.py keeps the workers at strength.
 
-Nothing here is imported by `import streamq`, and this package imports nothing itself: the worker
-subprocess (`python -m streamq.chaos.worker`) then loads only what it needs, and the harness and its
-event type stay out of applications. Use `streamq.chaos.run` and `streamq.chaos.report` directly.
+This is test tooling, kept beside benchmarks/ and out of the streamq wheel: run it from a checkout, at the
+repository's root (where `python -m chaos` finds it). This package imports nothing itself, so the worker
+subprocess (`python -m chaos.worker`) loads only what it needs. Use `chaos.run` and `chaos.report` directly.
 """

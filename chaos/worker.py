@@ -1,6 +1,6 @@
 """The chaos worker: a subprocess running one streamq App whose handler records every invocation.
 
-    python -m streamq.chaos.worker --redis-url URL --stream S --group G --ledger-dir DIR \
+    python -m chaos.worker --redis-url URL --stream S --group G --ledger-dir DIR \
         [--batch-size 50] [--lease-ms 1200] [--max-attempts 5] [--retry-base-ms 100] ...
 
 It is a plain streamq deployment (App, run_app, signal handling) with one batch consumer of ChaosEvent.
@@ -162,7 +162,7 @@ def install_sabotage(name: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m streamq.chaos.worker",
+        prog="python -m chaos.worker",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

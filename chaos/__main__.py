@@ -1,4 +1,4 @@
-"""Command line of the chaos harness: `python -m streamq.chaos [--quick] [--seed N] [--json FILE] ...`."""
+"""Command line of the chaos harness: `python -m chaos [--quick] [--seed N] [--json FILE] ...`."""
 
 from __future__ import annotations
 
@@ -22,17 +22,17 @@ EXIT_USAGE = 2
 
 EPILOG = """
 examples:
-  python -m streamq.chaos --quick --seed 1 --json out.json     CI: ~20k events, 4 workers, ~1 minute
-  python -m streamq.chaos --seed 7                             100k events, 8 workers, 5.5 min of faults
-  python -m streamq.chaos --quick --server-binary /usr/bin/redis-server
-  python -m streamq.chaos --quick --redis-url redis://host:6379/0   no server restarts (not our server)
-  python -m streamq.chaos --quick --events 3000 --window-s 10 --sabotage drop_retries   must FAIL
+  python -m chaos --quick --seed 1 --json out.json     CI: ~20k events, 4 workers, ~1 minute
+  python -m chaos --seed 7                             100k events, 8 workers, 5.5 min of faults
+  python -m chaos --quick --server-binary /usr/bin/redis-server
+  python -m chaos --quick --redis-url redis://host:6379/0   no server restarts (not our server)
+  python -m chaos --quick --events 3000 --window-s 10 --sabotage drop_retries   must FAIL
 """
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m streamq.chaos",
+        prog="python -m chaos",
         description="Jepsen-style chaos run of streamq: workers, faults, and a checker of invariants.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     temporary = args.workdir is None
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="streamq-chaos-"))
-    command = shlex.join(["python", "-m", "streamq.chaos", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "-m", "chaos", *(argv if argv is not None else sys.argv[1:])])
     report = asyncio.run(
         run(
             config,
