@@ -8,8 +8,9 @@ The server lives exactly as long as its owner needs it and never longer: ``close
 manager) stops it and deletes the temporary directory it made, an ``atexit`` hook does the same when the
 owner forgets, and on Linux the kernel SIGKILLs it if the owning process dies without running ``atexit``.
 
-Finding the binary (server_binaries.py) and making throwaway TLS certificates (tls_certificates.py) live
-in modules of their own; their public names are re-exported here, where callers have always found them.
+Finding the binary lives in server_binaries.py; its public names are re-exported here, where callers have
+always found them. The server serves TLS with certificate files it is given (``TLSConfig``); it makes none
+itself: throwaway certificates are test tooling (tests/tls_certificates.py), not part of the wheel.
 
     with EmbeddedServer(appendonly=True, appendfsync="always") as server:
         client = redis.Redis.from_url(server.url)
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import functools
 import os
 import shutil
 import signal
@@ -34,11 +34,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from .server_binaries import ServerBinary, ServerNotFound, default_server_binary, find_server_binaries
-from .tls_certificates import TLSConfig, make_self_signed_tls
 
 __all__ = [
     "EmbeddedServer",
@@ -48,8 +48,6 @@ __all__ = [
     "TLSConfig",
     "default_server_binary",
     "find_server_binaries",
-    "make_self_signed_tls",
-    "supports_tls",
 ]
 
 DEFAULT_START_TIMEOUT_S = 10.0  # seconds to wait for the first PONG (an AOF replay counts against it)
@@ -64,29 +62,13 @@ class ServerStartError(RuntimeError):
     """The server process exited or did not answer PING in time; the message quotes its log."""
 
 
-# --- whether a binary serves TLS ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """PEM files for a TLS server; ``ca_file`` is also what a client needs to verify it."""
 
-
-@functools.cache
-def supports_tls(binary: ServerBinary) -> bool:
-    """Whether ``binary`` can serve TLS, found by starting it once with a throwaway certificate.
-
-    Asking the binary is the only reliable test: a build may lack OpenSSL, or (Valkey 8) carry TLS as a
-    module that must be loaded. The answer is cached per binary.
-    """
-    with tempfile.TemporaryDirectory(prefix="streamq-tls-probe-") as directory:
-        try:
-            tls = make_self_signed_tls(os.path.join(directory, "tls"))
-        except RuntimeError:
-            return False  # without a certificate no TLS server can be started anyway
-        server = EmbeddedServer(binary, tls=tls, data_dir=os.path.join(directory, "data"))
-        try:
-            server.start(timeout_s=5.0)
-        except ServerStartError:
-            return False
-        finally:
-            server.close()
-    return True
+    cert_file: str
+    key_file: str
+    ca_file: str
 
 
 # --- process plumbing ---------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ import psutil
 import pytest
 import redis
 import redis.asyncio
+import tls_certificates
 from helpers import wait_until
+from tls_certificates import make_self_signed_tls, supports_tls
 
 from streamq import embedded
 from streamq.embedded import (
@@ -28,8 +30,6 @@ from streamq.embedded import (
     TLSConfig,
     default_server_binary,
     find_server_binaries,
-    make_self_signed_tls,
-    supports_tls,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -355,7 +355,7 @@ def test_certificates_from_the_cryptography_package_work_too(
 ) -> None:
     pytest.importorskip("cryptography", reason="the fallback used when openssl is not on PATH")
     _require_tls(binary)
-    monkeypatch.setattr(embedded.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(tls_certificates.shutil, "which", lambda _name: None)
     tls = make_self_signed_tls(str(tmp_path))
     monkeypatch.undo()
     _assert_verified_tls_clients_work(binary, tls)

@@ -32,13 +32,14 @@ import redis.asyncio
 import redis.connection
 import structlog
 from helpers import async_wait_until
+from tls_certificates import make_self_signed_tls, supports_tls
 
 import streamq
 from streamq import _scripts, _wire, keys
 from streamq import consumer as consumer_module
 from streamq.cli import FAILURE, OK, main
 from streamq.connection import redact
-from streamq.embedded import EmbeddedServer, ServerBinary, make_self_signed_tls, supports_tls
+from streamq.embedded import EmbeddedServer, ServerBinary
 from streamq.errors import EventTooLarge, ServerError
 from streamq.events import PAYLOAD_FIELD, Encoder
 from streamq.inspect import status

@@ -1,28 +1,45 @@
-"""Throwaway TLS certificates for an embedded server that serves TLS (as the TLS tests start it).
+"""Throwaway TLS certificates for the tests that start an embedded server serving TLS.
 
 A CA and a server certificate for 127.0.0.1 and localhost, valid for a few days, made with the ``openssl``
 command when it is on PATH, else with the ``cryptography`` package: neither is a dependency of streamq.
-Not for a real deployment. streamq.embedded re-exports both public names.
+Test tooling, not in the wheel: streamq.embedded serves TLS with the certificate files it is given
+(``TLSConfig``) and makes none itself.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import ipaddress
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
 from datetime import UTC, datetime, timedelta
 
+from streamq.embedded import EmbeddedServer, ServerBinary, ServerStartError, TLSConfig
 
-@dataclass(frozen=True, slots=True)
-class TLSConfig:
-    """PEM files for a TLS server; ``ca_file`` is also what a client needs to verify it."""
 
-    cert_file: str
-    key_file: str
-    ca_file: str
+@functools.cache
+def supports_tls(binary: ServerBinary) -> bool:
+    """Whether ``binary`` can serve TLS, found by starting it once with a throwaway certificate.
+
+    Asking the binary is the only reliable test: a build may lack OpenSSL, or (Valkey 8) carry TLS as a
+    module that must be loaded. The answer is cached per binary.
+    """
+    with tempfile.TemporaryDirectory(prefix="streamq-tls-probe-") as directory:
+        try:
+            tls = make_self_signed_tls(os.path.join(directory, "tls"))
+        except RuntimeError:
+            return False  # without a certificate no TLS server can be started anyway
+        server = EmbeddedServer(binary, tls=tls, data_dir=os.path.join(directory, "data"))
+        try:
+            server.start(timeout_s=5.0)
+        except ServerStartError:
+            return False
+        finally:
+            server.close()
+    return True
 
 
 def make_self_signed_tls(directory: str, *, days: int = 2) -> TLSConfig:
