@@ -10,38 +10,35 @@ import redis
 
 from . import _wire
 from .connection import RedisLike, async_client, sync_client
-from .errors import ConfigurationError
 from .events import DEFAULT_MAX_EVENT_BYTES, Encoder, Event
 from .keys import validate_name
-
-DEFAULT_CHUNK_SIZE = 1_000  # events per round trip in publish_many
+from .settings import DEFAULT_CHUNK_SIZE, ProducerSettings
 
 
 class _Options:
-    """What Producer and SyncProducer share: encoding, size cap, trimming and chunking."""
+    """What Producer and SyncProducer share: their checked settings and the encoder built from them."""
 
     def __init__(
         self, max_event_bytes: int, maxlen: int | None, approximate_trim: bool, chunk_size: int
     ) -> None:
-        if maxlen is not None and maxlen < 1:
-            raise ConfigurationError("maxlen must be a positive number of entries, or None for no trimming")
-        if chunk_size < 1:
-            raise ConfigurationError("chunk_size must be at least 1")
+        # Checked here, so a bad value fails when the producer is built, not at its first publish.
+        self.settings = ProducerSettings(
+            max_event_bytes=max_event_bytes, maxlen=maxlen, approximate_trim=approximate_trim,
+            chunk_size=chunk_size,
+        )  # fmt: skip
         self.encoder = Encoder(max_event_bytes)
-        self.maxlen = maxlen
         self.approximate_trim = approximate_trim
-        self.chunk_size = chunk_size
 
-    def chunks(self, stream: str, events: Iterable[Event], chunk_size: int | None) -> Iterable[list[bytes]]:
+    def plan(
+        self, stream: str, events: Iterable[Event], chunk_size: int | None, maxlen: int | None
+    ) -> tuple[list[list[bytes]], int | None]:
+        """The payloads of one publish call cut into chunks, and its trim length; raises before any write."""
         validate_name("stream", stream)
-        size = chunk_size or self.chunk_size
-        if size < 1:
-            raise ConfigurationError("chunk_size must be at least 1")
+        size, trim = self.settings.for_call(chunk_size, maxlen)
         # Encode everything first: an event that is too large or of the wrong type fails the call before
         # anything of it is written, instead of leaving half a batch published.
         payloads = self.encoder.encode_many(events)
-        for start in range(0, len(payloads), size):
-            yield payloads[start : start + size]
+        return [payloads[start : start + size] for start in range(0, len(payloads), size)], trim
 
 
 class Producer:
@@ -82,11 +79,11 @@ class Producer:
         again may then duplicate those (delivery is at least once).
         """
         options = self._options
-        trim = maxlen if maxlen is not None else options.maxlen
+        chunks, trim = options.plan(stream, events, chunk_size, maxlen)
         ids: list[str] = []
         link = _wire.Link(self.client)
         try:
-            for chunk in options.chunks(stream, events, chunk_size):
+            for chunk in chunks:
                 ids += await _wire.xadd_many(
                     link, stream, chunk, maxlen=trim, approximate=options.approximate_trim
                 )
@@ -136,9 +133,9 @@ class SyncProducer:
         maxlen: int | None = None,
     ) -> list[str]:
         options = self._options
-        trim = maxlen if maxlen is not None else options.maxlen
+        chunks, trim = options.plan(stream, events, chunk_size, maxlen)
         ids: list[str] = []
-        for chunk in options.chunks(stream, events, chunk_size):
+        for chunk in chunks:
             ids += _wire.xadd_many_sync(
                 self.client, stream, chunk, maxlen=trim, approximate=options.approximate_trim
             )

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import msgspec
 import pytest
@@ -106,12 +107,51 @@ async def test_approximate_maxlen_bounds_the_stream(
     assert 10 <= await client.xlen(unique) < 1_000
 
 
-def test_trimming_and_chunk_settings_are_validated() -> None:
-    """maxlen below 1 and chunk_size below 1 are refused when the producer is built (nothing connects)."""
-    with pytest.raises(streamq.ConfigurationError, match="maxlen"):
-        streamq.SyncProducer("redis://127.0.0.1:1/0", maxlen=0)
-    with pytest.raises(streamq.ConfigurationError, match="chunk_size"):
-        streamq.SyncProducer("redis://127.0.0.1:1/0", chunk_size=0)
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("maxlen", 0),
+        ("maxlen", -1),
+        ("maxlen", True),  # a bool is not a length
+        ("maxlen", "1000"),
+        ("approximate_trim", "no"),  # truthy: would have trimmed approximately
+        ("approximate_trim", 1),
+        ("approximate_trim", None),
+        ("chunk_size", 0),
+        ("chunk_size", -5),
+        ("chunk_size", 2.0),
+        ("chunk_size", 1_000_001),
+        ("max_event_bytes", 0),
+        ("max_event_bytes", "1MiB"),
+    ],
+)
+@pytest.mark.parametrize("producer_type", [streamq.Producer, streamq.SyncProducer])
+def test_bad_options_are_refused_when_the_producer_is_built(
+    producer_type: type[streamq.Producer | streamq.SyncProducer], option: str, value: Any
+) -> None:
+    """Both producers check every option's type and range when built, with a ConfigurationError naming
+    it, before any connection is made (nothing listens on the URL)."""
+    with pytest.raises(streamq.ConfigurationError, match=option):
+        producer_type("redis://127.0.0.1:1/0", **{option: value})
+
+
+async def test_a_calls_own_chunk_size_and_maxlen_are_checked(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A publish call's chunk_size=0 is an error, not the producer's default, and its maxlen=0 is an error,
+    not a trim that deletes the stream's entries (the event just published with them). Nothing is written."""
+    async with streamq.Producer(redis_url, approximate_trim=False) as producer:
+        ids = await producer.publish_many(unique, _readings(3))
+        with pytest.raises(streamq.ConfigurationError, match="maxlen"):
+            await producer.publish(unique, Reading("gone?", 0.0), maxlen=0)
+        with pytest.raises(streamq.ConfigurationError, match="chunk_size"):
+            await producer.publish_many(unique, _readings(2), chunk_size=0)
+    with streamq.SyncProducer(redis_url, approximate_trim=False) as sync_producer:
+        with pytest.raises(streamq.ConfigurationError, match="maxlen"):
+            sync_producer.publish_many(unique, _readings(2), maxlen=-1)
+        with pytest.raises(streamq.ConfigurationError, match="chunk_size"):
+            sync_producer.publish_many(unique, _readings(2), chunk_size=-1)
+    assert len(ids) == await client.xlen(unique) == 3  # nothing trimmed, nothing added
 
 
 def test_sync_producer_from_plain_code(redis_url: str, sync_client: redis.Redis, unique: str) -> None:
@@ -168,9 +208,11 @@ async def test_stream_that_is_another_type_is_a_configuration_error(
 
 
 def test_bad_names_and_urls_are_configuration_errors() -> None:
-    """An invalid stream name or an unparseable URL is refused before anything is sent."""
-    with pytest.raises(streamq.ConfigurationError, match="stream name"):
-        streamq.SyncProducer("redis://127.0.0.1:1/0").publish("bad name", Reading("a", 1.0))
+    """An invalid stream name (bad characters, or one whose keys could collide with another stream's, see
+    tests/test_keys.py) or an unparseable URL is refused before anything is sent."""
+    for name in ["bad name", "{orders}", "a}b", "streamq:orders"]:
+        with pytest.raises(streamq.ConfigurationError, match="stream name"):
+            streamq.SyncProducer("redis://127.0.0.1:1/0").publish(name, Reading("a", 1.0))
     with pytest.raises(streamq.ConfigurationError, match="URL"):
         streamq.SyncProducer("http://example.com")
     with pytest.raises(streamq.ConfigurationError, match="URL"):
