@@ -52,8 +52,10 @@ end
 # Settle one batch on one stream key: acknowledge successes, schedule retries, dead-letter the rest.
 # KEYS: stream, delayed zset, dead-letter stream, stats hash
 # ARGV: group, consumer, delete_after_ack ('1' on the retry stream, read by this group only),
-#       min_id, max_id, n_ack, n_retry, n_dead,
-#       n_ack ids, n_retry x (id, delay_ms, record), n_dead x (id, n_fields, field, value, ...)
+#       min_id, max_id, n_ack, n_retry, n_dead, n_defer,
+#       n_ack ids, n_retry x (id, delay_ms, record), n_dead x (id, n_fields, field, value, ...),
+#       n_defer x (id, delay_ms, record)
+# Deferrals are retries that used no attempt: the same move to the delayed set, counted apart.
 # Returns the ids this consumer no longer held (its lease was lost), which were left alone. An id missing
 # from its PEL because the entry was trimmed or deleted from the stream is not a lost lease (XAUTOCLAIM by any
 # consumer drops deleted entries from every PEL, the holder's included): it is left out, and nobody will
@@ -65,7 +67,8 @@ SETTLE = (
 local stream, delayed, dlq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, delete_after = ARGV[1], ARGV[2], ARGV[3] == '1'
 local n_ack, n_retry, n_dead = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local pos = 9
+local n_defer = tonumber(ARGV[9])
+local pos = 10
 local all = {}
 local acks = {}
 for i = 1, n_ack do acks[i] = ARGV[pos]; all[#all + 1] = ARGV[pos]; pos = pos + 1 end
@@ -76,6 +79,10 @@ end
 local deads = {}
 for i = 1, n_dead do
     deads[i] = pos; all[#all + 1] = ARGV[pos]; pos = pos + 2 + tonumber(ARGV[pos + 1])
+end
+local defers = {}
+for i = 1, n_defer do
+    defers[i] = pos; all[#all + 1] = ARGV[pos]; pos = pos + 3
 end
 
 local mine = owned(stream, group, consumer, all, ARGV[4], ARGV[5])
@@ -89,15 +96,21 @@ for i = 1, #acks do
     else not_held(acks[i]) end
 end
 local now = nil
-for i = 1, #retries do
-    local p = retries[i]
-    local id = ARGV[p]
-    if mine[id] then
-        now = now or now_ms()
-        redis.call('ZADD', delayed, now + tonumber(ARGV[p + 1]), ARGV[p + 2])
-        settled[#settled + 1] = id; n_retried = n_retried + 1
-    else not_held(id) end
+local function schedule(positions)
+    local done = 0
+    for i = 1, #positions do
+        local p = positions[i]
+        local id = ARGV[p]
+        if mine[id] then
+            now = now or now_ms()
+            redis.call('ZADD', delayed, now + tonumber(ARGV[p + 1]), ARGV[p + 2])
+            settled[#settled + 1] = id; done = done + 1
+        else not_held(id) end
+    end
+    return done
 end
+n_retried = schedule(retries)
+local n_deferred = schedule(defers)
 for i = 1, #deads do
     local p = deads[i]
     local id = ARGV[p]
@@ -114,6 +127,7 @@ end
 if n_acked > 0 then redis.call('HINCRBY', stats, 'acked', n_acked) end
 if n_retried > 0 then redis.call('HINCRBY', stats, 'retried', n_retried) end
 if n_dead_done > 0 then redis.call('HINCRBY', stats, 'dead', n_dead_done) end
+if n_deferred > 0 then redis.call('HINCRBY', stats, 'deferred', n_deferred) end
 if #lost > 0 then redis.call('HINCRBY', stats, 'lease_lost', #lost) end
 return lost
 """
@@ -227,4 +241,81 @@ for i = 1, #KEYS do
 end
 for i = 1, #KEYS do call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2]) end
 return 1
+"""
+
+# Renew every entry this consumer holds on one stream key (at most ARGV[3] of them): the lease of a read
+# whose reply has not been parsed yet (a read-ahead waiting behind a batch being handled), whose ids the
+# worker does not know. The keeper thread runs it, so entries are leased from the moment the server hands
+# them out, whatever the handler does meanwhile. KEYS: stream. ARGV: group, consumer, limit.
+# Returns how many entries were renewed.
+RENEW_HELD = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+if #rows == 0 then return 0 end
+local args = {KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 1, #rows do args[#args + 1] = rows[i][1] end
+args[#args + 1] = 'JUSTID'
+redis.call('XCLAIM', unpack(args))
+return #rows
+"""
+
+# Give entries back: mark those this consumer still holds as idle for ARGV[3] ms, so any reclaimer takes
+# them at once instead of after a whole lease (a worker cancelled with a batch in hand). JUSTID: no
+# delivery counted here; the next delivery counts. KEYS: stream. ARGV: group, consumer, idle_ms, min_id,
+# max_id, ids... Returns how many were released.
+RELEASE = (
+    _OWNED
+    + """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local ids = {}
+for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+local mine = owned(stream, group, consumer, ids, ARGV[4], ARGV[5])
+local args = {stream, group, consumer, 0}
+local n = 0
+for i = 1, #ids do
+    if mine[ids[i]] then args[#args + 1] = ids[i]; n = n + 1 end
+end
+if n == 0 then return 0 end
+args[#args + 1] = 'IDLE'
+args[#args + 1] = ARGV[3]
+args[#args + 1] = 'JUSTID'
+redis.call('XCLAIM', unpack(args))
+return n
+"""
+)
+
+# Create a group at ARGV[2], or move an existing one forward to it, never back: a group deleted under
+# running workers (XGROUP DESTROY) is recreated where they had read up to, so nothing they settled is
+# handled again; workers racing to recreate it leave it at the furthest position any of them had reached.
+# KEYS: stream. ARGV: group, id. Returns 1 if created, 2 if moved forward, 0 if left alone.
+# A stream that no longer exists (a server restarted without persistence) starts again at 0: its entries
+# are all new.
+ENSURE_GROUP_AT = """
+local at = ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then at = '0' end
+local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], at, 'MKSTREAM')
+if ok then return 1 end
+local text = type(err) == 'table' and err.err or tostring(err)
+if not string.find(text, 'BUSYGROUP', 1, true) then return redis.error_reply(text) end
+local function parts(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return tonumber(ms or id) or 0, tonumber(seq or 0) or 0
+end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+for i = 1, #groups do
+    local info = groups[i]
+    local name, last = nil, nil
+    for j = 1, #info, 2 do
+        if info[j] == 'name' then name = info[j + 1] end
+        if info[j] == 'last-delivered-id' then last = info[j + 1] end
+    end
+    if name == ARGV[1] and last then
+        local ms1, seq1 = parts(last)
+        local ms2, seq2 = parts(at)
+        if ms2 > ms1 or (ms2 == ms1 and seq2 > seq1) then
+            redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], at)
+            return 2
+        end
+    end
+end
+return 0
 """

@@ -76,7 +76,10 @@ RENEW = Script("renew", _scripts.RENEW)
 MOVE_DUE = Script("move_due", _scripts.MOVE_DUE)
 REPLAY = Script("replay", _scripts.REPLAY)
 REAP = Script("reap", _scripts.REAP)
-ALL_SCRIPTS = (SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP)
+RENEW_HELD = Script("renew_held", _scripts.RENEW_HELD)
+RELEASE = Script("release", _scripts.RELEASE)
+ENSURE_GROUP_AT = Script("ensure_group_at", _scripts.ENSURE_GROUP_AT)
+ALL_SCRIPTS = (SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP, RENEW_HELD, RELEASE, ENSURE_GROUP_AT)
 
 
 def _is_noscript(reply: object) -> bool:
@@ -447,6 +450,7 @@ class SettlePlan(NamedTuple):
     acks: list[bytes]
     retries: list[tuple[bytes, int, bytes]]  # (entry id, delay_ms, retry record)
     dead: list[tuple[bytes, list[Arg]]]  # (entry id, flat dead-letter fields)
+    defers: list[tuple[bytes, int, bytes]] = []  # (entry id, delay_ms, retry record): no attempt used
 
 
 class Settled(NamedTuple):
@@ -463,15 +467,17 @@ def _plan_calls(group: str, consumer: str, plan: SettlePlan, *, resent: bool) ->
     if plan.acks:
         flags = (group, b"0" if resent else b"1", b"1" if plan.delete_after_ack else b"0")
         calls.append(ACK.pack([plan.key, plan.stats_key], flags, plan.acks))
-    if plan.retries or plan.dead:
+    if plan.retries or plan.dead or plan.defers:
         args: list[Arg] = [
             group, consumer, b"1" if plan.delete_after_ack else b"0", plan.min_id, plan.max_id,
-            0, len(plan.retries), len(plan.dead),
+            0, len(plan.retries), len(plan.dead), len(plan.defers),
         ]  # fmt: skip
         for entry_id, delay_ms, record in plan.retries:
             args += [entry_id, delay_ms, record]
         for entry_id, fields in plan.dead:
             args += [entry_id, len(fields), *fields]
+        for entry_id, delay_ms, record in plan.defers:
+            args += [entry_id, delay_ms, record]
         calls.append(SETTLE.pack([plan.key, plan.delayed_key, plan.dlq_key, plan.stats_key], args))
     return calls
 
@@ -529,6 +535,34 @@ def renew_sync(client: redis.Redis, key: str, group: str, consumer: str, ids: Se
     return list(reply)
 
 
+def renew_held_sync(client: redis.Redis, key: str, group: str, consumer: str, limit: int) -> int:
+    """Reset the idle time of every entry this consumer holds on `key` (at most `limit`); returns how many.
+
+    For entries whose ids the worker does not know yet: a read-ahead whose reply waits behind a batch.
+    """
+    args: list[Any] = [group, consumer, limit]
+    try:
+        reply = client.evalsha(RENEW_HELD.sha, 1, key, *args)
+    except redis.exceptions.NoScriptError:
+        reply = client.eval(RENEW_HELD.source, 1, key, *args)
+    return int(reply)
+
+
+async def release(
+    client: aioredis.Redis, key: str, group: str, consumer: str, ids: Sequence[bytes], idle_ms: int
+) -> int:
+    """Make entries this consumer still holds reclaimable at once (idle for idle_ms); returns how many."""
+    if not ids:
+        return 0
+    ordered = sorted(ids, key=_id_key)
+    args: list[Any] = [group, consumer, idle_ms, ordered[0], ordered[-1], *ordered]
+    try:
+        reply = await client.evalsha(RELEASE.sha, 1, key, *args)
+    except redis.exceptions.NoScriptError:
+        reply = await client.eval(RELEASE.source, 1, key, *args)
+    return int(reply)
+
+
 def _id_key(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
@@ -573,6 +607,21 @@ async def ensure_group(client: aioredis.Redis, key: str, group: str) -> bool:
             return False
         _raise_for_key(key, exc)
     return True
+
+
+async def ensure_group_at(client: aioredis.Redis, key: str, group: str, entry_id: str) -> int:
+    """Create the group at `entry_id`, or move it forward to there, never back (see ENSURE_GROUP_AT).
+
+    Returns 1 if created, 2 if moved forward, 0 if it was already at or past `entry_id`.
+    """
+    try:
+        try:
+            reply = await client.evalsha(ENSURE_GROUP_AT.sha, 1, key, group, entry_id)
+        except redis.exceptions.NoScriptError:
+            reply = await client.eval(ENSURE_GROUP_AT.source, 1, key, group, entry_id)
+    except ResponseError as exc:
+        _raise_for_key(key, exc)
+    return int(reply)
 
 
 async def group_backlog(client: aioredis.Redis, keys: Sequence[str], group: str, delayed_key: str) -> int:

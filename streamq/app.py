@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
@@ -28,18 +29,18 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire
+from ._worker.consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
+from ._worker.handlers import HandlerSet, HandlerSpec
+from ._worker.leases import LeaseKeeper
 from .connection import RedisLike, async_client, redact, resolve_url, sync_client
-from .consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
-from .errors import ConfigurationError, describe_error
+from .errors import ConfigurationError, ServerError, describe_error
 from .events import Event
-from ._worker.handlers import HandlerSpec
-from .recovery import LeaseKeeper
-from .settings import ConsumerSettings
+from .exit_codes import ABANDONED, INTERRUPTED, OK
+from .settings import DEFAULT_SHUTDOWN_GRACE_MS, AppSettings, ConsumerSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What signal.getsignal returns: a callable, SIG_DFL / SIG_IGN, or None for a handler set outside Python.
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-DEFAULT_SHUTDOWN_GRACE_MS = 30_000  # time to finish and settle in-flight batches after the first signal
 HANDLER_THREAD_PREFIX = "streamq-handler"  # names the threads that run plain `def` handlers
 
 log = structlog.get_logger("streamq.app")
@@ -52,6 +53,9 @@ class App:
 
     @app.consumer("orders", group="billing", batch_size=500)
     async def bill(batch: streamq.Batch[OrderPlaced]) -> None: ...
+
+    Options (see AppSettings, validated here): shutdown_grace_ms, executor_workers, freeze_gc,
+    connect_timeout_ms.
     """
 
     def __init__(
@@ -61,21 +65,31 @@ class App:
         shutdown_grace_ms: int = DEFAULT_SHUTDOWN_GRACE_MS,
         executor_workers: int | None = None,
         freeze_gc: bool = True,
+        connect_timeout_ms: int | None = None,
     ) -> None:
         self.redis = redis
-        # gc.freeze() once started: what exists by then (modules, the app, the clients) lives as long as the
-        # process, and leaving it out of full collections spares the worker their pauses (10-70 ms measured
-        # with ~36k objects on a 2-core VM), which showed as the worst end-to-end latencies. Process-wide:
-        # pass False when the app shares its process with other work that relies on collecting cycles.
-        self.freeze_gc = freeze_gc
-        self.shutdown_grace_ms = shutdown_grace_ms
-        self.executor_workers = executor_workers
-        self.specs: list[tuple[ConsumerSettings, HandlerSpec]] = []
+        # freeze_gc: gc.freeze() once started. What exists by then (modules, the app, the clients) lives as
+        # long as the process, and leaving it out of full collections spares the worker their pauses (10-70
+        # ms measured with ~36k objects on a 2-core VM), which showed as the worst end-to-end latencies.
+        # Process-wide: pass False when the app shares its process with other work that relies on it.
+        self.settings = AppSettings(
+            shutdown_grace_ms=shutdown_grace_ms,
+            executor_workers=executor_workers,
+            freeze_gc=freeze_gc,
+            connect_timeout_ms=connect_timeout_ms,
+        )
+        self.specs: list[tuple[ConsumerSettings, HandlerSet]] = []
         self.consumers: list[Consumer] = []
         self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False  # stop() before run() started: the next run() returns at once
         self._tasks: list[asyncio.Task[None]] = []
         self._signals = 0
         self._abandoned = False  # batches in flight were given up (a second signal, or the grace period)
+
+    @property
+    def shutdown_grace_ms(self) -> int:
+        return self.settings.shutdown_grace_ms
 
     # ------------------------------------------------------------------------------------------ registry
 
@@ -99,33 +113,80 @@ class App:
         events: Sequence[type[Event]] | None = None,
         **settings: Any,
     ) -> ConsumerSettings:
+        """Register `fn`; the handler is checked now (ConfigurationError for one that cannot work).
+
+        Several handlers of one stream and group share one consumer, which routes each event to the
+        handler of its type: give their settings once (the others repeat them or give none).
+        """
         try:
             config = ConsumerSettings(stream=stream, group=group, **settings)
         except TypeError as exc:
             raise ConfigurationError(f"unknown consumer setting: {exc}") from None
-        self.specs.append((config, HandlerSpec(fn, events)))
+        spec = HandlerSpec(fn, events)
+        for index, (known, handlers) in enumerate(self.specs):
+            if (known.stream, known.group) != (stream, group):
+                continue
+            if settings and config != known:
+                raise ConfigurationError(
+                    f"handlers of stream {stream!r} and group {group!r} share one consumer: give its"
+                    f" settings once (handler {spec.name} differs from {handlers.name})"
+                )
+            handlers.add(spec)
+            self.specs[index] = (known, handlers)
+            return known
+        self.specs.append((config, HandlerSet(spec)))
         return config
 
     # ------------------------------------------------------------------------------------------ running
 
-    async def run(self, *, burst: bool = False, handle_signals: bool = False) -> None:
-        """Run every consumer until stop() (or a signal, with handle_signals); in burst mode until idle."""
+    async def run(
+        self, *, burst: bool = False, handle_signals: bool = False, connect_timeout_ms: int | None = None
+    ) -> None:
+        """Run every consumer until stop() (or a signal, with handle_signals); in burst mode until idle.
+
+        Cancelled (asyncio.wait_for, a TaskGroup), it stops reading, settles or gives back what the
+        consumers hold, and only then re-raises: nothing of it runs on after run() has ended.
+        connect_timeout_ms: how long to wait for an unreachable server (default: the app's setting).
+        """
         if not self.specs:
             raise ConfigurationError("the app has no consumers: decorate a handler with @app.consumer(...)")
+        if connect_timeout_ms is None:
+            connect_timeout_ms = self.settings.connect_timeout_for(burst=burst)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = stopping = asyncio.Event()
+        if self._stop_requested:
+            stopping.set()
+        fatal: asyncio.Future[BaseException] = loop.create_future()
+
+        def on_fatal(error: BaseException) -> None:  # from the lease keeper's thread
+            def report() -> None:
+                if not fatal.done():
+                    fatal.set_result(error)
+
+            loop.call_soon_threadsafe(report)
+
+        replaced: dict[signal.Signals, SignalHandler] = {}
         client, owned = async_client(self.redis)
         # The lease keeper's thread needs its own (synchronous) client to the same server.
         target = self.redis
         keeper = LeaseKeeper(
-            lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target))
+            lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target)),
+            on_fatal,
         )
         executor = ThreadPoolExecutor(
-            max_workers=self.executor_workers, thread_name_prefix=HANDLER_THREAD_PREFIX
+            max_workers=self.settings.executor_workers, thread_name_prefix=HANDLER_THREAD_PREFIX
         )
-        self._stopping = stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        replaced: dict[signal.Signals, SignalHandler] = {}
         try:
-            server = await self._check_server(client, stopping)
+            # Signals first: a SIGTERM while waiting for the server must stop the wait, not kill the process.
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    found = signal.getsignal(sig)
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    replaced[sig] = found
+            server = await self._check_server(client, stopping, connect_timeout_ms)
+            if server is None:
+                return  # stopped while waiting for the server
             shown = redact(resolve_url(target)) if not isinstance(target, aioredis.Redis) else "client given"
             log.info("connected", redis=shown, **server)
             if server.get("maxmemory_policy") not in (None, "", "noeviction"):
@@ -134,20 +195,21 @@ class App:
                     maxmemory_policy=server["maxmemory_policy"],
                 )
             keeper.start()
-            self.consumers = [Consumer(cfg, spec, client, keeper, executor) for cfg, spec in self.specs]
-            if self.freeze_gc:
+            self.consumers = [Consumer(cfg, hs, client, keeper, executor) for cfg, hs in self.specs]
+            if self.settings.freeze_gc:
                 gc.collect()
                 gc.freeze()
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    found = signal.getsignal(sig)
-                    loop.add_signal_handler(sig, self._on_signal, sig)
-                    replaced[sig] = found
             self._tasks = [
                 asyncio.create_task(c.run(stopping, burst=burst), name=f"streamq-{c.name}")
                 for c in self.consumers
             ]
-            await self._supervise(stopping)
+            await self._supervise(stopping, fatal)
+        except asyncio.CancelledError:
+            # Cancel means: stop reading, settle or give back what is in hand, then return. The consumers
+            # are separate tasks: without this they would run on after run() ended.
+            stopping.set()
+            await self._cancel_consumers()
+            raise
         finally:
             _restore_signal_handlers(loop, replaced)
             keeper.stop()
@@ -155,67 +217,107 @@ class App:
             if owned:
                 await client.aclose()
             self._stopping = None
+            self._loop = None
+            self._stop_requested = False
 
-    async def _check_server(self, client: aioredis.Redis, stopping: asyncio.Event) -> dict[str, str]:
+    async def _check_server(
+        self, client: aioredis.Redis, stopping: asyncio.Event, timeout_ms: int | None
+    ) -> dict[str, str] | None:
         """Check the server, waiting for it while it is down, as the consumers do: a worker started during
-        an outage (a restart, a failover) waits instead of exiting. A connection that fails for another
-        reason (TLS, authentication) fails at once, and so does any error once stop() was called."""
+        an outage (a restart, a failover) waits instead of exiting, for timeout_ms at most (None: for ever).
+        A connection that fails for another reason (TLS, authentication) fails at once. Returns None when
+        stop() came first."""
         delay_s = 0.05
-        while True:
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while not stopping.is_set():
             try:
                 return await _wire.check_server(client)
             except TRANSIENT as exc:
-                if stopping.is_set() or not _server_down(exc):
+                if stopping.is_set():
+                    return None
+                if not _server_down(exc):
                     raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ServerError(
+                        f"the server was unreachable for {timeout_ms} ms (connect_timeout_ms):"
+                        f" {describe_error(exc)}"
+                    ) from exc
                 log.warning(
                     "redis unavailable at start, retrying", error=describe_error(exc), retry_in_s=delay_s
                 )
-                await _sleep_or_stop(stopping, delay_s)
+                wait_s = delay_s if deadline is None else max(0.0, min(delay_s, deadline - time.monotonic()))
+                await _sleep_or_stop(stopping, wait_s)
                 delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+        return None
 
-    async def _supervise(self, stopping: asyncio.Event) -> None:
-        tasks = self._tasks
-        stop_wait = asyncio.create_task(stopping.wait())
+    async def _supervise(self, stopping: asyncio.Event, fatal: asyncio.Future[BaseException]) -> None:
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
         try:
-            pending: set[asyncio.Task[Any]] = set(tasks)
+            pending: set[asyncio.Future[Any]] = set(self._tasks)
             while pending:
-                done, _ = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    pending | {stop_wait, fatal}, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done & pending:
                     pending.discard(task)
-                    if not task.cancelled() and task.exception() is not None:
-                        # One consumer failing for good (a configuration error) stops the app: running half
-                        # an application quietly would be worse.
+                    error = None if task.cancelled() else task.exception()
+                    if error is not None:
+                        # One consumer failing for good (a configuration error, a loop that cannot recover)
+                        # stops the app: running half an application quietly would be worse.
                         stopping.set()
                         await self._drain(pending)
-                        raise task.exception()  # type: ignore[misc]
+                        raise error
+                if fatal in done:
+                    # A part every consumer relies on (the lease keeper) failed for good.
+                    stopping.set()
+                    await self._drain(pending)
+                    raise fatal.result()
                 if stop_wait in done:
                     await self._drain(pending)
                     return
         finally:
             stop_wait.cancel()
 
-    async def _drain(self, pending: set[asyncio.Task[Any]]) -> None:
+    async def _drain(self, pending: set[asyncio.Future[Any]]) -> None:
         if not pending:
             return
-        _, late = await asyncio.wait(pending, timeout=self.shutdown_grace_ms / 1000)
+        _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_ms / 1000)
         if late:
             self._abandoned = True
             log.warning(
-                "grace period over: abandoning batches in flight (they stay pending and are reclaimed)",
+                "grace period over: abandoning batches in flight (they are given back to be reclaimed)",
                 consumers=len(late),
             )
             for task in late:
                 task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.wait(late)
+
+    async def _cancel_consumers(self) -> None:
+        running = [task for task in self._tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
 
     async def run_until_idle(self) -> None:
         """Process until every stream is drained, nothing is pending and no retry is waiting."""
         await self.run(burst=True)
 
     def stop(self) -> None:
-        """Stop reading and finish the batches in hand. Idempotent; safe from a signal handler."""
-        if self._stopping is not None:
-            self._stopping.set()
+        """Stop reading and finish the batches in hand. Idempotent; safe from a signal handler and from
+        another thread; called before run() has started, it makes that run() return at once."""
+        self._stop_requested = True
+        stopping, loop = self._stopping, self._loop
+        if stopping is None or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            stopping.set()
+        else:
+            loop.call_soon_threadsafe(stopping.set)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -223,11 +325,11 @@ class App:
             log.info(
                 "stopping: finishing batches in hand (signal again to stop at once)",
                 signal=sig.name,
-                grace_ms=self.shutdown_grace_ms,
+                grace_ms=self.settings.shutdown_grace_ms,
             )
             self.stop()
             return
-        log.warning("stopping at once: unsettled entries stay pending and will be reclaimed", signal=sig.name)
+        log.warning("stopping at once: unsettled entries are given back to be reclaimed", signal=sig.name)
         self._abandoned = True
         for task in self._tasks:
             task.cancel()
@@ -267,8 +369,12 @@ def _server_down(error: BaseException) -> bool:
     return False
 
 
-def run_app(app: App, *, burst: bool = False, use_uvloop: bool = True) -> int:
-    """Run an app in a fresh event loop (uvloop when available) with signal handling; returns an exit code."""
+def run_app(
+    app: App, *, burst: bool = False, use_uvloop: bool = True, connect_timeout_ms: int | None = None
+) -> int:
+    """Run an app in a fresh event loop (uvloop when available) with signal handling; returns an exit code:
+    OK, ABANDONED (the grace period ran out with batches in flight) or INTERRUPTED (a second signal).
+    Errors that stop the app for good (a configuration error, a part that failed) are raised."""
     loop_factory = None
     if use_uvloop:
         with contextlib.suppress(ImportError):
@@ -277,11 +383,11 @@ def run_app(app: App, *, burst: bool = False, use_uvloop: bool = True) -> int:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(app.run(burst=burst, handle_signals=True))
+            runner.run(app.run(burst=burst, handle_signals=True, connect_timeout_ms=connect_timeout_ms))
         except asyncio.CancelledError:
-            code = 130
+            code = INTERRUPTED
         else:
-            code = 130 if app._signals > 1 else 0
+            code = INTERRUPTED if app._signals > 1 else ABANDONED if app._abandoned else OK
     if app._abandoned:
         _exit_if_handlers_run_on(code)
     return code

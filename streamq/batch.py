@@ -26,8 +26,8 @@ class Message(Generic[E]):
     """One event as delivered: `id` is its id in the stream, kept across retries and replays."""
 
     __slots__ = (
-        "_index", "attempt", "deferred_since_ms", "deliveries", "entry_id", "event",
-        "first_failure_ms", "id", "key", "payload", "previous_error",
+        "_index", "attempt", "deferred_since_ms", "entry_id", "event", "first_failure_ms",
+        "id", "key", "lost_deliveries", "payload", "previous_error",
     )  # fmt: skip
 
     def __init__(
@@ -41,7 +41,7 @@ class Message(Generic[E]):
         first_failure_ms: int = 0,
         previous_error: str = "",
         *,
-        deliveries: int = 1,
+        lost_deliveries: int = 0,
         deferred_since_ms: int = 0,
     ) -> None:
         self._index = index
@@ -49,10 +49,10 @@ class Message(Generic[E]):
         self.entry_id = entry_id
         self.id = origin_id
         # 1 on the first attempt; failures (the handler raised, timed out or asked to retry) add one each.
-        # Deliveries that never settled (a worker died) do not: they count in `deliveries`.
+        # Deliveries that never settled (a worker died) do not: they count in `lost_deliveries`.
         self.attempt = attempt
-        # Every delivery of this event so far, this one included, settled or not: crashes show here.
-        self.deliveries = deliveries
+        # Deliveries of this event before this one that never settled: its worker died or lost its lease.
+        self.lost_deliveries = lost_deliveries
         self.payload = payload
         self.event: E = None  # type: ignore[assignment]  # set once decoded; never None inside a handler
         self.first_failure_ms = first_failure_ms

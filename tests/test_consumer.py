@@ -13,7 +13,7 @@ from helpers import async_wait_until
 
 import streamq
 from streamq import keys
-from streamq.consumer import consumer_name
+from streamq._worker.consumer import consumer_name
 
 
 class Click(streamq.Event, tag="test.consumer.click"):
@@ -122,8 +122,8 @@ async def test_worker_recreates_a_group_that_vanished(
 
 
 async def test_consumer_names_are_unique(redis_url: str, unique: str) -> None:
-    """Every consumer gets a fresh name with its prefix: two consumers of one group in one app differ, and
-    a restarted worker never reuses a name (it could inherit a dead one's entries otherwise)."""
+    """Every consumer gets a fresh name with its prefix: two consumers in one app differ, and a restarted
+    worker never reuses a name (it could inherit a dead one's entries otherwise)."""
     assert consumer_name("p") != consumer_name("p")
     names: list[str] = []
     for _ in range(2):
@@ -132,8 +132,8 @@ async def test_consumer_names_are_unique(redis_url: str, unique: str) -> None:
         async def handle(batch: streamq.Batch[Click]) -> None:
             return None
 
-        for _ in range(2):
-            app.add_consumer(handle, unique, group="g", consumer_prefix="billing", **FAST)
+        for group in ("g1", "g2"):
+            app.add_consumer(handle, unique, group=group, consumer_prefix="billing", **FAST)
         await app.run_until_idle()
         names += [c.name for c in app.consumers]
     assert len(set(names)) == 4

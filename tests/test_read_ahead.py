@@ -13,7 +13,7 @@ from helpers import async_wait_until
 
 import streamq
 from streamq import keys
-from streamq.consumer import READ_AHEAD_MAX_HANDLE_S
+from streamq._worker.consumer import READ_AHEAD_MAX_HANDLE_S
 
 
 class Tick(streamq.Event, tag="test.read_ahead.tick"):

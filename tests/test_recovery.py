@@ -21,8 +21,8 @@ from worker_proc import Job, SpawnWorker, read_ledger
 import streamq
 from streamq import _wire, keys
 from streamq.embedded import EmbeddedServer
-from streamq.recovery import Reclaimer
-from streamq.settle import RetryRecord, encode_record
+from streamq._worker.reclaiming import Reclaimer
+from streamq._worker.records import RetryRecord, encode_record
 
 SLOW_LEASE_MS = 700  # the slow handler takes five of these
 
@@ -54,10 +54,11 @@ async def _stats(client: redis.asyncio.Redis, stream: str, group: str) -> dict[s
 
 
 def _recorder(app: streamq.App, stream: str, seen: list[tuple[int, int, str]], **settings: Any) -> None:
-    """Register a consumer of Jobs in group 'g' that records (n, attempt, id) of every event it handles."""
+    """Register a consumer of Jobs in group 'g' that records (n, delivery, id) of every event it handles,
+    where delivery counts failed attempts and deliveries that never settled (attempt + lost_deliveries)."""
 
     async def handle(message: streamq.Message[Job]) -> None:
-        seen.append((message.event.n, message.attempt, message.id))
+        seen.append((message.event.n, message.attempt + message.lost_deliveries, message.id))
 
     app.add_consumer(handle, stream, group="g", **{"lease_ms": 1_000, "block_ms": 100, **settings})
 
@@ -157,8 +158,9 @@ async def test_slow_but_alive_worker_keeps_its_entries(
 async def test_event_that_keeps_killing_workers_is_dead_lettered(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:
-    """Deliveries that never settled count as attempts: an entry delivered more than max_attempts times
-    (its workers died holding it) is dead-lettered as WorkerLost instead of being handled again."""
+    """Deliveries that never settled count against max_deliveries: an entry delivered that many times
+    without a result (its workers died holding it) is dead-lettered as max_deliveries / WorkerLost
+    instead of being handled again; its attempts (failures) are untouched."""
     (entry_id,) = await _publish(redis_url, unique, 1)
     await _wire.ensure_group(client, unique, "g")
     await client.xreadgroup("g", "crashed-1", {unique: ">"})
@@ -166,17 +168,37 @@ async def test_event_that_keeps_killing_workers_is_dead_lettered(
     await client.xclaim(unique, "g", "crashed-3", 0, [entry_id])  # three deliveries, none settled
     seen: list[tuple[int, int, str]] = []
     app = streamq.App(redis_url)
-    _recorder(app, unique, seen, lease_ms=300, max_attempts=3)
+    _recorder(app, unique, seen, lease_ms=300, max_attempts=3, max_deliveries=3)
     await asyncio.wait_for(app.run_until_idle(), 30)
 
     assert seen == []
     (letter,) = await streamq.DeadLetters(client).list(unique)
     assert (letter.id, letter.reason, letter.error_type, letter.attempts) == (
         entry_id,
-        "max_attempts",
+        "max_deliveries",
         "WorkerLost",
-        4,
+        1,
     )
+    assert await _pending(client, unique, "g") == 0
+
+
+async def test_bystanders_of_crashes_are_not_dead_lettered(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """An event that was in flight during unrelated worker deaths (three deliveries that never settled) is
+    handled, not dead-lettered, even with max_attempts=3: only failures use attempts."""
+    (entry_id,) = await _publish(redis_url, unique, 1)
+    await _wire.ensure_group(client, unique, "g")
+    await client.xreadgroup("g", "crashed-1", {unique: ">"})
+    await client.xclaim(unique, "g", "crashed-2", 0, [entry_id])
+    await client.xclaim(unique, "g", "crashed-3", 0, [entry_id])
+    seen: list[tuple[int, int, str]] = []
+    app = streamq.App(redis_url)
+    _recorder(app, unique, seen, lease_ms=300, max_attempts=3)
+    await asyncio.wait_for(app.run_until_idle(), 30)
+
+    assert seen == [(0, 4, entry_id)]  # the fourth delivery, the first attempt
+    assert await streamq.DeadLetters(client).list(unique) == []
     assert await _pending(client, unique, "g") == 0
 
 
@@ -324,14 +346,15 @@ async def test_consumer_whose_lease_was_taken_mid_batch_cannot_retry(
 
     @app.consumer(unique, group="g", lease_ms=300, block_ms=100)
     async def handle(batch: streamq.Batch[Job]) -> None:
-        calls.append([m.attempt for m in batch])
+        calls.append([m.attempt + m.lost_deliveries for m in batch])
         if len(calls) == 1:
             await client.xclaim(unique, "g", "thief", 0, [m.entry_id for m in batch])
             raise RuntimeError("fails after losing its lease")
 
     await asyncio.wait_for(app.run_until_idle(), 30)
-    # First call: read (attempt 1) then stolen; second: the thief's entries reclaimed (read, XCLAIM, reclaim).
-    assert calls == [[1] * 5, [3] * 5]
+    # First call: read (attempt 1) then stolen; then the thief's entries reclaimed (read, XCLAIM, reclaim):
+    # delivered twice before without a result, each is handled alone.
+    assert calls == [[1] * 5] + [[3]] * 5
     assert app.counts()["lease_lost"] == 5
     stats = await _stats(client, unique, "g")
     assert (stats["acked"], stats.get("retried", 0), stats["lease_lost"], stats["reclaimed"]) == (5, 0, 5, 5)

@@ -17,6 +17,7 @@ from helpers import async_wait_until, wait_until
 from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
+from streamq.exit_codes import ABANDONED
 import streamq.app
 from streamq import keys
 
@@ -70,8 +71,8 @@ async def test_second_signal_stops_at_once_and_entries_are_reclaimed(
     unique: str,
 ) -> None:
     """A second SIGTERM during the grace period stops the worker without waiting for its handler (exit
-    130), even one running in a thread; the unsettled entries stay pending and another worker reclaims
-    and handles them."""
+    130), even one running in a thread; the unsettled entries stay pending, given back, and another worker
+    reclaims and handles them (their second delivery, still their first attempt)."""
     ids = _publish(redis_url, unique, 5)
     worker = spawn_worker(
         stream=unique, group="g", ledger=unique, mode=mode, sleep_ms=120_000, lease_ms=1_000
@@ -90,10 +91,10 @@ async def test_second_signal_stops_at_once_and_entries_are_reclaimed(
 
     @app.consumer(unique, group="g", lease_ms=1_000, block_ms=100)
     async def handle(message: streamq.Message[Job]) -> None:
-        seen.append((message.event.n, message.attempt, message.id))
+        seen.append((message.event.n, message.attempt, message.lost_deliveries, message.id))
 
     await asyncio.wait_for(app.run_until_idle(), 30)
-    assert sorted(seen) == [(n, 2, ids[n]) for n in range(5)]
+    assert sorted(seen) == [(n, 1, 1, ids[n]) for n in range(5)]
     assert read_ledger(sync_client, unique, "done") == {}
     assert _pending(sync_client, unique, "g") == {}
 
@@ -103,7 +104,8 @@ async def test_grace_period_bounds_how_long_shutdown_waits(
     mode: str, spawn_worker: SpawnWorker, redis_url: str, sync_client: redis.Redis, unique: str
 ) -> None:
     """A handler still running when the grace period after SIGTERM ends is abandoned: the worker exits
-    without settling it, and the entries stay pending for another worker to reclaim."""
+    with the named code ABANDONED (3) without settling it, and the entries stay pending for another worker
+    to reclaim."""
     _publish(redis_url, unique, 3)
     worker = spawn_worker(
         stream=unique, group="g", ledger=unique, mode=mode, sleep_ms=120_000, lease_ms=1_000, grace_ms=300
@@ -112,7 +114,7 @@ async def test_grace_period_bounds_how_long_shutdown_waits(
         lambda: len(read_ledger(sync_client, unique, "started")) == 3, message="the handler to start"
     )
     worker.send(signal.SIGTERM)
-    assert await asyncio.to_thread(worker.wait, 20) == 0, worker.log()
+    assert await asyncio.to_thread(worker.wait, 20) == ABANDONED, worker.log()
     assert "grace period over" in worker.log()
     assert sum(_pending(sync_client, unique, "g").values()) == 3
     assert read_ledger(sync_client, unique, "done") == {}

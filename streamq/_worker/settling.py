@@ -1,9 +1,8 @@
-"""Turning a batch's outcomes into one settlement per stream key: acks, retry records, dead letters.
+"""Settling: turning a batch's outcomes into one settlement plan per stream key.
 
-A retry is durable: the event (its raw payload and its history) is copied into the group's delayed set in
-the same atomic step that acknowledges the entry, so neither a crash during the backoff nor trimming of the
-stream can lose it. When due, it is appended to the group's retry stream, which only that group reads, and
-it comes back with its original id and its attempt count.
+Acks, retry records (a failed attempt), deferrals (not yet: no attempt used) and dead letters. The plan is
+data (`_wire.SettlePlan`); sending it is one round trip (`_wire.settle` / `pack_settle`).
+Retries and deferrals carry the event back as a RetryRecord (records.py).
 """
 
 from __future__ import annotations
@@ -14,43 +13,16 @@ from typing import Any
 
 import msgspec
 
-from . import keys
-from ._wire import Arg, SettlePlan
-from .backoff import backoff_ms
-from .batch import Message
-from .settings import ConsumerSettings
+from .. import keys
+from .._wire import Arg, SettlePlan
+from ..backoff import backoff_ms
+from ..batch import Message, Outcome
+from ..errors import Reject
+from ..settings import ConsumerSettings
+from .records import RetryRecord, encode_record
 
-RECORD_FIELD = b"r"
 TRACEBACK_LIMIT = 4_000  # characters of traceback kept in a dead letter (the end, where the error is)
 ERROR_LIMIT = 1_000  # characters of an error message kept
-
-
-class RetryRecord(msgspec.Struct, array_like=True, frozen=True):
-    """An event on its way back for another attempt; also the form a replayed dead letter takes."""
-
-    origin_id: str  # id of the event in its stream: its identity across retries and replays
-    failures: int  # attempts used so far
-    first_failure_ms: int
-    last_failure_ms: int
-    error: str  # "ErrorType: message" of the last failure
-    payload: bytes
-
-
-_encode_record = msgspec.msgpack.Encoder().encode
-_decode_record = msgspec.msgpack.Decoder(RetryRecord).decode
-
-
-def encode_record(record: RetryRecord) -> bytes:
-    return _encode_record(record)
-
-
-def decode_record(data: bytes) -> RetryRecord | None:
-    try:
-        return _decode_record(data)
-    except (msgspec.DecodeError, ValueError, RecursionError):
-        # Besides DecodeError, msgspec raises UnicodeDecodeError (a ValueError) for a string that is not
-        # UTF-8, and RecursionError for nesting deeper than Python's limit.
-        return None
 
 
 def describe(error: BaseException | None) -> tuple[str, str, str]:
@@ -62,13 +34,14 @@ def describe(error: BaseException | None) -> tuple[str, str, str]:
 
 
 class _KeyPlan:
-    __slots__ = ("acks", "dead", "first", "last", "retries")
+    __slots__ = ("acks", "dead", "defers", "first", "last", "retries")
 
     def __init__(self, first: bytes, last: bytes) -> None:
         self.first = first
         self.last = last
         self.acks: list[bytes] = []
         self.retries: list[tuple[bytes, int, bytes]] = []
+        self.defers: list[tuple[bytes, int, bytes]] = []
         self.dead: list[tuple[bytes, list[Arg]]] = []
 
 
@@ -82,7 +55,7 @@ class Settlement:
         self.consumer = consumer
         self._plans = {key: _KeyPlan(first, last) for key, (first, last) in bounds.items()}
         self._built: list[SettlePlan] | None = None
-        self.counts = {"acked": 0, "retried": 0, "dead": 0}
+        self.counts = {"acked": 0, "retried": 0, "deferred": 0, "dead": 0}
 
     def ack(self, message: Message[Any]) -> None:
         self._plans[message.key].acks.append(message.entry_id)
@@ -132,9 +105,61 @@ class Settlement:
             last_failure_ms=now_ms,
             error=f"{error_type}: {error_text}" if error_type else reason,
             payload=message.payload or b"",
+            lost_deliveries=message.lost_deliveries,
+            deferred_since_ms=message.deferred_since_ms,
         )
         self._plans[message.key].retries.append((message.entry_id, delay_ms, encode_record(record)))
         self.counts["retried"] += 1
+
+    def defer(self, message: Message[Any], now_ms: int, delay_ms: int, reason: str) -> None:
+        """Not yet: back after delay_ms with no attempt used, or dead-lettered once deferred too long."""
+        since_ms = message.deferred_since_ms or now_ms
+        if now_ms - since_ms >= self.settings.max_defer_ms:
+            self.dead(
+                message,
+                now_ms,
+                "deferred_too_long",
+                f"deferred for {now_ms - since_ms} ms, over max_defer_ms={self.settings.max_defer_ms}"
+                + (f": {reason}" if reason else ""),
+                error_type="Defer",
+                error_text=reason,
+            )
+            return
+        record = RetryRecord(
+            origin_id=message.id,
+            failures=message.attempt - 1,
+            first_failure_ms=message.first_failure_ms,
+            last_failure_ms=now_ms,
+            error=message.previous_error,
+            payload=message.payload or b"",
+            lost_deliveries=message.lost_deliveries,
+            deferred_since_ms=since_ms,
+        )
+        self._plans[message.key].defers.append((message.entry_id, delay_ms, encode_record(record)))
+        self.counts["deferred"] += 1
+
+    def apply(self, message: Message[Any], outcome: Outcome, now_ms: int) -> None:
+        """Settle `message` as `outcome` says (see streamq.batch.resolve_outcome for where it comes from)."""
+        kind = outcome.kind
+        if kind == "ack":
+            self.ack(message)
+        elif kind == "retry":
+            self.fail(message, now_ms, outcome.error, delay_ms=outcome.delay_ms, reason=outcome.reason)
+        elif kind == "fail":
+            self.fail(message, now_ms, outcome.error)
+        elif kind == "defer":
+            self.defer(message, now_ms, outcome.delay_ms or 0, outcome.reason)
+        else:
+            error = outcome.error
+            self.dead(
+                message,
+                now_ms,
+                "rejected",
+                outcome.reason,
+                error_type=type(error).__name__ if error is not None else "Reject",
+                error_text=str(error) if error is not None else outcome.reason,
+                trace=describe(error)[2] if error is not None and not isinstance(error, Reject) else "",
+            )
 
     def dead(
         self,
@@ -154,6 +179,7 @@ class Settlement:
             b"group", self.settings.group,
             b"consumer", self.consumer,
             b"attempts", message.attempt,
+            b"lost_deliveries", message.lost_deliveries,
             b"reason", reason,
             b"detail", detail[:ERROR_LIMIT],
             b"error_type", error_type,
@@ -171,8 +197,10 @@ class Settlement:
         self.counts["dead"] += 1
 
     def min_retry_delay_ms(self) -> int:
-        """The shortest backoff among the retries scheduled here (0 if none)."""
-        return min((delay for p in self._plans.values() for _, delay, _ in p.retries), default=0)
+        """The shortest delay among the retries and deferrals scheduled here (0 if none)."""
+        return min(
+            (delay for p in self._plans.values() for _, delay, _ in (*p.retries, *p.defers)), default=0
+        )
 
     def plans(self) -> list[SettlePlan]:
         """One plan per stream key with anything to settle; built once, when the outcomes are all in."""
@@ -184,7 +212,7 @@ class Settlement:
         stream, group = self.settings.stream, self.settings.group
         out = []
         for key, plan in self._plans.items():
-            if not (plan.acks or plan.retries or plan.dead):
+            if not (plan.acks or plan.retries or plan.dead or plan.defers):
                 continue
             out.append(
                 SettlePlan(
@@ -198,6 +226,7 @@ class Settlement:
                     acks=plan.acks,
                     retries=plan.retries,
                     dead=plan.dead,
+                    defers=plan.defers,
                 )
             )
         return out

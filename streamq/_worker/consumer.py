@@ -1,0 +1,609 @@
+"""One consumer's loop: it wires the steps of an event's path together and does little else.
+
+    reading.py      XREADGROUP of new entries (stream and retry stream); leases.py holds them from then on
+    reclaiming.py   XAUTOCLAIM of entries whose worker died; repeat suspects are handled one at a time
+    decoding.py     entries -> Messages with their events, or Rejections
+    handling.py     the user's handler(s) over the messages -> one Outcome per message
+    settling.py     outcomes and rejections -> a settlement plan per key, sent in one round trip
+    retries.py      the retry mover, beside the loop, under supervision.py
+    reaping.py      consumers that hold nothing leave the group
+
+Read-ahead. While entries keep coming, the consumer keeps the server busy during handling: as soon as
+batch k is handled, its settlement and the read of batch k+2 go out in one write, and batch k+1 (read the
+same way one round earlier) is handled while the server works; the replies are collected after. Client
+and server then work at the same time instead of taking turns. The entries of a read-ahead are leased
+from the moment it is sent (a hold whose ids are not known yet renews everything the consumer holds), so a
+batch that turns slow cannot expose the next one to a rival worker. There is no reading ahead before a
+first batch has shown that handling is quick, while handling is slow (READ_AHEAD_MAX_HANDLE_S), and when
+stopping. A read-ahead that finds nothing ends the flow: the next read blocks as usual.
+
+Cancellation (a task running App.run cancelled, or the grace period over): the consumer stops reading,
+settles a batch already handled, and gives back the entries it holds unhandled (they are marked idle, so
+any worker reclaims them at once), then re-raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import _wire, keys
+from ..errors import describe_error
+from ..events import Decoder
+from ..settings import ConsumerSettings
+from .decoding import decode
+from .handlers import HandlerSet
+from .handling import handle
+from .leases import Hold, LeaseKeeper
+from .reading import Reader
+from .reaping import reap_idle, reap_self
+from .reclaiming import Deliveries, Reclaimer, sort_claimed
+from .retries import RetryMover
+from .settling import Settlement
+from .supervision import supervise
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+MAX_RECONNECT_DELAY_S = 5.0
+REAP_CHECK_EVERY_S = 60.0  # how often a consumer looks for idle, empty consumers of its group to delete
+# Read ahead only while handling a batch takes less than this: far below any lease (>= 100 ms), and a
+# handler this quick holds entries for too short a time to starve other workers of them.
+READ_AHEAD_MAX_HANDLE_S = 0.05
+# Burst mode's wait for retries about to come due, once a read that does not wait found nothing.
+BURST_BLOCK_MS = 100
+GIVE_BACK_TIMEOUT_S = 2.0  # how long a cancelled consumer spends settling and giving back what it holds
+# Entries given back are marked idle this long: past any lease, so the next reclaim scan takes them.
+GIVE_BACK_IDLE_MS = 2**40
+
+
+def consumer_name(prefix: str) -> str:
+    """Unique per process and consumer: a restarted worker never inherits a dead one's identity."""
+    host = socket.gethostname().split(".")[0][:40] or "host"
+    return f"{prefix}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Consumer:
+    """Runs the handlers of one stream and group."""
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        handlers: HandlerSet,
+        client: aioredis.Redis,
+        lease_keeper: LeaseKeeper,
+        executor: Executor | None = None,
+        *,
+        on_batch: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handlers = handlers
+        self.client = client
+        self.lease_keeper = lease_keeper
+        self.executor = executor
+        self.name = consumer_name(settings.consumer_prefix)
+        self.stream = settings.stream
+        self.group = settings.group
+        self.retry_key = keys.retry_key(settings.stream, settings.group)
+        self.keys = [self.stream, self.retry_key]
+        self.decoder: Decoder | None = None
+        self.log = structlog.get_logger("streamq.consumer").bind(
+            stream=self.stream, group=self.group, consumer=self.name
+        )
+        self.reader = Reader(self.group, self.name, self.keys, batch_size=settings.batch_size)
+        self.reclaimer = Reclaimer(
+            self.keys, self.group, self.name, lease_ms=settings.lease_ms,
+            every_ms=settings.reclaim_every_ms, count=settings.batch_size,
+        )  # fmt: skip
+        self.mover = RetryMover(
+            client,
+            keys.delayed_key(settings.stream, settings.group),
+            self.retry_key,
+            poll_ms=settings.retry_poll_ms,
+            log=self.log,
+        )
+        self.counts = {
+            "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "reclaimed": 0,
+            "lease_lost": 0, "deleted": 0, "batches": 0, "loop_restarts": 0, "given_back": 0,
+        }  # fmt: skip
+        self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
+        self._on_batch = on_batch
+        self._stopping = asyncio.Event()
+        # How long the last batch took to decode and handle; unknown at first, so the first batch is not
+        # read ahead of (a slow handler would hold two batches for its first call).
+        self._last_work_s = math.inf
+        self._idle_reads = 0  # reads in a row that found nothing
+        self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
+        self._give_back: list[Hold] = []  # holds released while being cancelled: give them back
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def setup(self) -> None:
+        for key in self.keys:
+            if await _wire.ensure_group(self.client, key, self.group):
+                self.log.info("group created", key=key)
+        await self.client.sadd(keys.REGISTRY_KEY, self.stream)
+        if self.decoder is None:
+            self.decoder = Decoder(self.handlers.resolve_event_types(), self.settings.max_event_bytes)
+
+    def fail(self, error: BaseException) -> None:
+        """Stop this consumer with `error` (a background part that cannot go on)."""
+        if self.fatal is None:
+            self.fatal = error
+        self._stopping.set()
+
+    async def run(self, stopping: asyncio.Event, *, burst: bool = False) -> None:
+        """Process until `stopping` is set (after settling the batch in hand), or in burst mode until idle.
+
+        Raises what stopped it for good (self.fatal, a configuration error); cancelled, it settles or gives
+        back what it holds and re-raises.
+        """
+        self._stopping = stopping
+        link = _wire.Link(self.client)
+        mover = asyncio.create_task(
+            supervise(
+                "retry mover", self.mover.run, done=self.mover.done, log=self.log, counts=self.counts,
+                on_fatal=self.fail,
+            ),
+            name=f"streamq-retries-{self.name}",
+        )  # fmt: skip
+        self.log.info(
+            "consumer started",
+            batch_size=self.settings.batch_size,
+            lease_ms=self.settings.lease_ms,
+            max_attempts=self.settings.max_attempts,
+            max_deliveries=self.settings.max_deliveries,
+            burst=burst,
+        )
+        delay_s = 0.05
+        try:
+            await self._with_reconnect(self.setup, stopping)
+            while not stopping.is_set():
+                try:
+                    worked = await self._tick(link, burst=burst)
+                    delay_s = 0.05
+                    if not worked and burst and await self._drained(link):
+                        break
+                except TRANSIENT as exc:
+                    self.log.warning(
+                        "redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s
+                    )
+                    await _sleep_or_stop(stopping, delay_s)
+                    delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+                except ResponseError as exc:
+                    if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                        raise
+                    # The stream or group vanished (XGROUP DESTROY, a DEL, a server restarted without
+                    # persistence). A read blocked at that moment fails with UNBLOCKED (Redis >= 7.0).
+                    await self._with_reconnect(self._recreate_group, stopping)
+            self._raise_if_failed()
+        except asyncio.CancelledError:
+            await self._give_back_held()
+            raise
+        finally:
+            # Tell the mover to stop as well as cancelling it: on Python 3.11 asyncio.wait_for (which
+            # redis-py awaits inside its commands) can swallow a cancel that lands just as its inner await
+            # completes (CPython gh-86296), and the wait below would then never end.
+            self.mover.stop()
+            mover.cancel()
+            await asyncio.wait([mover])
+            await link.close()
+            await reap_self(self.client, self.keys, self.group, self.name, self.log)
+            self.log.info("consumer stopped", **self.counts)
+
+    def _raise_if_failed(self) -> None:
+        if self.fatal is None and self.lease_keeper.fatal is not None:
+            self.fatal = self.lease_keeper.fatal
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _with_reconnect(self, step: Callable[[], Any], stopping: asyncio.Event) -> None:
+        delay_s = 0.05
+        while True:
+            try:
+                await step()
+                return
+            except TRANSIENT as exc:
+                if stopping.is_set():
+                    raise
+                self.log.warning("redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s)
+                await _sleep_or_stop(stopping, delay_s)
+                delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+
+    async def _recreate_group(self) -> None:
+        """Recreate a vanished group where this consumer had read up to, never back at the start.
+
+        Starting at 0 would hand every entry of the stream to the handler again (XGROUP DESTROY under a
+        running worker re-handled all of them). A stream that is gone too starts at 0: its entries are new.
+        The retry stream starts at 0: it holds only unsettled retries (settled ones are deleted).
+        """
+        position = self.reader.position.get(self.stream)
+        at = position.decode() if position is not None else "0"
+        outcome = await _wire.ensure_group_at(self.client, self.stream, self.group, at)
+        await _wire.ensure_group(self.client, self.retry_key, self.group)
+        self.log.warning(
+            "group was missing, recreated it where this consumer had read up to",
+            at=at,
+            created=outcome == 1,
+            moved_forward=outcome == 2,
+        )
+
+    async def _give_back_held(self) -> None:
+        """Cancelled: make what this consumer held unhandled reclaimable at once."""
+        holds, self._give_back = self._give_back, []
+        try:
+            async with asyncio.timeout(GIVE_BACK_TIMEOUT_S):
+                for held in holds:
+                    if held.ids:
+                        self.counts["given_back"] += await _wire.release(
+                            self.client, held.key, self.group, self.name, held.ids, GIVE_BACK_IDLE_MS
+                        )
+        except (RedisError, OSError, TimeoutError) as exc:
+            # They stay pending and are reclaimed once their lease runs out.
+            self.log.info("could not give back held entries", error=describe_error(exc))
+        if holds:
+            self.log.info("cancelled: gave back entries held unhandled", count=self.counts["given_back"])
+
+    # ------------------------------------------------------------------------------------------ one tick
+
+    async def _tick(self, link: _wire.Link, *, burst: bool) -> bool:
+        """Fetch and process one batch; returns False when there was nothing to do."""
+        self._raise_if_failed()
+        if time.monotonic() >= self._next_reap_check:
+            self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
+            await reap_idle(
+                self.client, self.stream, self.keys, self.group, self.name, self.settings.reap_idle_ms,
+                self.log,
+            )  # fmt: skip
+        if self.reclaimer.due():
+            claimed = await self.reclaimer.step(link)
+            if claimed:
+                await self._process_claimed(link, claimed)
+                return True
+            # Nothing claimable in this step: read as well before the scan goes on, so a long PEL held by
+            # live workers (each step scans at most ~10x COUNT of it) slows new entries down, not stops them.
+        block_ms = min(self.settings.block_ms, max(self.reclaimer.ms_until_due(), 1))
+        if burst:
+            # Idle as soon as a read that does not wait finds nothing (and nothing is pending); wait briefly
+            # after that only while retries are still to come due.
+            block_ms = min(block_ms, BURST_BLOCK_MS) if self._idle_reads else 0
+        batches = await self.reader.read(link, block_ms=block_ms)
+        if not batches:
+            self._idle_reads += 1
+            return False
+        self._idle_reads = 0
+        await self._flow(link, batches)
+        return True
+
+    async def _drained(self, link: _wire.Link) -> bool:
+        """Nothing left for this group: no pending entries anywhere, no retries waiting or due."""
+        if self.reclaimer.scanning:
+            return False
+        if await _wire.group_backlog(self.client, self.keys, self.group, self.mover.delayed_key):
+            return False
+        # The retry mover may have moved a retry into the retry stream after the read that found nothing
+        # and before the check above; one more read sees it (nothing can be moved after the check).
+        batches = await self.reader.read(link, block_ms=0)
+        if batches:
+            self._idle_reads = 0
+            await self._flow(link, batches)
+            return False
+        return True
+
+    async def _process_claimed(self, link: _wire.Link, claimed: list[_wire.Claimed]) -> None:
+        work = sort_claimed(claimed)
+        if work.deleted:
+            await self._ack_deleted(link, work.deleted)
+        if not work.claimed:
+            return
+        self.counts["reclaimed"] += work.claimed
+        self.log.info(
+            "reclaimed entries of a dead or stalled worker",
+            count=work.claimed,
+            handler_calls=len(work.batches),
+            entry_ids=_first_ids(i for batches in work.batches for b in batches for i in b.ids),
+        )
+        await self.client.hincrby(keys.stats_key(self.stream, self.group), "reclaimed", work.claimed)
+        holds = [self._hold(batches) for batches in work.batches]
+        try:
+            for index, batches in enumerate(work.batches):
+                await self._process_held(link, batches, holds[index], work.deliveries)
+                holds[index] = []
+        finally:
+            for held in holds:
+                self._release(held)
+
+    async def _ack_deleted(self, link: _wire.Link, deleted_by_key: dict[str, list[bytes]]) -> None:
+        """Pending entries deleted or trimmed from the stream: nothing to process, acknowledge them."""
+        total = 0
+        for key, ids in deleted_by_key.items():
+            self.log.warning(
+                "pending entries were deleted or trimmed before processing; acknowledging",
+                key=key,
+                count=len(ids),
+                entry_ids=_first_ids(ids),
+            )
+            # Count the ids, not XACK's reply: from Redis 7.0 XAUTOCLAIM has already dropped them from the
+            # PEL, so the XACK (needed before 7.0) removes nothing there and would report 0.
+            await link.call("XACK", key, self.group, *ids)
+            total += len(ids)
+        self.counts["deleted"] += total
+        await self.client.hincrby(keys.stats_key(self.stream, self.group), "deleted_pending", total)
+
+    # ------------------------------------------------------------------------------------------ a batch
+
+    def _hold(self, batches: list[_wire.StreamBatch]) -> list[Hold]:
+        renew_every_ms = self.settings.renew_every_ms
+        return [self.lease_keeper.hold(b.key, self.group, self.name, b.ids, renew_every_ms) for b in batches]
+
+    def _hold_unread(self) -> list[Hold]:
+        """Holds for a read sent ahead, whose ids are not known until its reply is parsed."""
+        renew_every_ms = self.settings.renew_every_ms
+        return [self.lease_keeper.hold(key, self.group, self.name, None, renew_every_ms) for key in self.keys]
+
+    def _release(self, holds: list[Hold]) -> None:
+        """Stop renewing entries not handled; while being cancelled, keep them to give back."""
+        task = asyncio.current_task()
+        cancelling = task is not None and task.cancelling() > 0
+        for held in holds:
+            self.lease_keeper.release(held)
+            if cancelling:
+                self._give_back.append(held)
+
+    def _may_read_ahead(self, batches: list[_wire.StreamBatch]) -> bool:
+        return (
+            self.settings.read_ahead
+            and not self._stopping.is_set()
+            and self._last_work_s < READ_AHEAD_MAX_HANDLE_S
+            and any(b.ids for b in batches)
+            and not self.reclaimer.due()
+            and time.monotonic() < self._next_reap_check
+        )
+
+    async def _flow(self, link: _wire.Link, first: list[_wire.StreamBatch]) -> None:
+        """Handle `first` and, while entries keep coming, the batches after it, reading ahead.
+
+        One write per batch carries its settlement and the next read-ahead; see the module docstring.
+        Returns once a batch is handled without a read-ahead, with every settlement confirmed.
+        """
+        batches, holds = first, self._hold(first)  # received, not handled yet
+        unread: list[Hold] = []  # the lease of a read-ahead sent, its reply not parsed yet
+        work: Settlement | None = None  # handled, not sent yet
+        work_holds: list[Hold] = []
+        sent: Settlement | None = None  # sent, its replies still owed
+        sent_replies = 0
+        reading = False  # a read-ahead was sent, its reply owed after the settlement's
+        try:
+            if self._may_read_ahead(batches):
+                unread = self._hold_unread()
+                await link.send(self.reader.read_ahead(), 1)
+                reading = True
+            while batches:
+                work, work_holds = await self._work(batches, None), holds
+                batches, holds = [], []
+                replies = await link.receive(link.owed) if link.owed else []
+                if reading:
+                    reading = False
+                    batches = self.reader.parse_read_ahead(replies[-1])
+                    holds = self._hold(batches)
+                    self._release(unread)
+                    unread = []
+                if sent is not None:
+                    self._settled(sent, await self._confirm(link, sent, replies[:sent_replies]))
+                    sent = None
+                # The settlement decides these entries' fate from here on: no more renewals needed.
+                self._drop(work_holds)
+                work_holds = []
+                reading = bool(batches) and self._may_read_ahead(batches)
+                payload, sent_replies = _wire.pack_settle(self.group, self.name, work.plans())
+                if reading:
+                    unread = self._hold_unread()
+                    payload += self.reader.read_ahead()
+                sent, work = work, None
+                await link.send(payload, sent_replies + reading)
+            if sent is not None:
+                replies = await link.receive(link.owed)
+                self._settled(sent, await self._confirm(link, sent, replies))
+                sent = None
+        except TRANSIENT as exc:
+            # The connection broke with replies owed. What was handled is settled now, with retries; a
+            # batch received and not handled yet is handled; one whose reply was lost stays pending under
+            # this consumer and is reclaimed after the lease.
+            self.log.warning("connection lost mid-flow, settling what was handled", error=describe_error(exc))
+            self._release(unread)
+            unread = []
+            for settlement in (sent, work):
+                if settlement is not None:
+                    await self._settle(link, settlement, resent=settlement is sent)
+            if batches:
+                await self._process_held(link, batches, holds)
+                holds = []
+        except asyncio.CancelledError:
+            if work is not None:
+                # Handled already: settle it rather than give it back to be handled again.
+                await self._settle_cancelled(link, work)
+                self._drop(work_holds)
+                work_holds = []
+                work = None
+            raise
+        finally:
+            self._release(unread)
+            self._release(holds)
+            self._release(work_holds)
+            if link.owed:
+                # Left by an error that is not the connection's (an error reply, a cancel): the replies
+                # still owed would be read as answers to the next commands.
+                await link.abandon()
+
+    def _drop(self, holds: list[Hold]) -> None:
+        """Stop renewing: these entries are settled, or their settlement is on its way."""
+        for held in holds:
+            self.lease_keeper.release(held)
+
+    async def _settle_cancelled(self, link: _wire.Link, settlement: Settlement) -> None:
+        await link.abandon()
+        try:
+            async with asyncio.timeout(GIVE_BACK_TIMEOUT_S):
+                self._settled(settlement, await _wire.settle(link, self.group, self.name, settlement.plans()))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.log.info("cancelled: could not settle a handled batch", error=describe_error(exc))
+
+    async def _confirm(self, link: _wire.Link, settlement: Settlement, replies: list[Any]) -> _wire.Settled:
+        """The replies of a settlement sent ahead; settled again in a round trip if the scripts were gone."""
+        try:
+            return _wire.settled(replies)
+        except NoScriptError:
+            # The server restarted or flushed its scripts: nothing of that settlement ran.
+            await link.load_scripts()
+            return await _wire.settle(link, self.group, self.name, settlement.plans())
+
+    async def _work(self, batches: list[_wire.StreamBatch], deliveries: Deliveries | None) -> Settlement:
+        """Decode, handle, and plan the settlement of one read: the event's path, step by step."""
+        started = time.perf_counter()
+        assert self.decoder is not None
+        decoded = decode(batches, self.stream, self.decoder, self.settings, deliveries)
+        self.reader.saw_oversized(decoded.oversized)
+        self.counts["fetched"] += decoded.entries
+        settlement = Settlement(self.settings, self.name, decoded.bounds)
+        if decoded.rejected:
+            now_ms = _now_ms()
+            for rejection in decoded.rejected:
+                self.log.warning(
+                    "dead-lettering an event the handler cannot take",
+                    entry_id=rejection.message.id,
+                    reason=rejection.reason,
+                    error=rejection.detail,
+                )
+                settlement.dead(
+                    rejection.message,
+                    now_ms,
+                    rejection.reason,
+                    rejection.detail,
+                    error_type=rejection.error_type,
+                    error_text=rejection.error_text,
+                    raw_fields=rejection.raw_fields,
+                )
+        messages = decoded.messages
+        if messages:
+            handled = await handle(
+                self.handlers, messages, stream=self.stream, group=self.group, consumer=self.name,
+                executor=self.executor, timeout_ms=self.settings.handler_timeout_ms,
+            )  # fmt: skip
+            if handled.outcomes is None:
+                settlement.ack_all(messages)
+            else:
+                if handled.error is not None:
+                    self.log.warning(
+                        "handler failed",
+                        error=describe_error(handled.error),
+                        count=len(messages),
+                        first_id=messages[0].id,
+                        last_id=messages[-1].id,
+                    )
+                now_ms = _now_ms()
+                for message, outcome in zip(messages, handled.outcomes, strict=True):
+                    settlement.apply(message, outcome, now_ms)
+        self._last_work_s = time.perf_counter() - started
+        return settlement
+
+    async def _process_held(
+        self,
+        link: _wire.Link,
+        batches: list[_wire.StreamBatch],
+        holds: list[Hold],
+        deliveries: Deliveries | None = None,
+    ) -> None:
+        """Handle and settle one read whose entries are held, one step after the other."""
+        try:
+            settlement = await self._work(batches, deliveries)
+        except BaseException:
+            self._release(holds)
+            raise
+        try:
+            await self._settle(link, settlement)
+        finally:
+            self._drop(holds)
+
+    async def _settle(self, link: _wire.Link, settlement: Settlement, *, resent: bool = False) -> None:
+        """Settle in one round trip; on a connection error keep the lease and try again.
+
+        Settling is idempotent (the scripts act only on entries still pending, and the fenced ones only on
+        entries this consumer holds), so running it again after a reply was lost cannot double anything.
+        `resent`: it may have run already, so entries no longer pending are not counted as lost leases.
+        """
+        plans = settlement.plans()
+        holds = [
+            self.lease_keeper.hold(p.key, self.group, self.name, _plan_ids(p), self.settings.renew_every_ms)
+            for p in plans
+        ]
+        delay_s = 0.05
+        try:
+            while True:
+                try:
+                    done = await _wire.settle(link, self.group, self.name, plans, resent=resent)
+                    break
+                except TRANSIENT as exc:
+                    self.log.warning("settle failed, retrying", error=describe_error(exc), retry_in_s=delay_s)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
+                    resent = True
+        finally:
+            self._drop(holds)
+        self._settled(settlement, done)
+
+    def _settled(self, settlement: Settlement, done: _wire.Settled) -> None:
+        """Count and log a confirmed settlement."""
+        for name, value in settlement.counts.items():
+            self.counts[name] += value
+        self.counts["batches"] += 1
+        if done.lost:
+            self.counts["lease_lost"] += done.lost
+            self.log.warning(
+                "lease lost before settling: another worker took these entries and will process"
+                " them again, or already has (counted as lease_lost)",
+                count=done.lost,
+                entry_ids=_first_ids(done.lost_ids),
+            )
+        if settlement.counts["retried"] or settlement.counts["deferred"]:
+            self.mover.due_at(time.monotonic() + settlement.min_retry_delay_ms() / 1000)
+        if settlement.counts["dead"]:
+            self.log.warning("dead-lettered", count=settlement.counts["dead"])
+        if self._on_batch is not None:
+            self._on_batch(settlement.counts)
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
+    try:
+        async with asyncio.timeout(delay_s):
+            await stopping.wait()
+    except TimeoutError:
+        pass
+
+
+def _plan_ids(plan: _wire.SettlePlan) -> list[bytes]:
+    later = (*plan.retries, *plan.defers)
+    return [*plan.acks, *(r[0] for r in later), *(d[0] for d in plan.dead)]
+
+
+def _first_ids(ids: Any) -> list[str]:
+    out = []
+    for entry_id in ids:
+        out.append(_wire.decode_id(entry_id))
+        if len(out) == 20:
+            break
+    return out

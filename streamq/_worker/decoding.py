@@ -1,0 +1,147 @@
+"""Decoding: entries read from Redis become Messages with their events, or rejections.
+
+An entry of the stream carries its event in the `d` field; an entry of the group's retry stream carries a
+RetryRecord (the event's payload and its history). The payloads of a whole read are decoded in one msgspec
+pass (events.Decoder). What cannot become a message for the handler is a rejection, dead-lettered by the
+settlement: no payload, a payload that does not decode or is too large, or an event whose deliveries never
+settled too many times (max_deliveries: it keeps killing the workers that take it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from .. import _wire
+from ..batch import Message
+from ..events import PAYLOAD_FIELD, DecodeFailure, Decoder
+from ..settings import ConsumerSettings
+from .reclaiming import Deliveries
+from .records import RECORD_FIELD, decode_record
+
+
+class Rejection(NamedTuple):
+    """A message that goes to the dead letters without reaching the handler, and why."""
+
+    message: Message[Any]
+    reason: str  # undecodable | oversized | max_deliveries
+    detail: str
+    error_type: str = ""
+    error_text: str = ""
+    raw_fields: list[bytes] | None = None  # the entry's fields, when it had no payload to keep
+
+
+class Decoded(NamedTuple):
+    """One read, decoded: messages for the handler, in stream order, and rejections."""
+
+    messages: list[Message[Any]]
+    rejected: list[Rejection]
+    bounds: dict[str, tuple[bytes, bytes]]  # key -> (first id, last id) of what was read there
+    entries: int  # entries read, messages and rejections together
+    oversized: int  # payloads over max_event_bytes among them
+
+
+def decode(
+    batches: Sequence[_wire.StreamBatch],
+    stream: str,
+    decoder: Decoder,
+    settings: ConsumerSettings,
+    deliveries: Deliveries | None = None,
+) -> Decoded:
+    """Turn the entries of one read (or one reclaim) into messages and rejections."""
+    candidates: list[Message[Any]] = []
+    rejected: list[Rejection] = []
+    for batch in batches:
+        counts = deliveries.get(batch.key, {}) if deliveries else {}
+        if batch.key == stream:
+            _stream_messages(batch, counts, candidates, rejected)
+        else:
+            _retry_messages(batch, counts, candidates, rejected)
+    decoded = decoder.decode_batch([m.payload for m in candidates])
+    max_lost = settings.max_deliveries
+    ready: list[Message[Any]] = []
+    oversized = 0
+    for message, event in zip(candidates, decoded, strict=True):
+        if isinstance(event, DecodeFailure):
+            oversized += event.kind == "oversized"
+            rejected.append(
+                Rejection(message, event.kind, event.message, event.error_type, event.message)
+            )
+        elif message.lost_deliveries >= max_lost:
+            detail = (
+                f"delivered {message.lost_deliveries} times without a result (max_deliveries={max_lost}):"
+                " the workers that took it died or lost their lease while holding it"
+            )
+            rejected.append(
+                Rejection(message, "max_deliveries", detail, "WorkerLost", message.previous_error)
+            )
+        else:
+            message.event = event
+            ready.append(message)
+    return Decoded(
+        ready,
+        rejected,
+        {b.key: (b.ids[0], b.ids[-1]) for b in batches if b.ids},
+        sum(len(b.ids) for b in batches),
+        oversized,
+    )
+
+
+def _stream_messages(
+    batch: _wire.StreamBatch,
+    counts: dict[bytes, int],
+    out: list[Message[Any]],
+    rejected: list[Rejection],
+) -> None:
+    """Entries of the stream itself: the hot path, one pass with little per event."""
+    key = batch.key
+    for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
+        payload = _wire.payload_of(fields, PAYLOAD_FIELD)
+        # The delivery counter counts this delivery too: those before it never settled.
+        lost = counts.get(entry_id, 1) - 1 if counts else 0
+        message: Message[Any] = Message(
+            0, key, entry_id, entry_id.decode(), 1, payload, lost_deliveries=lost
+        )
+        if payload is None:
+            rejected.append(
+                Rejection(message, "undecodable", "entry has no 'd' payload field", raw_fields=fields or [])
+            )
+        else:
+            out.append(message)
+
+
+def _retry_messages(
+    batch: _wire.StreamBatch,
+    counts: dict[bytes, int],
+    out: list[Message[Any]],
+    rejected: list[Rejection],
+) -> None:
+    """Entries of the group's retry stream: a RetryRecord each, with the event and its history."""
+    for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
+        lost_here = counts.get(entry_id, 1) - 1
+        raw = _wire.payload_of(fields, RECORD_FIELD)
+        record = decode_record(raw) if raw is not None else None
+        if record is None:
+            message: Message[Any] = Message(
+                0, batch.key, entry_id, _wire.decode_id(entry_id), 1, None, lost_deliveries=lost_here
+            )
+            rejected.append(
+                Rejection(
+                    message, "undecodable", "retry entry without a valid record", raw_fields=fields or []
+                )
+            )
+            continue
+        out.append(
+            Message(
+                0,
+                batch.key,
+                entry_id,
+                record.origin_id,
+                record.failures + 1,
+                record.payload,
+                record.first_failure_ms,
+                record.error,
+                lost_deliveries=record.lost_deliveries + lost_here,
+                deferred_since_ms=record.deferred_since_ms,
+            )
+        )

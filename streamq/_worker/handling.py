@@ -1,0 +1,61 @@
+"""Handling: the user's handler(s) run over decoded messages, and each message gets its outcome.
+
+The handler set (handlers.py) runs async handlers on the loop and plain `def` ones in the executor. This
+step adds the time limit and turns how the call ended into one outcome per message with
+streamq.batch.resolve_outcome, the rule that the per-event handler shapes and streamq.testing share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any, NamedTuple
+
+from ..batch import Batch, Message, Outcome, resolve_outcome
+from ..errors import HandlerTimeout
+from .handlers import HandlerSet
+
+
+class Handled(NamedTuple):
+    """How one handler call ended: `outcomes` per message in order, or None when every one is acked."""
+
+    outcomes: list[Outcome] | None
+    error: BaseException | None  # what the handler raised, if it did
+
+
+async def handle(
+    handlers: HandlerSet,
+    messages: Sequence[Message[Any]],
+    *,
+    stream: str,
+    group: str,
+    consumer: str,
+    executor: Executor | None,
+    timeout_ms: int | None,
+) -> Handled:
+    """Call the handler(s) on `messages` as one batch, within timeout_ms; never raises an Exception."""
+    batch: Batch[Any] = Batch(stream, group, consumer, list(messages))
+    error: BaseException | None = None
+    try:
+        if timeout_ms is None:
+            await handlers.call(batch, executor)
+        else:
+            deadline = asyncio.timeout(timeout_ms / 1000)
+            try:
+                async with deadline:
+                    await handlers.call(batch, executor)
+            except TimeoutError:
+                # Only our own deadline makes a HandlerTimeout: a TimeoutError the handler raised itself
+                # is its failure as it is.
+                if not deadline.expired():
+                    raise
+                error = HandlerTimeout(f"handler did not finish within {timeout_ms} ms")
+    except Exception as exc:
+        error = exc
+    finally:
+        batch._seal()  # a timed-out handler that keeps running can no longer change outcomes
+    if error is None and not batch._chosen:
+        return Handled(None, None)  # the common case, without a step per message
+    return Handled([resolve_outcome(batch.outcome(m), error) for m in batch.messages], error)
+
