@@ -33,6 +33,10 @@ def _readings(count: int) -> list[Reading]:
     return [Reading(f"s{n}", float(n)) for n in range(count)]
 
 
+def _sort_key(reading: Reading) -> tuple[str, float]:
+    return reading.sensor, reading.value
+
+
 def _decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Reading]:
     decoder = msgspec.msgpack.Decoder(Reading)
     return [decoder.decode(fields[PAYLOAD_FIELD]) for _, fields in entries]
@@ -242,8 +246,8 @@ def unix_socket(server_binary: ServerBinary | None) -> Iterator[str]:
 @pytest.mark.parametrize("given", ["url", "client"])
 async def test_unix_socket_urls(given: str, unix_socket: str, unique: str) -> None:
     """unix:// URLs work for both producers and for a worker, given as a URL or as a client, including the
-    lease keeper's own connection: two consumers share a group, and while one handler runs past its lease
-    the other's reclaimer never takes its entries."""
+    lease keeper's own connection: two workers (apps) share a group, and while one handler runs past its
+    lease the other's reclaimer never takes its entries."""
     url = f"unix://{unix_socket}?db=0"
     async with streamq.Producer(url) as producer:
         await producer.publish_many(unique, _readings(3))
@@ -252,17 +256,18 @@ async def test_unix_socket_urls(given: str, unix_socket: str, unique: str) -> No
 
     handled: list[Reading] = []
     own_client = redis.asyncio.Redis.from_url(url)
-    app = streamq.App(url if given == "url" else own_client)
+    # Two apps, not two consumers of one app: one app routes a group's event types to one handler.
+    apps = [streamq.App(url if given == "url" else own_client) for _ in range(2)]
 
     async def handle(batch: streamq.Batch[Reading]) -> None:
         await asyncio.sleep(1.5)  # several leases: only renewals over the unix socket keep the entries
         handled.extend(batch.events)
 
-    for _ in range(2):
+    for app in apps:
         app.add_consumer(handle, unique, group="g", lease_ms=500, block_ms=100)
     try:
-        await asyncio.wait_for(app.run_until_idle(), 30)
-        assert handled == _readings(3) * 2
+        await asyncio.wait_for(asyncio.gather(*(app.run_until_idle() for app in apps)), 30)
+        assert sorted(handled, key=_sort_key) == sorted(_readings(3) * 2, key=_sort_key)
         assert int((await own_client.xpending(unique, "g"))["pending"]) == 0
         stats = await own_client.hgetall(keys.stats_key(unique, "g"))
         assert b"lease_lost" not in stats and b"reclaimed" not in stats

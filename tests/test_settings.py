@@ -53,9 +53,9 @@ def test_app_consumer_passes_settings_through() -> None:
     """Settings given to the decorator end up in the consumer's ConsumerSettings, and nothing connects."""
     app = streamq.App("redis://127.0.0.1:1/0")  # nothing listens there: registering must not connect
     app.consumer("orders", group="billing", lease_ms=700, batch_size=7)(_handler)
-    ((config, spec),) = app.specs
+    ((config, handlers),) = app.specs
     assert (config.stream, config.group, config.lease_ms, config.batch_size) == ("orders", "billing", 700, 7)
-    assert spec.event_types == [SettingsEvent]
+    assert [spec.event_types for spec in handlers.specs] == [[SettingsEvent]]
 
 
 @pytest.mark.parametrize(
