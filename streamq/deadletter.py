@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
 from . import _wire, keys
+from ._worker.records import RetryRecord, encode_record
 from .errors import DeadLetterNotFound
-from .settle import RetryRecord, encode_record
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
