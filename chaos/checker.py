@@ -12,11 +12,11 @@ dead-letter stream) and the final state of Redis after the workers drained and s
 
 Invariants: duplicates <= the entries in flight at each kill, stop, server restart and client kill (and
 at each failpoint self-kill), and <= streamq's own `reclaimed` + `lease_lost` counters; no event has more
-handler invocations than max_attempts (crashed deliveries count as attempts in streamq); nothing pending,
-undelivered or waiting for a retry at the end; the dead-letter stream holds exactly the poison and the
-malformed events, byte for byte, each once, with the expected reason (an ok or flaky event may also land
-there when crashes used up its attempts: reported as `crash_exhausted`, accepted only if its handler
-failures alone could not have); and no worker died unexplained.
+attempt number over max_attempts, nor more invocations than max_attempts + max_deliveries (deliveries
+that never settled have a budget of their own in streamq); nothing pending, undelivered or waiting for a
+retry at the end; the dead-letter stream holds exactly the poison and the malformed events, byte for byte,
+each once, with the expected reason; no bystander is dead-lettered (an event whose handler never failed,
+however many crashes it was in flight for); and no worker died unexplained.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import msgspec
+
+from streamq.settings import DEFAULT_MAX_DELIVERIES
 
 from .faults import CLIENT_KILL, DISRUPTIVE, SERVER_RESTART, STOP, TRIM_PENDING, WORKER_EXIT
 from .ledger import AMBIGUOUS, DeadLetterRow, EventRow, Fault, Invocation, Ledger, SelfKill
@@ -103,7 +105,7 @@ class CheckReport(msgspec.Struct, kw_only=True):
     dlq_duplicates: list[str]
     dlq_bytes_mismatch: list[str]
     dlq_reason_mismatch: list[str]
-    crash_exhausted: int
+    bystanders_dead_lettered: int  # dead letters of events whose handler never failed: must be 0
     acked_and_dead: int
     # faults
     faults: dict[str, int]
@@ -114,10 +116,17 @@ class CheckReport(msgspec.Struct, kw_only=True):
     stats: dict[str, int]
 
 
-def check(ledger: Ledger, final: FinalState, *, max_attempts: int, batch_size: int) -> CheckReport:
+def check(
+    ledger: Ledger,
+    final: FinalState,
+    *,
+    max_attempts: int,
+    batch_size: int,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+) -> CheckReport:
     return _check(
         ledger.events(), ledger.invocations(), ledger.self_kills(), ledger.faults(), ledger.dead_letters(),
-        final, max_attempts=max_attempts, batch_size=batch_size,
+        final, max_attempts=max_attempts, batch_size=batch_size, max_deliveries=max_deliveries,
     )  # fmt: skip
 
 
@@ -131,6 +140,7 @@ def _check(
     *,
     max_attempts: int,
     batch_size: int,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
 ) -> CheckReport:
     by_uuid = {e.uuid: e for e in events}
     by_signature = {e.signature: e.uuid for e in events}
@@ -185,8 +195,10 @@ def _check(
         label = f"{event.uuid}@{event.entry_id}({event.kind})"
         (trimmed if event.entry_id in trimmed_ids else lost).append(label)
 
-    # Attempts: streamq counts crashed deliveries as attempts, so invocations never exceed max_attempts.
-    over_limit = [u for u, seen in per_event.items() if len(seen) > max_attempts]
+    # Attempts count the handler failures that were settled (a failure whose worker died before settling
+    # it is a lost delivery): attempt numbers never pass max_attempts, and deliveries that never settled
+    # have their own budget, so no event gets more than max_attempts + max_deliveries handler calls.
+    over_limit = [u for u, seen in per_event.items() if len(seen) > max_attempts + max_deliveries]
     same_attempt = sum(1 for seen in per_event.values() if len({inv.attempt for inv in seen}) < len(seen))
     max_invocations = max((len(seen) for seen in per_event.values()), default=0)
     max_attempt_seen = max((inv.attempt for inv in invocations), default=0)
@@ -202,7 +214,7 @@ def _check(
     missing = sorted(expected - set(dlq))
     extra: list[str] = []
     reason_mismatch: list[str] = []
-    crash_exhausted = 0
+    bystanders: list[str] = []  # dead-lettered although their handler never failed
     for uid, letters in dlq.items():
         event = by_uuid[uid]
         reasons = {letter.reason for letter in letters}
@@ -212,10 +224,9 @@ def _check(
                 reason_mismatch.append(f"{uid}({event.kind}: {sorted(reasons)} != {want})")
             continue
         failures = sum(1 for inv in per_event.get(uid, []) if not inv.ok)
-        if reasons == {"max_attempts"} and failures < max(letter.attempts for letter in letters):
-            crash_exhausted += 1  # its attempts went to crashes, not to its own handler failures
-        else:
-            extra.append(f"{uid}({event.kind}: {sorted(reasons)}, {failures} handler failures)")
+        extra.append(f"{uid}({event.kind}: {sorted(reasons)}, {failures} handler failures)")
+        if failures == 0:
+            bystanders.append(f"{uid}({event.kind}: {sorted(reasons)})")
     dlq_duplicates = sorted(uid for uid, letters in dlq.items() if len(letters) > 1)
     acked_and_dead = sum(1 for uid in dlq if any(inv.ok for inv in per_event.get(uid, [])))
 
@@ -263,7 +274,7 @@ def _check(
             "attempts_within_limit",
             not over_limit and max_attempt_seen <= max_attempts,
             f"max invocations per event={max_invocations}, max attempt seen={max_attempt_seen},"
-            f" max_attempts={max_attempts}",
+            f" max_attempts={max_attempts}, max_deliveries={max_deliveries}",
         ),
         Check(
             "nothing_pending",
@@ -280,7 +291,12 @@ def _check(
             not (missing or extra or dlq_duplicates or bytes_mismatch or reason_mismatch),
             f"expected={len(expected)} entries={len(dead)} missing={len(missing)} extra={len(extra)}"
             f" duplicates={len(dlq_duplicates)} bytes_mismatch={len(bytes_mismatch)}"
-            f" reason_mismatch={len(reason_mismatch)} crash_exhausted={crash_exhausted}",
+            f" reason_mismatch={len(reason_mismatch)}",
+        ),
+        Check(
+            "no_bystander_dead_lettered",
+            not bystanders,
+            f"dead-lettered without a handler failure={len(bystanders)} {bystanders[:SAMPLE]}",
         ),
         Check("workers_healthy", not unexplained, f"unexplained exits={len(unexplained)}"),
     ]
@@ -320,7 +336,7 @@ def _check(
         dlq_duplicates=dlq_duplicates[:SAMPLE],
         dlq_bytes_mismatch=bytes_mismatch[:SAMPLE],
         dlq_reason_mismatch=reason_mismatch[:SAMPLE],
-        crash_exhausted=crash_exhausted,
+        bystanders_dead_lettered=len(bystanders),
         acked_and_dead=acked_and_dead,
         faults=dict(sorted(fault_counts.items())),
         self_kills=dict(sorted(self_kill_counts.items())),

@@ -55,7 +55,8 @@ def render(report: RunReport) -> str:
         f" + lease_lost {c.lease_lost} (in flight at pauses, restarts, client kills: {c.lease_lost_bound})",
         f"  attempts     max invocations per event {c.max_invocations}, max attempt {c.max_attempt_seen},"
         f" over the limit {c.attempts_over_limit}, same attempt twice {c.same_attempt_twice}",
-        f"  dead letters {c.dlq_entries} (expected {c.dlq_expected}); crash-exhausted {c.crash_exhausted};"
+        f"  dead letters {c.dlq_entries} (expected {c.dlq_expected});"
+        f" bystanders {c.bystanders_dead_lettered};"
         f" acked and dead {c.acked_and_dead}",
         f"  final state  pending {f.stream_pending}+{f.retry_pending}, undelivered"
         f" {f.stream_undelivered}+{f.retry_undelivered}, lag {f.stream_lag}/{f.retry_lag},"

@@ -34,10 +34,11 @@ from typing import Any
 import structlog
 
 from streamq import App, Batch, Message, _wire
-from streamq import consumer as consumer_module
+from streamq._worker import consumer as consumer_module
+from streamq._worker.consumer import Consumer
+from streamq._worker.reclaiming import Deliveries
+from streamq._worker.settling import Settlement
 from streamq.app import run_app
-from streamq.consumer import Consumer, Deliveries
-from streamq.settle import Settlement
 
 from .ledger import WorkerLog
 from .workload import ChaosEvent, handler_succeeds

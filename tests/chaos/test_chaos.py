@@ -148,7 +148,7 @@ def test_duplicates_explained_by_a_kill_pass(tmp_path: Path) -> None:
 
 
 def test_too_many_invocations_fail(tmp_path: Path) -> None:
-    """More handler invocations than max_attempts means crashed attempts were not counted."""
+    """An attempt number past max_attempts means failed attempts were not counted."""
     s = Scenario(tmp_path)
     s.publish("p", POISON)
     for attempt in range(1, MAX_ATTEMPTS + 2):
@@ -174,19 +174,29 @@ def test_dead_letters_must_match_exactly(tmp_path: Path) -> None:
     assert "dlq_exact" in _failed(report)
 
 
-def test_crash_exhausted_and_trimmed_events_are_excused(tmp_path: Path) -> None:
-    """An ok event whose attempts went to crashes may be dead-lettered; a pending entry trimmed on purpose
-    is `trimmed`, not lost, and a poison event trimmed that way need not reach the dead-letter stream."""
+def test_bystanders_of_crashes_must_not_be_dead_lettered(tmp_path: Path) -> None:
+    """An ok event whose handler never failed must never reach the dead-letter stream, however many
+    crashes it was in flight for (streamq counts those against max_deliveries, and isolates repeat
+    suspects so that they settle)."""
     s = Scenario(tmp_path)
     s.publish("a", entry_id="1-0")
     s.handled("a", entry_id="1-0")  # succeeded, then its worker died before settling, every time
-    s.dead_letter("a", "max_attempts", attempts=MAX_ATTEMPTS + 1)
+    s.dead_letter("a", "max_deliveries", attempts=1)
+    report = s.check()
+    assert report.bystanders_dead_lettered == 1
+    assert "no_bystander_dead_lettered" in _failed(report)
+
+
+def test_trimmed_events_are_excused(tmp_path: Path) -> None:
+    """A pending entry trimmed on purpose is `trimmed`, not lost, and a poison event trimmed that way need
+    not reach the dead-letter stream."""
+    s = Scenario(tmp_path)
     s.publish("t", entry_id="2-0")
     s.publish("p", POISON, entry_id="3-0")
     s.ledger.add_fault("trim_pending", "stream", 2, minid="3-1", trimmed=2, pending_ids=["2-0", "3-0"])
     report = s.check()
     assert report.ok, report.checks
-    assert (report.crash_exhausted, report.trimmed, report.lost) == (1, 2, 0)
+    assert (report.trimmed, report.lost) == (2, 0)
 
 
 def test_unexplained_worker_exits_fail(tmp_path: Path) -> None:
@@ -206,8 +216,8 @@ def test_unexplained_worker_exits_fail(tmp_path: Path) -> None:
 def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | None, tmp_path: Path) -> None:
     """Under kills at every failpoint, a pause past the lease, a server kill -9, a CLIENT KILL and trims,
     no acknowledged event is lost, none appears from nowhere, duplicates stay within what was in flight,
-    no event gets more than max_attempts handler calls, nothing is left pending, and the dead-letter stream
-    holds exactly the poison and malformed events, byte for byte."""
+    no event fails more than max_attempts times, nothing is left pending, the dead-letter stream holds
+    exactly the poison and malformed events, byte for byte, and no bystander of a crash is dead-lettered."""
     out = tmp_path / "report.json"
     args = [
         sys.executable, "-m", "chaos", "--quick", "--seed", "1",
@@ -241,7 +251,7 @@ def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | Non
     assert check_["unexpected"] == 0, context
     assert check_["duplicated"] <= check_["duplicate_bound"], context
     assert check_["duplicated"] <= check_["reclaimed"] + check_["lease_lost"], context
-    # Attempts: crashed deliveries count, so no event ever gets more than max_attempts handler calls.
+    # Attempts: no attempt number past max_attempts; crashed deliveries have a budget of their own.
     assert check_["attempts_over_limit"] == 0, context
     assert check_["max_attempt_seen"] <= report["config"]["max_attempts"], context
     # Nothing stuck.
@@ -254,6 +264,9 @@ def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | Non
     assert check_["dlq_expected"] > 0, context
     for field in ("dlq_missing", "dlq_extra", "dlq_duplicates", "dlq_bytes_mismatch", "dlq_reason_mismatch"):
         assert check_[field] == [], f"{field}: {context}"
+    # Crash-loop protection: workers were killed every few seconds, and no event whose handler never failed
+    # ended in the dead-letter stream.
+    assert check_["bystanders_dead_lettered"] == 0, context
     assert check_["unexplained_exits"] == [], context
     assert all(c["ok"] for c in check_["checks"]), context
     assert report["ok"] and done.returncode == 0, context
