@@ -49,11 +49,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory even on success")
     parser.add_argument("--fsync", action="store_true", help="workers fsync their ledger files per batch")
     parser.add_argument(
+        "--kill-every",
+        type=_seconds_range,
+        metavar="MIN,MAX",
+        help="seconds between worker kills, drawn uniformly (default 2,5); e.g. 0.5,1.5 for a crash storm",
+    )
+    parser.add_argument(
         "--sabotage",
         choices=SABOTAGES,
         help="self-test: break streamq in the workers on purpose; the run must then fail",
     )
     return parser.parse_args(argv)
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    try:
+        bounds = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX in seconds, got {text!r}") from None
+    if not 0 < bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+    return bounds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, value in (
             ("seed", args.seed), ("events", args.events), ("workers", args.workers),
             ("window_s", args.window_s), ("fsync", args.fsync or None), ("sabotage", args.sabotage),
+            ("kill_every_s", args.kill_every),
         )
         if value is not None
     }  # fmt: skip
