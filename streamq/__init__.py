@@ -3,7 +3,7 @@
 from .app import App
 from .batch import Batch, Message
 from .deadletter import DeadLetter, DeadLetters
-from .errors import ConfigurationError, EventTooLarge, Reject, Retry, StreamqError
+from .errors import ConfigurationError, Defer, EventTooLarge, Reject, Retry, StreamqError
 from .events import Event
 from .producer import Producer, SyncProducer
 from .settings import ConsumerSettings
@@ -15,6 +15,7 @@ __all__ = [
     "ConsumerSettings",
     "DeadLetter",
     "DeadLetters",
+    "Defer",
     "Event",
     "EventTooLarge",
     "Message",
