@@ -1,14 +1,14 @@
 """The `streamq` command: run workers, inspect streams, manage dead letters, and run the demo.
 
 `main(argv) -> int` is the whole interface: it parses the arguments, configures logging (the only place
-streamq does), runs one command and returns one of the exit codes (defined in cli_output.py). It never
+streamq does), runs one command and returns one of the exit codes (defined in exit_codes.py). It never
 calls sys.exit, so the tests call it in-process; `streamq` (the console script) and `python -m streamq`
 wrap it.
 
 Global options may come before or after the command (`streamq --redis-url URL status` and
 `streamq status --redis-url URL` both work), because that is how people type them.
 
-The exit codes, tables and JSON output are in cli_output.py, the help texts in cli_help.py.
+The tables and JSON output are in cli_output.py, the help texts in cli_help.py.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ from .cli_help import (
 )
 from .cli_output import (
     ERROR_COLUMN_WIDTH,
-    FAILURE,
-    INTERRUPTED,
-    OK,
-    USAGE,
     format_dead_letters,
     format_status,
     format_table,
@@ -55,13 +51,16 @@ from .cli_output import (
 )
 from .connection import ENV_URL, async_client, redact, resolve_url
 from .deadletter import DeadLetters
-from .errors import StreamqError
+from .errors import AppLoadError, StreamqError
+from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import status
 from .logs import DEFAULT_LEVEL, LEVELS, configure_logging
 
-# What other code imports from here. The exit codes and formatters now live in cli_output.py and are
-# re-exported: the tests import the codes from here, the demo format_dead_letters.
+# What other code imports from here. The exit codes (exit_codes.py), AppLoadError (errors.py) and the
+# formatters (cli_output.py) are re-exported: scripts and tests import the codes from here, the demo
+# format_dead_letters.
 __all__ = [
+    "ABANDONED",
     "ERROR_COLUMN_WIDTH",
     "FAILURE",
     "INTERRUPTED",
@@ -154,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", metavar="APP_PATH", help="module:attribute of a streamq.App")
     worker.add_argument("--burst", action="store_true", help="exit once drained and nothing is pending")
     worker.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop, not uvloop")
+    worker.add_argument(
+        "--connect-timeout-ms", metavar="N", type=_positive_int, default=None,
+        help="how long to wait for an unreachable server at start"
+        " (default: the app's setting, else 30000 with --burst and for ever without)",
+    )  # fmt: skip
 
     about = "show streams, groups, lag, pending and dead letters"
     show_status = command(commands, "status", about, STATUS_EPILOG, cmd_status)
@@ -258,10 +262,6 @@ def _with_client(args: argparse.Namespace, action: Callable[[aioredis.Redis], Aw
 # ---------------------------------------------------------------------------------------------- worker
 
 
-class AppLoadError(Exception):
-    """APP_PATH does not name a streamq.App that can be imported."""
-
-
 def load_app(path: str) -> App:
     """Import `module:attribute` (dots allowed in both) with the current directory on sys.path."""
     module_name, _, attribute = path.partition(":")
@@ -303,11 +303,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     shown = redact(app.redis) if isinstance(app.redis, str) else "client given by the app"
     log.info("worker starting", app=args.app, redis=shown, consumers=len(app.specs), burst=args.burst)
     try:
-        code = run_app(app, burst=args.burst, use_uvloop=not args.no_uvloop)
+        code = run_app(
+            app, burst=args.burst, use_uvloop=not args.no_uvloop, connect_timeout_ms=args.connect_timeout_ms
+        )
     except (RedisConnectionError, RedisTimeoutError) as exc:
         return _fail(f"cannot reach Redis at {shown}: {exc}")
     log.info("worker stopped", app=args.app, **app.counts())
-    return INTERRUPTED if code == INTERRUPTED else OK
+    return code  # OK, ABANDONED or INTERRUPTED
 
 
 # ---------------------------------------------------------------------------------------------- status

@@ -6,8 +6,8 @@ they belong to.
 
 from __future__ import annotations
 
-from .cli_output import FAILURE, INTERRUPTED, OK, USAGE
 from .connection import ENV_URL
+from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 
 EPILOG = f"""\
 examples:
@@ -20,18 +20,29 @@ examples:
   streamq demo                                    the showcase, on a throwaway server
   {ENV_URL}=redis://:secret@redis:6379/0 streamq status
 
-exit codes: {OK} ok, {FAILURE} failure, {USAGE} usage error, {INTERRUPTED} interrupted
+exit codes: {OK} ok, {FAILURE} failure, {USAGE} usage error, {INTERRUPTED} interrupted,
+  {ABANDONED} the worker's shutdown grace period ran out (see `streamq worker --help`)
 """
 
-WORKER_EPILOG = """\
+WORKER_EPILOG = f"""\
 APP_PATH is module:attribute naming a streamq.App; the current directory is on the import path.
 The app's own Redis URL wins; an app built without one (streamq.App()) uses --redis-url.
+A server unreachable at start is waited for: --connect-timeout-ms long, by default the app's own
+connect_timeout_ms, else 30 s with --burst and for ever without (a worker outlives a server restart).
 
 examples:
   streamq worker myapp.workers:app
   streamq worker myapp.workers:app --redis-url rediss://:secret@redis.internal:6380/0
   streamq worker myapp.workers:app --burst --log-level debug
+  streamq worker myapp.workers:app --connect-timeout-ms 120000
   streamq worker streamq.demo_app:app             the demo's billing consumer
+
+exit codes:
+  {OK}: stopped cleanly (SIGTERM, Ctrl-C, or drained with --burst)
+  {FAILURE}: failed: the server unreachable or unusable, the app failed on import, a part failed for good
+  {USAGE}: bad arguments, or an APP_PATH that does not load
+  {ABANDONED}: the shutdown grace period ran out with batches in flight (they stay pending and are reclaimed)
+  {INTERRUPTED}: stopped at once by a second signal (in-flight batches stay pending and are reclaimed)
 """
 
 STATUS_EPILOG = """\

@@ -1,8 +1,8 @@
-"""What the `streamq` command hands back: its exit codes, and the tables and JSON it prints.
+"""What the `streamq` command prints: tables and JSON.
 
-Apart from cli.py so that the parser and the commands read without the column arithmetic, and so that the
-help texts (cli_help.py), which quote the exit codes, need not import the CLI itself. The demo prints its
-dead letters with format_dead_letters. streamq.cli re-exports the exit codes and the format_* tables.
+Apart from cli.py so that the parser and the commands read without the column arithmetic. The demo prints
+its dead letters with format_dead_letters. The exit codes live in exit_codes.py; they are re-exported here
+and from streamq.cli, where scripts have imported them from. streamq.cli re-exports the format_* tables.
 """
 
 from __future__ import annotations
@@ -14,12 +14,22 @@ from typing import Any
 import msgspec
 
 from .deadletter import DeadLetter
+from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import StreamStatus
 
-OK = 0
-FAILURE = 1  # the command ran and failed: Redis unreachable, no such dead letter, the demo's check failed
-USAGE = 2  # bad arguments (argparse's own code for them too)
-INTERRUPTED = 130  # 128 + SIGINT: stopped before in-flight batches were settled (a second signal, Ctrl-C)
+__all__ = [
+    "ABANDONED",
+    "ERROR_COLUMN_WIDTH",
+    "FAILURE",
+    "INTERRUPTED",
+    "OK",
+    "USAGE",
+    "format_dead_letters",
+    "format_status",
+    "format_table",
+    "format_timestamp",
+    "print_json",
+]
 
 ERROR_COLUMN_WIDTH = 60  # characters of an error shown in a table row; `dlq show` prints all of it
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from helpers import wait_until
 
 import streamq.cli
 import streamq.cli_output
+import streamq.errors
+import streamq.exit_codes
 from streamq import SyncProducer, keys
-from streamq.cli import FAILURE, INTERRUPTED, OK, USAGE, main
+from streamq.cli import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE, main
 from streamq.connection import ENV_URL
 from streamq.demo_app import STREAM_ENV
 from streamq.logs import configure_logging
@@ -132,6 +135,7 @@ def test_missing_commands_unknown_options_and_bad_values_are_usage_errors(
     assert main([]) == USAGE
     assert main(["status", "--no-such-option"]) == USAGE
     assert main(["dlq", "list", "s", "--count", "0"]) == USAGE
+    assert main(["worker", "cli_app:app", "--connect-timeout-ms", "0"]) == USAGE
     assert main(["--log-level", "loud", "status"]) == USAGE
     assert "Traceback" not in capsys.readouterr().err
     assert main(["--version"]) == OK
@@ -140,17 +144,34 @@ def test_missing_commands_unknown_options_and_bad_values_are_usage_errors(
 
 def test_exit_codes_are_the_documented_numbers() -> None:
     """The exit codes are the conventional numbers that scripts test for."""
-    assert (OK, FAILURE, USAGE, INTERRUPTED) == (0, 1, 2, 130)
+    assert (OK, FAILURE, USAGE, ABANDONED, INTERRUPTED) == (0, 1, 2, 3, 130)
 
 
 def test_names_moved_out_of_cli_stay_importable_from_it() -> None:
-    """The exit codes and table formatters, now in cli_output.py, are still streamq.cli's public names,
-    where the demo and users' scripts import them from."""
+    """The exit codes (now in exit_codes.py), AppLoadError (now in errors.py) and the table formatters (in
+    cli_output.py) are still streamq.cli's public names, where the demo and users' scripts import them
+    from; cli_output re-exports the same exit codes."""
     assert all(hasattr(streamq.cli, name) for name in streamq.cli.__all__)
-    moved = ["OK", "FAILURE", "USAGE", "INTERRUPTED", "format_table", "format_status", "format_dead_letters"]
-    for name in moved:
+    for name in ["OK", "FAILURE", "USAGE", "ABANDONED", "INTERRUPTED"]:
+        assert name in streamq.cli.__all__
+        assert getattr(streamq.cli, name) == getattr(streamq.exit_codes, name)
+        assert getattr(streamq.cli_output, name) == getattr(streamq.exit_codes, name)
+    for name in ["format_table", "format_status", "format_dead_letters"]:
         assert name in streamq.cli.__all__
         assert getattr(streamq.cli, name) is getattr(streamq.cli_output, name)
+    assert streamq.cli.AppLoadError is streamq.errors.AppLoadError
+    assert issubclass(streamq.cli.AppLoadError, streamq.errors.ConfigurationError)
+
+
+def test_worker_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """`worker --help` says what each exit code means, ABANDONED (3) included."""
+    assert main(["worker", "--help"]) == OK
+    out = capsys.readouterr().out
+    assert (
+        "3: the shutdown grace period ran out with batches in flight (they stay pending and are reclaimed)"
+        in out
+    )
+    assert "130: " in out and "--connect-timeout-ms" in out
 
 
 def test_unreachable_redis_fails_without_showing_the_password(capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,6 +227,20 @@ def test_worker_burst_runs_an_app_from_the_current_directory(
     assert sys.modules[names.module].app.redis == redis_url
     events = [json.loads(line)["event"] for line in err.splitlines()]
     assert "worker starting" in events and "worker stopped" in events
+
+
+def test_worker_connect_timeout_ms_bounds_the_wait_for_an_unreachable_server(
+    capsys: pytest.CaptureFixture[str], names: Names, app_dir: Path
+) -> None:
+    """`worker --connect-timeout-ms N` gives up on a server unreachable at start after N ms (a burst run
+    otherwise waits 30 s): FAILURE, saying so."""
+    started = time.monotonic()
+    code = main(["worker", f"{names.module}:app", "--burst", "--connect-timeout-ms", "300",
+                 "--redis-url", "redis://127.0.0.1:1/0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == FAILURE, err
+    assert time.monotonic() - started < 15
+    assert "unreachable for 300 ms" in err
 
 
 def test_worker_finishes_and_exits_ok_on_sigterm(
