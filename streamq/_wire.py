@@ -450,7 +450,7 @@ class SettlePlan(NamedTuple):
     acks: list[bytes]
     retries: list[tuple[bytes, int, bytes]]  # (entry id, delay_ms, retry record)
     dead: list[tuple[bytes, list[Arg]]]  # (entry id, flat dead-letter fields)
-    defers: list[tuple[bytes, int, bytes]] = []  # (entry id, delay_ms, retry record): no attempt used
+    defers: Sequence[tuple[bytes, int, bytes]] = ()  # (entry id, delay_ms, retry record): no attempt used
 
 
 class Settled(NamedTuple):
@@ -622,6 +622,28 @@ async def ensure_group_at(client: aioredis.Redis, key: str, group: str, entry_id
     except ResponseError as exc:
         _raise_for_key(key, exc)
     return int(reply)
+
+
+async def register_stream(client: aioredis.Redis, registry_key: str, stream: str) -> None:
+    """Note the stream in the registry that `streamq status` lists."""
+    await client.sadd(registry_key, stream)
+
+
+async def count(client: aioredis.Redis, stats_key: str, field: str, amount: int) -> None:
+    """Add `amount` to one of a group's counters."""
+    await client.hincrby(stats_key, field, amount)
+
+
+class ConsumerInfo(NamedTuple):
+    name: str
+    pending: int
+    idle_ms: int  # since its last read attempt from Redis 7.2 on, since its last successful one before
+
+
+async def consumers(client: aioredis.Redis, stream: str, group: str) -> list[ConsumerInfo]:
+    """The group's consumers (XINFO CONSUMERS); a missing group raises ResponseError (NOGROUP)."""
+    rows = await client.xinfo_consumers(stream, group)
+    return [ConsumerInfo(decode_id(r["name"]), int(r["pending"]), int(r["idle"])) for r in rows]
 
 
 async def group_backlog(client: aioredis.Redis, keys: Sequence[str], group: str, delayed_key: str) -> int:

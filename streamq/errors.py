@@ -63,7 +63,7 @@ class Retry(HandlerOutcome):
 
 
 class Defer(HandlerOutcome):
-    """Not yet: process this event again after `delay_ms` without using an attempt (bounded by max_defer_ms)."""
+    """Not yet: handle this event again after `delay_ms` without using an attempt (up to max_defer_ms)."""
 
     def __init__(self, delay_ms: int, reason: str = "deferred") -> None:
         if not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or delay_ms < 0:

@@ -30,7 +30,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -137,7 +137,7 @@ class Consumer:
         for key in self.keys:
             if await _wire.ensure_group(self.client, key, self.group):
                 self.log.info("group created", key=key)
-        await self.client.sadd(keys.REGISTRY_KEY, self.stream)
+        await _wire.register_stream(self.client, keys.REGISTRY_KEY, self.stream)
         if self.decoder is None:
             self.decoder = Decoder(self.handlers.resolve_event_types(), self.settings.max_event_bytes)
 
@@ -318,15 +318,52 @@ class Consumer:
             handler_calls=len(work.batches),
             entry_ids=_first_ids(i for batches in work.batches for b in batches for i in b.ids),
         )
-        await self.client.hincrby(keys.stats_key(self.stream, self.group), "reclaimed", work.claimed)
+        await _wire.count(self.client, keys.stats_key(self.stream, self.group), "reclaimed", work.claimed)
         holds = [self._hold(batches) for batches in work.batches]
+        # Repeat suspects are handled one at a time, but the claim counted a delivery for all of them at
+        # once. Should one of them kill this worker, those not yet handed to the handler would be charged
+        # a lost delivery they never had, and the batch-mates queued behind a poison event ended in the
+        # dead letters as max_deliveries with it. So the claim's delivery is taken back at once from every
+        # suspect but the first, and counted again just before each one is handled.
+        first_alone = len(work.batches) - work.alone
         try:
+            await self._count_deliveries(link, work.batches[first_alone + 1 :], work.deliveries, -1)
             for index, batches in enumerate(work.batches):
+                if index > first_alone:
+                    await self._count_deliveries(link, [batches], work.deliveries, 0, holds[index])
                 await self._process_held(link, batches, holds[index], work.deliveries)
                 holds[index] = []
         finally:
             for held in holds:
                 self._release(held)
+
+    async def _count_deliveries(
+        self,
+        link: _wire.Link,
+        suspects: list[list[_wire.StreamBatch]],
+        deliveries: Deliveries,
+        offset: int,
+        holds: Sequence[Hold] = (),
+    ) -> None:
+        """Set the delivery counter of repeat suspects this consumer holds to what the claim made it, plus
+        `offset`. XCLAIM with JUSTID (its idle reset doubles as a renewal) and RETRYCOUNT; entries the
+        lease keeper saw taken by another worker are left alone."""
+        lost = {entry_id for held in holds for entry_id in held.lost}
+        payload: list[bytes] = []
+        for (batch,) in suspects:
+            (entry_id,) = batch.ids
+            if entry_id in lost:
+                continue
+            count = deliveries[batch.key][entry_id] + offset
+            payload.append(
+                _wire.pack(
+                    "XCLAIM", batch.key, self.group, self.name, 0, entry_id, "RETRYCOUNT", count, "JUSTID"
+                )
+            )
+        if payload:
+            for reply in await link.roundtrip(b"".join(payload), len(payload)):
+                if isinstance(reply, ResponseError):
+                    raise reply
 
     async def _ack_deleted(self, link: _wire.Link, deleted_by_key: dict[str, list[bytes]]) -> None:
         """Pending entries deleted or trimmed from the stream: nothing to process, acknowledge them."""
@@ -343,7 +380,7 @@ class Consumer:
             await link.call("XACK", key, self.group, *ids)
             total += len(ids)
         self.counts["deleted"] += total
-        await self.client.hincrby(keys.stats_key(self.stream, self.group), "deleted_pending", total)
+        await _wire.count(self.client, keys.stats_key(self.stream, self.group), "deleted_pending", total)
 
     # ------------------------------------------------------------------------------------------ a batch
 

@@ -23,17 +23,15 @@ async def reap_idle(
 ) -> list[str]:
     """Delete the group's consumers (other than `me`) idle for idle_ms and holding nothing."""
     try:
-        consumers = await client.xinfo_consumers(stream, group)
+        found = await _wire.consumers(client, stream, group)
     except ResponseError:
         return []  # the group is being recreated; try next time
     reaped = []
-    for info in consumers:
-        name = _wire.decode_id(info["name"])
-        # `idle`: since the consumer's last read attempt from 7.2 on, its last successful one before.
-        candidate = name != me and int(info["pending"]) == 0 and int(info["idle"]) >= idle_ms
+    for info in found:
+        candidate = info.name != me and info.pending == 0 and info.idle_ms >= idle_ms
         try:
-            if candidate and await _wire.reap(client, keys, group, name):
-                reaped.append(name)
+            if candidate and await _wire.reap(client, keys, group, info.name):
+                reaped.append(info.name)
         except ResponseError as exc:  # an ACL without XGROUP DELCONSUMER: keep working, say why
             log.warning("could not remove idle consumers", error=describe_error(exc))
             break
