@@ -8,21 +8,19 @@ wrap it.
 Global options may come before or after the command (`streamq --redis-url URL status` and
 `streamq status --redis-url URL` both work), because that is how people type them.
 
-The tables and JSON output are in cli_output.py, the help texts in cli_help.py.
+The tables and JSON output are in cli_output.py, the help texts in cli_help.py. The inspecting commands
+use the blocking API (status_sync, SyncDeadLetters): one command, one connection, no event loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import msgspec
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -43,17 +41,21 @@ from .cli_help import (
 )
 from .cli_output import (
     ERROR_COLUMN_WIDTH,
+    SHOW_FIELD_BYTES,
+    dead_letter_json,
+    describe_page,
+    describe_result,
+    format_dead_letter,
     format_dead_letters,
     format_status,
     format_table,
-    format_timestamp,
     print_json,
 )
-from .connection import ENV_URL, async_client, redact, resolve_url
-from .deadletter import DeadLetters
-from .errors import AppLoadError, StreamqError
+from .connection import ENV_URL, redact, resolve_url
+from .deadletter import DEFAULT_LIMIT, DeadLetterResult, SyncDeadLetters, check_id
+from .errors import AppLoadError, ConfigurationError, StreamqError
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
-from .inspect import status
+from .inspect import status_sync
 from .logs import DEFAULT_LEVEL, LEVELS, configure_logging
 
 # What other code imports from here. The exit codes (exit_codes.py), AppLoadError (errors.py) and the
@@ -75,10 +77,8 @@ __all__ = [
     "main",
 ]
 
-DEFAULT_DLQ_COUNT = 100  # dead letters shown by `dlq list`
 DEFAULT_DEMO_EVENTS = 20_000
 
-T = TypeVar("T")
 log = structlog.get_logger("streamq.cli")
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -125,6 +125,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _dlq_id(text: str) -> str:
+    try:
+        return check_id(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,28 +185,40 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("stream", metavar="STREAM")
     listing.add_argument("--group", metavar="G", help="only this group's dead letters")
     listing.add_argument(
-        "--count",
-        metavar="N",
-        type=_positive_int,
-        default=DEFAULT_DLQ_COUNT,
-        help=f"show at most N (default: {DEFAULT_DLQ_COUNT})",
-    )
+        "--limit", metavar="N", type=_positive_int, default=DEFAULT_LIMIT,
+        help=f"show at most N (default: {DEFAULT_LIMIT})",
+    )  # fmt: skip
+    # --limit's former name, kept so that scripts written for it still work.
+    listing.add_argument("--count", dest="limit", type=_positive_int, default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)  # fmt: skip
+    listing.add_argument(
+        "--after", metavar="DLQ_ID", type=_dlq_id,
+        help="start after this dead letter (the `--after` printed under the previous page)",
+    )  # fmt: skip
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show = command(actions, "show", "show every field of one dead letter", DLQ_SHOW_EPILOG, cmd_dlq_show)
     show.add_argument("stream", metavar="STREAM")
-    show.add_argument("dlq_id", metavar="DLQ_ID", help="its id in the dead-letter stream (see `dlq list`)")
+    show.add_argument(
+        "dlq_id", metavar="DLQ_ID", type=_dlq_id, help="its id in the dead-letter stream (see `dlq list`)"
+    )
+    show.add_argument(
+        "--full", action="store_true",
+        help=f"print every field whole (default: the first {SHOW_FIELD_BYTES} bytes of each)",
+    )  # fmt: skip
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     about = "send dead letters back to their group for fresh attempts"
     replay = command(actions, "replay", about, DLQ_REPLAY_EPILOG, cmd_dlq_replay)
     replay.add_argument("stream", metavar="STREAM")
-    replay.add_argument("ids", metavar="DLQ_ID", nargs="*", help="dead letters to replay")
+    replay.add_argument("ids", metavar="DLQ_ID", nargs="*", type=_dlq_id, help="dead letters to replay")
     replay.add_argument("--all", action="store_true", help="replay every dead letter of the stream")
     replay.add_argument("--group", metavar="G", help="only this group's dead letters")
+    replay.add_argument("--json", action="store_true", help="print what was done as JSON")
     purge = command(actions, "purge", "delete dead letters for good", DLQ_PURGE_EPILOG, cmd_dlq_purge)
     purge.add_argument("stream", metavar="STREAM")
-    purge.add_argument("ids", metavar="DLQ_ID", nargs="*", help="dead letters to delete")
+    purge.add_argument("ids", metavar="DLQ_ID", nargs="*", type=_dlq_id, help="dead letters to delete")
     purge.add_argument("--all", action="store_true", help="delete all of the stream's (with --yes)")
     purge.add_argument("--yes", action="store_true", help="confirm --all")
+    purge.add_argument("--json", action="store_true", help="print what was done as JSON")
 
     about = "publish, crash a worker, recover, and account for every event"
     demo = command(commands, "demo", about, DEMO_EPILOG, cmd_demo)
@@ -246,17 +265,6 @@ def _usage(args: argparse.Namespace, message: str) -> int:
     parser.print_usage(sys.stderr)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return USAGE
-
-
-def _with_client(args: argparse.Namespace, action: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-    async def run() -> T:
-        client, _ = async_client(resolve_url(args.redis_url))
-        try:
-            return await action(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -316,7 +324,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = _with_client(args, lambda client: status(client, args.streams or None))
+    statuses = status_sync(resolve_url(args.redis_url), args.streams or None)
     if args.json:
         print_json(statuses)
     elif not statuses:
@@ -329,47 +337,52 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- dlq
 
 
+def _dead_letters(args: argparse.Namespace) -> SyncDeadLetters:
+    return SyncDeadLetters(resolve_url(args.redis_url))
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    stream, group, count = args.stream, args.group, args.count
-    letters = _with_client(args, lambda c: DeadLetters(c).list(stream, group=group, count=count))
+    with _dead_letters(args) as dead:
+        page = dead.page(args.stream, group=args.group, after=args.after, limit=args.limit)
     if args.json:
-        print_json([letter.to_dict(with_payload=False) for letter in letters])
-    elif not letters:
-        print(f"no dead letters for {args.stream}" + (f" in group {args.group}" if args.group else ""))
+        print_json({
+            "stream": args.stream, "group": args.group, "total": page.total, "scanned": page.scanned,
+            "next_after": page.next_after,
+            "dead_letters": [letter.to_dict(with_payload=False) for letter in page.letters],
+        })  # fmt: skip
+        return OK
+    if page.letters:
+        print(format_dead_letters(page.letters))
     else:
-        print(format_dead_letters(letters))
+        where = f" in group {args.group}" if args.group else ""
+        where += f" after {args.after}" if args.after else ""
+        print(f"no dead letters for {args.stream}{where}")
+    if page.total:
+        # Under the table, on stderr: what is piped on is the table alone.
+        more = f"streamq dlq list {args.stream}" + (f" --group {args.group}" if args.group else "")
+        more += f" --limit {args.limit}" if args.limit != DEFAULT_LIMIT else ""
+        for line in describe_page(page, args.stream, args.group, more):
+            print(line, file=sys.stderr)
     return OK
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
-    letter = _with_client(args, lambda c: DeadLetters(c).show(args.stream, args.dlq_id))
-    data = letter.to_dict()
+    with _dead_letters(args) as dead:
+        letter = dead.show(args.stream, args.dlq_id)
+    limit = None if args.full else SHOW_FIELD_BYTES
     if args.json:
-        print_json(data)
-        return OK
-    trace = data.pop("traceback")
-    event = data.pop("event")
-    data["first_failure_ms"] = f"{data['first_failure_ms']} ({format_timestamp(letter.first_failure_ms)})"
-    data["last_failure_ms"] = f"{data['last_failure_ms']} ({format_timestamp(letter.last_failure_ms)})"
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        print(f"{key.ljust(width)}  {'-' if value is None or value == '' else value}")
-    preview = msgspec.json.encode(event).decode() if event is not None else "(not msgpack)"
-    print(f"{'event'.ljust(width)}  {preview}")
-    if trace:
-        print("traceback:")
-        print(trace.rstrip())
+        print_json(dead_letter_json(letter, limit))
+    else:
+        print(format_dead_letter(letter, limit))
     return OK
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == args.all:
         return _usage(args, "give DLQ_IDs or --all (one or the other)")
-    moved = _with_client(
-        args, lambda c: DeadLetters(c).replay(args.stream, None if args.all else args.ids, group=args.group)
-    )
-    print(f"replayed {moved} dead letter{'s' if moved != 1 else ''} of {args.stream}")
-    return OK
+    with _dead_letters(args) as dead:
+        result = dead.replay(args.stream, None if args.all else args.ids, group=args.group)
+    return _report(args, result, "replayed")
 
 
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
@@ -377,9 +390,24 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         return _usage(args, "give DLQ_IDs or --all (one or the other)")
     if args.all and not args.yes:
         return _usage(args, f"--all deletes every dead letter of {args.stream} for good: confirm with --yes")
-    deleted = _with_client(args, lambda c: DeadLetters(c).purge(args.stream, None if args.all else args.ids))
-    print(f"purged {deleted} dead letter{'s' if deleted != 1 else ''} of {args.stream}")
-    return OK
+    with _dead_letters(args) as dead:
+        result = dead.purge(args.stream, None if args.all else args.ids)
+    return _report(args, result, "purged")
+
+
+def _report(args: argparse.Namespace, result: DeadLetterResult, done: str) -> int:
+    """Replay's and purge's report, one wording for both. FAILURE if an id given was not done, after
+    everything that could be done was: not found, or (replay) left where it is. Not for --all, which
+    leaves what cannot be replayed by design, and says so."""
+    summary, not_found, left = describe_result(result, done)
+    if args.json:
+        print_json(result)
+    else:
+        print(summary)
+    failed = bool(not_found) or (bool(args.ids) and bool(left))
+    for line in not_found + left:
+        print(f"streamq: {'error: ' if failed else ''}{line}", file=sys.stderr)
+    return FAILURE if failed else OK
 
 
 # ---------------------------------------------------------------------------------------------- demo

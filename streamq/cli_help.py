@@ -6,6 +6,7 @@ they belong to.
 
 from __future__ import annotations
 
+from .cli_output import SHOW_FIELD_BYTES
 from .connection import ENV_URL
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 
@@ -48,7 +49,8 @@ exit codes:
 STATUS_EPILOG = """\
 Without STREAM arguments, shows every stream that has had a streamq worker.
 PENDING counts entries delivered and not yet settled; LAG those not yet delivered to the group;
-RETRIES WAITING those failed and waiting for their backoff. The counters are totals since the group began.
+RETRIES WAITING those failed and waiting for their backoff. The counters are totals since the group began;
+--json gives every one, 0 until it first counts. A STREAM that names a key of another type says which.
 
 examples:
   streamq status
@@ -67,24 +69,35 @@ examples:
 """
 
 DLQ_LIST_EPILOG = """\
+Pages of --limit dead letters, oldest first. Under the table (on stderr) it says how many there are in
+all and, when more follow, the --after to give for the next page. With --group, every group's dead
+letters are counted in the total, and it says how many were scanned to find the group's.
+--json prints {stream, group, total, scanned, next_after, dead_letters}; next_after is null on the last page.
+
 examples:
   streamq dlq list orders
-  streamq dlq list orders --group billing --count 20
-  streamq dlq list orders --json | jq -r '.[].dlq_id'
+  streamq dlq list orders --after 1712345678901-0
+  streamq dlq list orders --group billing --limit 20
+  streamq dlq list orders --json | jq -r '.dead_letters[].dlq_id'
 """
 
-DLQ_SHOW_EPILOG = """\
+DLQ_SHOW_EPILOG = f"""\
 Prints every field: why and when it failed, the error and its traceback, the raw payload as hex and,
-when the payload is msgpack, a preview of it decoded as plain data.
+when the payload is msgpack, a preview of it decoded as plain data. Each field is cut to its first
+{SHOW_FIELD_BYTES} bytes, ending in "... N more bytes, use --full"; --full prints it all. With --json, a cut
+field is listed in "truncated" (field: bytes left out), and an event preview too long is left out (null).
 
 examples:
   streamq dlq show orders 1712345678901-0
-  streamq dlq show orders 1712345678901-0 --json
+  streamq dlq show orders 1712345678901-0 --full > letter.txt
+  streamq dlq show orders 1712345678901-0 --json --full | jq -r .payload | xxd -r -p > payload.bin
 """
 
-DLQ_REPLAY_EPILOG = """\
+DLQ_REPLAY_EPILOG = f"""\
 A replayed event goes back to its own group only, with a fresh set of attempts, and leaves the
 dead-letter stream in the same atomic step. Entries with no payload field at all cannot be replayed.
+Every DLQ_ID that can be replayed is; the ones that are not dead letters of STREAM are then named, and
+so are the ones left (no payload field, another group than --group), and the exit code is {FAILURE}.
 
 examples:
   streamq dlq replay orders 1712345678901-0 1712345678950-0
@@ -92,7 +105,10 @@ examples:
   streamq dlq replay orders --all --group billing
 """
 
-DLQ_PURGE_EPILOG = """\
+DLQ_PURGE_EPILOG = f"""\
+Every DLQ_ID there is deleted; the ones that are not dead letters of STREAM are then named, and the
+exit code is {FAILURE}.
+
 examples:
   streamq dlq purge orders 1712345678901-0 1712345678950-0
   streamq dlq purge orders --all --yes

@@ -1,4 +1,4 @@
-"""What the `streamq` command prints: tables and JSON.
+"""What the `streamq` command prints: tables, `dlq show`'s fields, what replay and purge did, JSON.
 
 Apart from cli.py so that the parser and the commands read without the column arithmetic. The demo prints
 its dead letters with format_dead_letters. The exit codes live in exit_codes.py; they are re-exported here
@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .deadletter import DeadLetter
+from .deadletter import DeadLetter, DeadLetterPage, DeadLetterResult
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import StreamStatus
 
@@ -23,7 +23,13 @@ __all__ = [
     "FAILURE",
     "INTERRUPTED",
     "OK",
+    "SHOW_FIELD_BYTES",
     "USAGE",
+    "dead_letter_fields",
+    "dead_letter_json",
+    "describe_page",
+    "describe_result",
+    "format_dead_letter",
     "format_dead_letters",
     "format_status",
     "format_table",
@@ -31,7 +37,8 @@ __all__ = [
     "print_json",
 ]
 
-ERROR_COLUMN_WIDTH = 60  # characters of an error shown in a table row; `dlq show` prints all of it
+ERROR_COLUMN_WIDTH = 60  # characters of an error shown in a table row; `dlq show` prints more
+SHOW_FIELD_BYTES = 4096  # bytes of any one field `dlq show` prints unless --full (of the payload: its first)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -68,33 +75,43 @@ def format_dead_letters(letters: Sequence[DeadLetter]) -> str:
     return format_table(["DLQ ID", "EVENT ID", "GROUP", "ATTEMPTS", "REASON", "FAILED AT", "ERROR"], rows)
 
 
-_KNOWN_STATS = ("acked", "retried", "dead", "reclaimed", "lease_lost")
+# The counters with a column of their own; the others (deleted_pending, any unknown) go to OTHER when not 0.
+_STAT_COLUMNS = {
+    "acked": "ACKED",
+    "retried": "RETRIED",
+    "deferred": "DEFERRED",
+    "dead": "DEAD-LETTERED",
+    "reclaimed": "RECLAIMED",
+    "lease_lost": "LEASE LOST",
+}
+
+
+def _no_groups(st: StreamStatus) -> str:
+    if st.key_type == "none":
+        return "(no such stream)"
+    if st.key_type == "stream":
+        return "(no groups)"
+    return (
+        f"({st.stream} is a {st.key_type}, not a stream)" if st.key_type else f"({st.stream} is not a stream)"
+    )
 
 
 def format_status(statuses: Sequence[StreamStatus]) -> str:
     headers = [
-        "STREAM",
-        "LENGTH",
-        "DEAD LETTERS",
-        "GROUP",
-        "CONSUMERS",
-        "PENDING",
-        "LAG",
-        "RETRIES WAITING",
-        "ACKED",
-        "RETRIED",
-        "DEAD-LETTERED",
-        "RECLAIMED",
-        "LEASE LOST",
-        "OTHER",
-    ]
+        "STREAM", "LENGTH", "DEAD LETTERS", "GROUP", "CONSUMERS", "PENDING", "LAG", "RETRIES WAITING",
+        *_STAT_COLUMNS.values(), "OTHER",
+    ]  # fmt: skip
     rows: list[list[object]] = []
     for st in statuses:
-        head: list[object] = [st.stream, st.length, st.dead_letters]
+        head: list[object] = [
+            st.stream,
+            st.length if st.key_type in ("stream", "none") else None,
+            st.dead_letters,
+        ]
         if not st.groups:
-            rows.append([*head, "(no groups)" if st.exists else "(no such stream)", *[None] * 10])
+            rows.append([*head, _no_groups(st), *[None] * (len(headers) - len(head) - 1)])
         for g in st.groups:
-            other = " ".join(f"{k}={v}" for k, v in sorted(g.stats.items()) if k not in _KNOWN_STATS)
+            other = " ".join(f"{k}={v}" for k, v in sorted(g.stats.items()) if k not in _STAT_COLUMNS and v)
             rows.append(
                 [
                     *head,
@@ -103,13 +120,122 @@ def format_status(statuses: Sequence[StreamStatus]) -> str:
                     g.pending,
                     g.lag,
                     g.retries_waiting,
-                    *[g.stats.get(k, 0) for k in _KNOWN_STATS],
+                    *[g.stats.get(k, 0) for k in _STAT_COLUMNS],
                     other,
                 ]
             )
     if not any(row[-1] for row in rows):
         headers, rows = headers[:-1], [row[:-1] for row in rows]
     return format_table(headers, rows)
+
+
+# ---------------------------------------------------------------------------------------------- dlq
+
+
+def describe_page(page: DeadLetterPage, stream: str, group: str | None, more: str) -> list[str]:
+    """What `dlq list` says under its table: how many of how many, and how to get the next page.
+
+    `more` is the command for the next page without --after, e.g. `streamq dlq list orders --limit 20`.
+    """
+    shown = len(page.letters)
+    if group is None:
+        lines = [f"showing {shown} of the {_dead_letters(page.total)} of {stream}"]
+    else:
+        lines = [
+            f"showing {shown} of group {group}'s dead letters, found among {page.scanned} scanned"
+            f" of the {_dead_letters(page.total)} of {stream} (all groups)"
+        ]
+    if page.next_after is not None:
+        lines.append(f"more: {more} --after {page.next_after}")
+    return lines
+
+
+def _dead_letters(n: int) -> str:
+    return f"{n} dead letter{'' if n == 1 else 's'}"
+
+
+def _clip_bytes(data: bytes, limit: int | None) -> tuple[bytes, int]:
+    if limit is None or len(data) <= limit:
+        return data, 0
+    return data[:limit], len(data) - limit
+
+
+def _clip_text(text: str, limit: int | None) -> tuple[str, int]:
+    """The text cut to `limit` bytes of UTF-8 (never inside a character), and how many bytes were cut."""
+    if limit is None or len(text) * 4 <= limit:  # fits whatever the characters
+        return text, 0
+    data = text.encode()
+    if len(data) <= limit:
+        return text, 0
+    head = data[:limit].decode(errors="ignore")
+    return head, len(data) - len(head.encode())
+
+
+def dead_letter_fields(letter: DeadLetter, limit: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+    """`dlq show`'s fields, each cut to `limit` bytes (None: whole), and how many bytes were cut from which.
+
+    The payload and raw fields are cut before they are written as hex, so their counts are of their own
+    bytes; `event` (the payload decoded as plain msgpack) is given as JSON text, or None if not msgpack.
+    """
+    data: dict[str, Any] = msgspec.structs.asdict(letter)
+    cut: dict[str, int] = {}
+    for name, value in data.items():
+        if isinstance(value, bytes):
+            data[name], cut[name] = _clip_bytes(value, limit)
+            data[name] = data[name].hex()
+        elif isinstance(value, str):
+            data[name], cut[name] = _clip_text(value, limit)
+    data["payload_size"] = len(letter.payload) if letter.payload is not None else 0
+    preview = letter.event_preview()
+    data["event"], cut["event"] = (
+        _clip_text(msgspec.json.encode(preview).decode(), limit) if preview is not None else (None, 0)
+    )
+    return data, {name: n for name, n in cut.items() if n}
+
+
+def format_dead_letter(letter: DeadLetter, limit: int | None) -> str:
+    """`dlq show` as text: one field a line, the traceback last; a cut field ends with how much was cut."""
+    data, cut = dead_letter_fields(letter, limit)
+    for name, n in cut.items():
+        data[name] += f" ... {n} more bytes, use --full"
+    trace = data.pop("traceback")
+    if data["event"] is None:
+        data["event"] = "(not msgpack)"
+    data["first_failure_ms"] = f"{letter.first_failure_ms} ({format_timestamp(letter.first_failure_ms)})"
+    data["last_failure_ms"] = f"{letter.last_failure_ms} ({format_timestamp(letter.last_failure_ms)})"
+    width = max(len(k) for k in data)
+    lines = [
+        f"{key.ljust(width)}  {'-' if value is None or value == '' else value}" for key, value in data.items()
+    ]
+    if trace:
+        lines += ["traceback:", trace.rstrip()]
+    return "\n".join(lines)
+
+
+def dead_letter_json(letter: DeadLetter, limit: int | None) -> dict[str, Any]:
+    """`dlq show --json`: the fields, each cut to `limit` bytes, and `truncated`: bytes cut, by field.
+
+    An event preview too long to show whole is left out (null) rather than cut into invalid JSON.
+    """
+    data, cut = dead_letter_fields(letter, limit)
+    if "event" in cut:
+        cut["event"] += len(data["event"].encode())  # none of it is shown
+        data["event"] = None
+    elif data["event"] is not None:
+        data["event"] = msgspec.json.decode(data["event"])
+    data["truncated"] = cut
+    return data
+
+
+def describe_result(result: DeadLetterResult, done: str) -> tuple[str, list[str], list[str]]:
+    """What replay or purge did (`done`: "replayed" or "purged"): a line saying how many, a line naming
+    the ids not found (if any), and a line for each dead letter left where it was, with why."""
+    not_found = [f"not found: {' '.join(result.not_found)} (no such dead letter of {result.stream})"]
+    return (
+        f"{done} {_dead_letters(result.count)} of {result.stream}",
+        not_found if result.not_found else [],
+        [f"left {dlq_id}: {why}" for dlq_id, why in result.skipped.items()],
+    )
 
 
 def print_json(value: Any) -> None:

@@ -4,24 +4,44 @@ Each stream has one dead-letter stream (keys.dlq_key), shared by its groups; eve
 Replay sends an entry back to that group only (through the group's retry stream, with its attempts reset)
 and removes it from the dead-letter stream in the same atomic step.
 
-DeadLetters takes whatever client the application already has, including one built with
-decode_responses=True. Dead letters are read undecoded through it anyway: their payloads are arbitrary bytes
-(a client that decodes would fail on them, or replace them and lose the byte-for-byte copy), and the field
-names are then bytes whichever client was given.
+DeadLetters (asyncio) and SyncDeadLetters (blocking code) have the same methods. Each takes a client of
+its own kind, or a URL, and refuses one of the other kind with a ConfigurationError naming the right class.
+They share everything but the waiting: each operation is written once, as a generator of round trips
+(`Steps`) that yields the commands of one round trip, is sent their replies (errors as values, not
+raised) and returns its result. run_steps and run_steps_sync send each round trip as one pipeline; they
+are the only code that knows whether the client is asyncio or blocking (inspect.py runs status on them too).
+
+Dead letters are read undecoded whichever client is given, including one built with decode_responses=True:
+their payloads are arbitrary bytes (a client that decodes would fail on them, or replace them and lose the
+byte-for-byte copy), and the field names are then bytes whichever client was given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Generator, Sequence
+from typing import Any, TypeVar
 
 import msgspec
+import redis
 import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError
 
 from . import _wire, keys
 from ._worker.records import RetryRecord, encode_record
-from .errors import DeadLetterNotFound
+from .connection import RedisLike, async_client, sync_client
+from .errors import ConfigurationError, DeadLetterNotFound
+
+T = TypeVar("T")
+Command = tuple[Any, ...]  # one command's words, e.g. ("XRANGE", key, "-", "+", "COUNT", 100)
+Steps = Generator[list[Command], list[Any], T]  # yields a round trip's commands, is sent their replies
+
+DEFAULT_LIMIT = 100  # dead letters per page (page(), `streamq dlq list`)
+SCAN_BATCH = 100  # entries read per round trip when a group filter may skip some
+REPLAY_CHUNK = 100  # dead letters read and replayed per round trip
+
+_ID = re.compile(r"[0-9]+-[0-9]+")  # a whole entry id: "1712345678901-0"
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -33,7 +53,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     group: str
     consumer: str
     attempts: int
-    reason: str  # max_attempts | rejected | undecodable | oversized
+    reason: str  # max_attempts | rejected | undecodable | oversized | deferred_too_long
     detail: str
     error_type: str
     error: str
@@ -61,6 +81,24 @@ class DeadLetter(msgspec.Struct, kw_only=True):
             # ValueError: msgspec's UnicodeDecodeError for a string that is not UTF-8; RecursionError:
             # nesting deeper than Python's limit.
             return None
+
+
+class DeadLetterPage(msgspec.Struct, kw_only=True):
+    """One page of a stream's dead letters, oldest first."""
+
+    letters: list[DeadLetter]
+    total: int  # entries in the dead-letter stream, of every group
+    scanned: int  # entries read for this page: more than len(letters) when filtered by group
+    next_after: str | None  # `after` for the next page; None when this page is the last
+
+
+class DeadLetterResult(msgspec.Struct, kw_only=True):
+    """What replay() or purge() did."""
+
+    stream: str
+    count: int = 0  # dead letters replayed (sent back to their group) or deleted
+    not_found: list[str] = []  # ids asked for that the dead-letter stream does not hold
+    skipped: dict[str, str] = {}  # id -> why replay left that dead letter where it is
 
 
 def _text(fields: dict[bytes, bytes], name: bytes) -> str:
@@ -97,85 +135,350 @@ def parse_entry(entry_id: bytes | str, flat: Sequence[bytes] | dict[bytes, bytes
     )
 
 
+# ---------------------------------------------------------------------------------------------- drivers
+
+
+async def run_steps(client: aioredis.Redis, steps: Steps[T]) -> T:
+    """Run `steps` on an asyncio client: one pipeline per round trip, replies undecoded."""
+    replies: list[Any] | None = None
+    while True:
+        try:
+            commands = next(steps) if replies is None else steps.send(replies)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            # NEVER_DECODE: redis-py's per-command switch to skip decoding (its own DUMP uses it).
+            pipe.execute_command(*command, **{NEVER_DECODE: []})
+        replies = await pipe.execute(raise_on_error=False)
+
+
+def run_steps_sync(client: redis.Redis, steps: Steps[T]) -> T:
+    """Run `steps` on a blocking client: one pipeline per round trip, replies undecoded."""
+    replies: list[Any] | None = None
+    while True:
+        try:
+            commands = next(steps) if replies is None else steps.send(replies)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+        replies = pipe.execute(raise_on_error=False)
+
+
+def checked(replies: list[Any]) -> list[Any]:
+    """The replies of a round trip, or the first error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def adopt_async(target: object, user: str, instead: str) -> tuple[aioredis.Redis, bool]:
+    """(client, owned) for asyncio code: the user's client (not ours to close), or one built from a URL."""
+    if isinstance(target, redis.Redis):
+        raise ConfigurationError(
+            f"{user} needs a redis.asyncio.Redis or a URL, got a blocking redis.Redis: use {instead}"
+        )
+    if target is not None and not isinstance(target, str | aioredis.Redis):
+        raise ConfigurationError(f"{user} needs a redis.asyncio.Redis or a URL, got {type(target).__name__}")
+    return async_client(target)
+
+
+def adopt_sync(target: object, user: str, instead: str) -> tuple[redis.Redis, bool]:
+    """(client, owned) for blocking code: the user's client (not ours to close), or one built from a URL."""
+    if isinstance(target, aioredis.Redis):
+        raise ConfigurationError(
+            f"{user} needs a redis.Redis or a URL, got a redis.asyncio.Redis: use {instead}"
+        )
+    if isinstance(target, redis.Redis):
+        return target, False
+    if target is not None and not isinstance(target, str):
+        raise ConfigurationError(f"{user} needs a redis.Redis or a URL, got {type(target).__name__}")
+    return sync_client(target), True
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def _dlq(stream: str) -> str:
+    return keys.dlq_key(keys.validate_name("stream", stream))
+
+
+def check_id(dlq_id: str) -> str:
+    """`dlq_id` if it is a whole entry id (`1712345678901-0`); ConfigurationError otherwise."""
+    if not isinstance(dlq_id, str) or not _ID.fullmatch(dlq_id):
+        raise ConfigurationError(f"{dlq_id!r} is not a dead-letter id (they look like 1712345678901-0)")
+    return dlq_id
+
+
+def _unique_ids(ids: Sequence[str]) -> list[str]:
+    """The ids in order, each once; all are checked before anything is done."""
+    return list(dict.fromkeys(check_id(i) for i in ids))
+
+
+def _count(stream: str) -> Steps[int]:
+    (size,) = checked((yield [("XLEN", _dlq(stream))]))
+    return int(size)
+
+
+class _Scanned(msgspec.Struct):
+    letters: list[DeadLetter]
+    scanned: int  # entries read and counted (matching or not)
+    next_after: str | None  # the last entry counted, when matching ones may follow; else None
+
+
+def _scan(key: str, start: str, group: str | None, limit: int, budget: int | None = None) -> Steps[_Scanned]:
+    """Up to `limit` dead letters (of `group` only, if given) from `start` ("-", an id, or "(" + id).
+
+    Reads one entry past the page, so next_after is None only when no other entry (of the group) follows.
+    `budget`, if given, stops the scan after that many entries whatever they are.
+    """
+    found: list[DeadLetter] = []
+    scanned = 0
+    last: str | None = None
+    batch = limit + 1 if group is None else max(limit + 1, SCAN_BATCH)
+    cursor = start
+    while True:
+        count = batch if budget is None else min(batch, budget - scanned)
+        if count <= 0:
+            return _Scanned(found, scanned, last)
+        (rows,) = checked((yield [("XRANGE", key, cursor, "+", "COUNT", count)]))
+        for entry_id, fields in rows:
+            letter = parse_entry(entry_id, fields)
+            if group is None or letter.group == group:
+                if len(found) == limit:
+                    return _Scanned(found, scanned, last)
+                found.append(letter)
+            scanned += 1
+            last = letter.dlq_id
+        if len(rows) < count:
+            return _Scanned(found, scanned, None)
+        cursor = "(" + _wire.decode_id(rows[-1][0])
+
+
+def _page(stream: str, group: str | None, after: str | None, limit: int) -> Steps[DeadLetterPage]:
+    key = _dlq(stream)
+    if not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"limit must be at least 1, got {limit!r}")
+    start = "-" if after is None else "(" + check_id(after)
+    (total,) = checked((yield [("XLEN", key)]))
+    scan = yield from _scan(key, start, group, limit)
+    return DeadLetterPage(
+        letters=scan.letters, total=int(total), scanned=scan.scanned, next_after=scan.next_after
+    )
+
+
+def _list(stream: str, group: str | None, start: str, count: int) -> Steps[list[DeadLetter]]:
+    scan = yield from _scan(_dlq(stream), start, group, count)
+    return scan.letters
+
+
+def _show(stream: str, dlq_id: str) -> Steps[DeadLetter]:
+    key = _dlq(stream)
+    (rows,) = checked((yield [("XRANGE", key, check_id(dlq_id), dlq_id)]))
+    if not rows:
+        raise DeadLetterNotFound(f"no dead letter {dlq_id} for stream {stream!r}")
+    return parse_entry(rows[0][0], rows[0][1])
+
+
+def _replay(stream: str, ids: Sequence[str] | None, group: str | None) -> Steps[DeadLetterResult]:
+    key = _dlq(stream)
+    result = DeadLetterResult(stream=stream)
+    if ids is not None:
+        wanted = _unique_ids(ids)
+        for at in range(0, len(wanted), REPLAY_CHUNK):
+            chunk = wanted[at : at + REPLAY_CHUNK]
+            replies = checked((yield [("XRANGE", key, i, i) for i in chunk]))
+            letters = []
+            for dlq_id, rows in zip(chunk, replies, strict=True):
+                if rows:
+                    letters.append(parse_entry(rows[0][0], rows[0][1]))
+                else:
+                    result.not_found.append(dlq_id)
+            yield from _move(stream, key, letters, group, result)
+        return result
+    # Only the entries there now: a replayed event that fails again comes back as a new entry at the end,
+    # which a scan to the end would replay again, for as long as a worker runs.
+    (budget,) = checked((yield [("XLEN", key)]))
+    budget, start = int(budget), "-"
+    while budget > 0:
+        scan = yield from _scan(key, start, group, REPLAY_CHUNK, budget)
+        yield from _move(stream, key, scan.letters, group, result)
+        budget -= scan.scanned
+        if scan.next_after is None:
+            break
+        start = "(" + scan.next_after
+    return result
+
+
+def _move(
+    stream: str, key: str, letters: list[DeadLetter], group: str | None, result: DeadLetterResult
+) -> Steps[None]:
+    """Replay `letters`: one round trip to make sure of their groups, one to move them (and one more if
+    the server has to be sent the script)."""
+    calls: list[tuple[str, str, str, bytes]] = []  # KEYS and ARGV of _wire.REPLAY, one per letter
+    moving: list[str] = []
+    groups: dict[str, None] = {}  # the groups replayed to, in order
+    for letter in letters:
+        if letter.payload is None:
+            result.skipped[letter.dlq_id] = "no payload field (a raw entry streamq could not read)"
+        elif group is not None and letter.group != group:
+            result.skipped[letter.dlq_id] = f"dead-lettered by group {letter.group}, not {group}"
+        else:
+            record = RetryRecord(
+                origin_id=letter.id, failures=0, first_failure_ms=0, last_failure_ms=0, error="",
+                payload=letter.payload,
+            )  # fmt: skip
+            calls.append((key, keys.retry_key(stream, letter.group), letter.dlq_id, encode_record(record)))
+            moving.append(letter.dlq_id)
+            groups[letter.group] = None
+    if not calls:
+        return
+    # Each group on its retry stream, created at the stream's start so that nothing already there is
+    # skipped; apart from the moves, so that none is made when a group cannot be.
+    creates = [("XGROUP", "CREATE", keys.retry_key(stream, g), g, "0", "MKSTREAM") for g in groups]
+    for reply in (yield creates):
+        if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
+            raise reply
+    moved = yield [("EVALSHA", _wire.REPLAY.sha, 2, *call) for call in calls]
+    unknown = [n for n, reply in enumerate(moved) if isinstance(reply, NoScriptError)]
+    if unknown:  # the server's script cache was flushed: send the script itself
+        again = yield [("EVAL", _wire.REPLAY.source, 2, *calls[n]) for n in unknown]
+        for n, reply in zip(unknown, again, strict=True):
+            moved[n] = reply
+    for dlq_id, reply in zip(moving, checked(moved), strict=True):
+        if reply is None:  # gone since it was read: replayed or purged by someone else
+            result.not_found.append(dlq_id)
+        else:
+            result.count += 1
+
+
+def _purge(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
+    key = _dlq(stream)
+    if ids is None:
+        size, _ = checked((yield [("XLEN", key), ("DEL", key)]))
+        return DeadLetterResult(stream=stream, count=int(size))
+    wanted = _unique_ids(ids)
+    result = DeadLetterResult(stream=stream)
+    if wanted:
+        for dlq_id, deleted in zip(wanted, checked((yield [("XDEL", key, i) for i in wanted])), strict=True):
+            if deleted:
+                result.count += 1
+            else:
+                result.not_found.append(dlq_id)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+
 class DeadLetters:
-    """Operator's API over the dead-letter streams (the CLI's `streamq dlq` uses it)."""
+    """Operator's API over the dead-letter streams, for asyncio code; SyncDeadLetters is the blocking one.
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
+    `client` is a redis.asyncio.Redis (left open: it is yours) or a URL (its client is closed by aclose()).
+    """
 
-    async def _xrange(self, key: str, start: str, end: str, count: int | None = None) -> Any:
-        """XRANGE with the reply left as bytes, whether or not the client decodes responses."""
-        args: list[str | int] = [key, start, end]
-        if count is not None:
-            args += ["COUNT", count]
-        # NEVER_DECODE is redis-py's per-command switch to skip decoding (its own DUMP uses it).
-        return await self.client.execute_command("XRANGE", *args, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+    def __init__(self, client: RedisLike = None) -> None:
+        self.client, self._owns_client = adopt_async(
+            client, "DeadLetters", "streamq.deadletter.SyncDeadLetters"
+        )
 
     async def count(self, stream: str) -> int:
-        return int(await self.client.xlen(keys.dlq_key(keys.validate_name("stream", stream))))
+        """Dead letters of the stream, of every group."""
+        return await run_steps(self.client, _count(stream))
+
+    async def page(
+        self, stream: str, *, group: str | None = None, after: str | None = None, limit: int = DEFAULT_LIMIT
+    ) -> DeadLetterPage:
+        """Up to `limit` dead letters, oldest first, after the id `after` (exclusive), of `group` only.
+
+        Pass the page's next_after as `after` for the next page; total counts every group's dead letters.
+        """
+        return await run_steps(self.client, _page(stream, group, after, limit))
 
     async def list(
-        self, stream: str, *, group: str | None = None, start: str = "-", count: int = 100
+        self, stream: str, *, group: str | None = None, start: str = "-", count: int = DEFAULT_LIMIT
     ) -> list[DeadLetter]:
         """Oldest first, from `start` (an id, inclusive), at most `count`, optionally one group's only."""
-        key = keys.dlq_key(keys.validate_name("stream", stream))
-        found: list[DeadLetter] = []
-        cursor = start
-        while len(found) < count:
-            rows = await self._xrange(key, cursor, "+", count=max(count, 100))
-            if not rows:
-                break
-            for entry_id, fields in rows:
-                letter = parse_entry(entry_id, fields)
-                if group is None or letter.group == group:
-                    found.append(letter)
-            cursor = "(" + _wire.decode_id(rows[-1][0])
-        return found[:count]
+        return await run_steps(self.client, _list(stream, group, start, count))
 
     async def show(self, stream: str, dlq_id: str) -> DeadLetter:
-        rows = await self._xrange(keys.dlq_key(keys.validate_name("stream", stream)), dlq_id, dlq_id)
-        if not rows:
-            raise DeadLetterNotFound(f"no dead letter {dlq_id} for stream {stream!r}")
-        return parse_entry(rows[0][0], rows[0][1])
+        """One dead letter by its id in the dead-letter stream; DeadLetterNotFound if it is not there."""
+        return await run_steps(self.client, _show(stream, dlq_id))
 
-    async def replay(self, stream: str, ids: Sequence[str] | None = None, *, group: str | None = None) -> int:
-        """Send dead letters back to their group for a fresh set of attempts; returns how many moved.
+    async def replay(
+        self, stream: str, ids: Sequence[str] | None = None, *, group: str | None = None
+    ) -> DeadLetterResult:
+        """Send dead letters back to their group for a fresh set of attempts.
 
-        ids=None replays every dead letter of the stream (of `group` only, if given). Entries without a
-        payload field (raw entries streamq could not read at all) cannot be replayed and stay.
+        ids=None replays every dead letter the stream has now (of `group` only, if given). Whatever can be
+        replayed is; the result lists the rest: `not_found`, ids the dead-letter stream does not hold;
+        `skipped`, dead letters left where they are, with why: an entry without a payload field (a raw
+        entry streamq could not read at all) cannot be replayed, and an id given of another group than
+        `group` is not.
         """
-        letters = (
-            [await self.show(stream, i) for i in ids]
-            if ids is not None
-            else await self.list(stream, group=group, count=10**9)
-        )
-        moved = 0
-        dlq = keys.dlq_key(stream)
-        ensured: set[str] = set()
-        for letter in letters:
-            if letter.payload is None or (group is not None and letter.group != group):
-                continue
-            retry = keys.retry_key(stream, letter.group)
-            if letter.group not in ensured:
-                await _wire.ensure_group(self.client, retry, letter.group)
-                ensured.add(letter.group)
-            record = RetryRecord(
-                origin_id=letter.id,
-                failures=0,
-                first_failure_ms=0,
-                last_failure_ms=0,
-                error="",
-                payload=letter.payload,
-            )
-            if await _wire.replay(self.client, dlq, retry, letter.dlq_id, encode_record(record)) is not None:
-                moved += 1
-        return moved
+        return await run_steps(self.client, _replay(stream, ids, group))
 
-    async def purge(self, stream: str, ids: Sequence[str] | None = None) -> int:
-        """Delete the given dead letters, or all of the stream's; returns how many were deleted."""
-        key = keys.dlq_key(keys.validate_name("stream", stream))
-        if ids is None:
-            size = int(await self.client.xlen(key))
-            await self.client.delete(key)
-            return size
-        return int(await self.client.xdel(key, *ids)) if ids else 0
+    async def purge(self, stream: str, ids: Sequence[str] | None = None) -> DeadLetterResult:
+        """Delete the given dead letters (ids not there are listed in `not_found`), or all of the stream's."""
+        return await run_steps(self.client, _purge(stream, ids))
+
+    async def aclose(self) -> None:
+        """Close the client if it was built here from a URL."""
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> DeadLetters:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SyncDeadLetters:
+    """DeadLetters for blocking code (scripts, a Django view): the same methods, returning their results.
+
+    `client` is a redis.Redis (left open: it is yours) or a URL (its client is closed by close()).
+    """
+
+    def __init__(self, client: str | redis.Redis | None = None) -> None:
+        self.client, self._owns_client = adopt_sync(client, "SyncDeadLetters", "streamq.DeadLetters")
+
+    def count(self, stream: str) -> int:
+        return run_steps_sync(self.client, _count(stream))
+
+    def page(
+        self, stream: str, *, group: str | None = None, after: str | None = None, limit: int = DEFAULT_LIMIT
+    ) -> DeadLetterPage:
+        return run_steps_sync(self.client, _page(stream, group, after, limit))
+
+    def list(
+        self, stream: str, *, group: str | None = None, start: str = "-", count: int = DEFAULT_LIMIT
+    ) -> list[DeadLetter]:
+        return run_steps_sync(self.client, _list(stream, group, start, count))
+
+    def show(self, stream: str, dlq_id: str) -> DeadLetter:
+        return run_steps_sync(self.client, _show(stream, dlq_id))
+
+    def replay(
+        self, stream: str, ids: Sequence[str] | None = None, *, group: str | None = None
+    ) -> DeadLetterResult:
+        return run_steps_sync(self.client, _replay(stream, ids, group))
+
+    def purge(self, stream: str, ids: Sequence[str] | None = None) -> DeadLetterResult:
+        return run_steps_sync(self.client, _purge(stream, ids))
+
+    def close(self) -> None:
+        """Close the client if it was built here from a URL."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> SyncDeadLetters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,16 +1,34 @@
-"""Read-only state of streams and groups: lag, pending, consumers, retries waiting, dead letters."""
+"""Read-only state of streams and groups: lag, pending, consumers, retries waiting, dead letters.
+
+status, stream_status and known_streams take a redis.asyncio.Redis (or a URL); status_sync,
+stream_status_sync and known_streams_sync the same for blocking code with a redis.Redis (or a URL).
+Both kinds run the same steps (see deadletter.py): one round trip for the stream, one for all its groups.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+import redis
+from redis.exceptions import NoPermissionError, ResponseError
 
 from . import keys
+from .connection import RedisLike
+from .deadletter import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+
+# The counters the worker keeps per group (keys.stats_key), totals since the group began. Every one is
+# shown, 0 until it first counts; a counter the server holds beyond these is shown too.
+STAT_COUNTERS = (
+    "acked",  # handled and acknowledged
+    "retried",  # failed attempts sent back for another one
+    "deferred",  # put back for later without using an attempt
+    "dead",  # dead-lettered
+    "reclaimed",  # taken over from a consumer whose lease ran out
+    "lease_lost",  # settled by a consumer that had lost the entry to another (that one settles it)
+    "deleted_pending",  # delivered, then deleted or trimmed from the stream before it was processed
+)
 
 
 class GroupStatus(msgspec.Struct, kw_only=True):
@@ -20,12 +38,15 @@ class GroupStatus(msgspec.Struct, kw_only=True):
     lag: int | None  # entries not yet delivered to the group (None when the server cannot tell)
     last_delivered_id: str
     retries_waiting: int  # in backoff, in the delayed set
-    stats: dict[str, int]  # counters kept by the settle scripts: acked, retried, dead, reclaimed, lease_lost
+    stats: dict[str, int]  # every counter of STAT_COUNTERS, and any other the server holds
 
 
 class StreamStatus(msgspec.Struct, kw_only=True):
     stream: str
-    exists: bool
+    exists: bool  # a stream of that name exists (it may be empty)
+    # "stream"; "none" when there is no such key; else the type of the key in the way ("hash", "string",
+    # ...), or "" when the server would not say (an ACL user without TYPE)
+    key_type: str
     length: int
     dead_letters: int
     groups: list[GroupStatus]
@@ -35,46 +56,122 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def stream_status(client: aioredis.Redis, stream: str) -> StreamStatus:
+def _stream_status(stream: str) -> Steps[StreamStatus]:
     keys.validate_name("stream", stream)
-    dead = int(await client.xlen(keys.dlq_key(stream)))
-    try:
-        length = int(await client.xlen(stream))
-        groups_raw = await client.xinfo_groups(stream) if await client.exists(stream) else []
-    except ResponseError as exc:
-        if "WRONGTYPE" in str(exc):
-            return StreamStatus(stream=stream, exists=False, length=0, dead_letters=dead, groups=[])
-        raise
+    dead, length, exists, groups_raw = yield [
+        ("XLEN", keys.dlq_key(stream)), ("XLEN", stream), ("EXISTS", stream), ("XINFO GROUPS", stream),
+    ]  # fmt: skip
+    (dead,) = checked([dead])
+    if isinstance(length, ResponseError) and str(length).startswith("WRONGTYPE"):
+        # TYPE only here, where it is needed: SECURITY.md's operator user may not run it.
+        (key_type,) = yield [("TYPE", stream)]
+        shown = "" if isinstance(key_type, Exception) else _s(key_type)
+        return StreamStatus(
+            stream=stream, exists=False, key_type=shown, length=0, dead_letters=int(dead), groups=[]
+        )
+    (length, exists) = checked([length, exists])
+    if not exists:
+        return StreamStatus(
+            stream=stream, exists=False, key_type="none", length=0, dead_letters=int(dead), groups=[]
+        )
+    (groups_raw,) = checked([groups_raw])
+    names = [_s(info["name"]) for info in groups_raw]
+    replies = yield [
+        command
+        for name in names
+        for command in (
+            ("XPENDING", keys.retry_key(stream, name), name),
+            ("HGETALL", keys.stats_key(stream, name)),
+            ("ZCARD", keys.delayed_key(stream, name)),
+        )
+    ]
     groups = []
-    for info in groups_raw:
-        name = _s(info["name"])
-        retry = keys.retry_key(stream, name)
-        retry_pending = 0
-        with contextlib.suppress(ResponseError):  # no retry stream for this group yet
-            retry_pending = int((await client.xpending(retry, name))["pending"])
-        stats_raw = await client.hgetall(keys.stats_key(stream, name))
+    for n, (name, info) in enumerate(zip(names, groups_raw, strict=True)):
+        retry_pending, stats_raw, waiting = replies[3 * n : 3 * n + 3]
+        stats = dict.fromkeys(STAT_COUNTERS, 0)
+        stats.update({_s(k): int(v) for k, v in checked([stats_raw])[0].items()})
         lag = info.get("lag")
         groups.append(
             GroupStatus(
                 name=name,
                 consumers=int(info["consumers"]),
-                pending=int(info["pending"]) + retry_pending,
+                pending=int(info["pending"]) + _retry_pending(retry_pending),
                 lag=int(lag) if lag is not None else None,
                 last_delivered_id=_s(info["last-delivered-id"]),
-                retries_waiting=int(await client.zcard(keys.delayed_key(stream, name))),
-                stats={_s(k): int(v) for k, v in stats_raw.items()},
+                retries_waiting=int(checked([waiting])[0]),
+                stats=stats,
             )
         )
     return StreamStatus(
-        stream=stream, exists=length > 0 or bool(groups_raw), length=length, dead_letters=dead, groups=groups
+        stream=stream,
+        exists=True,
+        key_type="stream",
+        length=int(length),
+        dead_letters=int(dead),
+        groups=groups,
     )
 
 
-async def known_streams(client: aioredis.Redis) -> list[str]:
+def _retry_pending(reply: Any) -> int:
+    """XPENDING's count on a group's retry stream, which is made at the group's first retry: none before."""
+    if isinstance(reply, ResponseError) and not isinstance(reply, NoPermissionError):
+        return 0
+    return int(checked([reply])[0]["pending"])
+
+
+def _known_streams() -> Steps[list[str]]:
+    (members,) = checked((yield [("SMEMBERS", keys.REGISTRY_KEY)]))
+    return sorted(_s(s) for s in members)
+
+
+def _status(streams: Sequence[str] | None) -> Steps[list[StreamStatus]]:
+    names = list(streams) if streams else (yield from _known_streams())
+    found = []
+    for name in names:
+        found.append((yield from _stream_status(name)))
+    return found
+
+
+async def _run(client: RedisLike, steps: Steps[T], user: str) -> T:
+    connection, owned = adopt_async(client, user, f"streamq.inspect.{user}_sync")
+    try:
+        return await run_steps(connection, steps)
+    finally:
+        if owned:
+            await connection.aclose()
+
+
+def _run_sync(client: str | redis.Redis | None, steps: Steps[T], user: str) -> T:
+    connection, owned = adopt_sync(client, f"{user}_sync", f"streamq.inspect.{user}")
+    try:
+        return run_steps_sync(connection, steps)
+    finally:
+        if owned:
+            connection.close()
+
+
+async def stream_status(client: RedisLike, stream: str) -> StreamStatus:
+    """One stream's length, dead letters and groups; a missing key or one of another type says so."""
+    return await _run(client, _stream_status(stream), "stream_status")
+
+
+async def known_streams(client: RedisLike) -> list[str]:
     """Streams that have had a streamq worker (kept in keys.REGISTRY_KEY)."""
-    return sorted(_s(s) for s in await client.smembers(keys.REGISTRY_KEY))
+    return await _run(client, _known_streams(), "known_streams")
 
 
-async def status(client: aioredis.Redis, streams: Sequence[str] | None = None) -> list[StreamStatus]:
-    names = list(streams) if streams else await known_streams(client)
-    return [await stream_status(client, name) for name in names]
+async def status(client: RedisLike, streams: Sequence[str] | None = None) -> list[StreamStatus]:
+    """The status of each stream named, or of every known stream."""
+    return await _run(client, _status(streams), "status")
+
+
+def stream_status_sync(client: str | redis.Redis | None, stream: str) -> StreamStatus:
+    return _run_sync(client, _stream_status(stream), "stream_status")
+
+
+def known_streams_sync(client: str | redis.Redis | None) -> list[str]:
+    return _run_sync(client, _known_streams(), "known_streams")
+
+
+def status_sync(client: str | redis.Redis | None, streams: Sequence[str] | None = None) -> list[StreamStatus]:
+    return _run_sync(client, _status(streams), "status")

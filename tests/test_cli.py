@@ -30,6 +30,7 @@ import streamq.errors
 import streamq.exit_codes
 from streamq import SyncProducer, keys
 from streamq.cli import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE, main
+from streamq.cli_output import SHOW_FIELD_BYTES
 from streamq.connection import ENV_URL
 from streamq.demo_app import STREAM_ENV
 from streamq.logs import configure_logging
@@ -135,8 +136,23 @@ def test_missing_commands_unknown_options_and_bad_values_are_usage_errors(
     assert main([]) == USAGE
     assert main(["status", "--no-such-option"]) == USAGE
     assert main(["dlq", "list", "s", "--count", "0"]) == USAGE
+    assert main(["dlq", "list", "s", "--limit", "0"]) == USAGE
     assert main(["worker", "cli_app:app", "--connect-timeout-ms", "0"]) == USAGE
     assert main(["--log-level", "loud", "status"]) == USAGE
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_dead_letter_ids_that_are_not_ids_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """A DLQ_ID (or --after) that is not a whole entry id is a USAGE error before anything is done:
+    `1712345678901` alone would be read by XRANGE as every entry of that millisecond."""
+    for argv in (
+        ["dlq", "show", "s", "1712345678901"],
+        ["dlq", "list", "s", "--after", "last"],
+        ["dlq", "replay", "s", "1-1", "oops"],
+        ["dlq", "purge", "s", "1-1", "1-"],
+    ):
+        assert main(argv) == USAGE, argv
+        assert "is not a dead-letter id" in capsys.readouterr().err
     assert "Traceback" not in capsys.readouterr().err
     assert main(["--version"]) == OK
     assert capsys.readouterr().out.startswith("streamq ")
@@ -319,6 +335,38 @@ def test_status_of_a_missing_stream_says_so(cli: Cli, names: Names) -> None:
     assert "(no such stream)" in out
 
 
+def test_status_of_a_key_that_is_not_a_stream_names_its_type(
+    cli: Cli, sync_client: redis.Redis, names: Names
+) -> None:
+    """A key that holds something else (a hash, a string) is shown as that, not as a missing stream."""
+    sync_client.hset(names.stream, "field", "value")
+    sync_client.set(f"{names.stream}-s", "value")
+    code, out, _ = cli("status", names.stream, f"{names.stream}-s")
+    assert code == OK
+    assert f"({names.stream} is a hash, not a stream)" in out
+    assert f"({names.stream}-s is a string, not a stream)" in out
+    assert "no such stream" not in out
+    hash_key, string_key = cli.json("status", names.stream, f"{names.stream}-s")
+    assert (hash_key["key_type"], hash_key["exists"], string_key["key_type"]) == ("hash", False, "string")
+
+
+def test_status_json_shows_every_counter_even_at_zero(
+    cli: Cli, sync_client: redis.Redis, names: Names, app_dir: Path
+) -> None:
+    """`status --json` gives every counter the worker keeps, those still at 0 included (deferred, which
+    the worker writes, among them), instead of leaving them out."""
+    SyncProducer(sync_client).publish_many(names.stream, [Ping(n=1), Ping(n=2)])
+    assert cli("worker", f"{names.module}:app", "--burst")[0] == OK
+    ((group,),) = [state["groups"] for state in cli.json("status", names.stream)]
+    assert group["stats"] == {
+        "acked": 2, "retried": 0, "deferred": 0, "dead": 0, "reclaimed": 0, "lease_lost": 0,
+        "deleted_pending": 0,
+    }  # fmt: skip
+    code, out, _ = cli("status", names.stream)
+    assert code == OK
+    assert "DEFERRED" in out.splitlines()[0] and "OTHER" not in out  # zeros are no news
+
+
 # ---------------------------------------------------------------------------------------------- dlq
 
 
@@ -339,7 +387,7 @@ def dead_letters(cli: Cli, sync_client: redis.Redis, names: Names, app_dir: Path
     fieldless = sync_client.xadd(names.stream, {"x": b"no d field"}).decode()
     code, _, err = cli("worker", f"{names.module}:app", "--burst")
     assert code == OK, err
-    letters = cli.json("dlq", "list", names.stream)
+    letters = cli.json("dlq", "list", names.stream)["dead_letters"]
     by_event = {letter["id"]: letter for letter in letters}
     assert len(by_event) == 3
     rejected = next(letter for letter in letters if letter["reason"] == "rejected")
@@ -360,9 +408,51 @@ def test_dlq_list_shows_what_the_worker_dead_lettered(
     assert sum("rejected" in row for row in rows) == 1
     assert all(names.group in row for row in rows)
 
-    assert len(cli.json("dlq", "list", names.stream, "--count", "1")) == 1
+    assert len(cli.json("dlq", "list", names.stream, "--limit", "1")["dead_letters"]) == 1
+    assert len(cli.json("dlq", "list", names.stream, "--count", "1")["dead_letters"]) == 1  # the old name
     code, out, _ = cli("dlq", "list", names.stream, "--group", "other")
     assert code == OK and out.startswith("no dead letters")
+
+
+def test_dlq_list_pages_and_says_how_many_there_are(
+    cli: Cli, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """`dlq list --limit N` says under the table (on stderr) how many there are in all, and, when more
+    follow, the `--after` that shows the next page; the last page has no such hint. --json carries the
+    total and next_after (null on the last page)."""
+    made = sorted([dead_letters.rejected, dead_letters.garbage, dead_letters.fieldless], key=id_order)
+    code, out, err = cli("dlq", "list", names.stream, "--limit", "2")
+    assert code == OK
+    assert [row.split()[0] for row in out.splitlines()[1:]] == made[:2]  # stdout: the table alone
+    assert f"showing 2 of the 3 dead letters of {names.stream}" in err
+    assert f"more: streamq dlq list {names.stream} --limit 2 --after {made[1]}" in err
+
+    code, out, err = cli("dlq", "list", names.stream, "--limit", "2", "--after", made[1])
+    assert code == OK
+    assert [row.split()[0] for row in out.splitlines()[1:]] == made[2:]
+    assert f"showing 1 of the 3 dead letters of {names.stream}" in err and "more:" not in err
+
+    first = cli.json("dlq", "list", names.stream, "--limit", "2")
+    assert (first["total"], first["next_after"]) == (3, made[1])
+    assert [letter["dlq_id"] for letter in first["dead_letters"]] == made[:2]
+    last = cli.json("dlq", "list", names.stream, "--after", made[1])
+    assert (last["total"], last["next_after"], len(last["dead_letters"])) == (3, None, 1)
+
+
+def test_dlq_list_of_a_group_says_how_many_it_scanned(
+    cli: Cli, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """With --group, `dlq list` says how many of the stream's dead letters (all groups) it scanned to find
+    the group's, and its next-page hint keeps the --group."""
+    code, _, err = cli("dlq", "list", names.stream, "--group", names.group, "--limit", "1")
+    assert code == OK
+    assert f"showing 1 of group {names.group}'s dead letters, found among 1 scanned of the 3" in err
+    assert f"more: streamq dlq list {names.stream} --group {names.group} --limit 1 --after" in err
+    code, out, err = cli("dlq", "list", names.stream, "--group", "other")
+    assert code == OK and out.startswith(f"no dead letters for {names.stream} in group other")
+    assert "showing 0 of group other's dead letters, found among 3 scanned of the 3" in err
+    page = cli.json("dlq", "list", names.stream, "--group", "other")
+    assert (page["group"], page["total"], page["scanned"], page["dead_letters"]) == ("other", 3, 3, [])
 
 
 def test_dlq_show_prints_every_field_with_the_payload_as_hex_and_a_preview(
@@ -394,6 +484,52 @@ def test_dlq_show_prints_every_field_with_the_payload_as_hex_and_a_preview(
     assert fields["event"] == "(not msgpack)"
 
 
+def test_dlq_show_cuts_long_fields_unless_full(
+    cli: Cli, sync_client: redis.Redis, names: Names, app_dir: Path
+) -> None:
+    """`dlq show` prints at most SHOW_FIELD_BYTES of each field (payload, raw fields, event preview), each
+    cut one ending in "... N more bytes, use --full"; --full prints them whole. --json cuts the same
+    fields, lists them in `truncated` with the bytes left out, and leaves out an event preview too long."""
+    big = 10_000
+    garbage = sync_client.xadd(names.stream, {"d": b"\xc1" * big}).decode()
+    unknown = msgspec.msgpack.encode({"type": "tests.cli.nobody", "blob": "x" * big})
+    preview = msgspec.json.encode(msgspec.msgpack.decode(unknown))
+    not_ours = sync_client.xadd(names.stream, {"d": unknown}).decode()
+    raw = sync_client.xadd(names.stream, {"x": b"y" * big}).decode()
+    assert cli("worker", f"{names.module}:app", "--burst")[0] == OK
+    dlq_id = {
+        letter["id"]: letter["dlq_id"] for letter in cli.json("dlq", "list", names.stream)["dead_letters"]
+    }
+
+    code, out, _ = cli("dlq", "show", names.stream, dlq_id[garbage])
+    assert code == OK
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+    cut = big - SHOW_FIELD_BYTES
+    assert fields["payload"] == "c1" * SHOW_FIELD_BYTES + f" ... {cut} more bytes, use --full"
+    assert fields["payload_size"] == str(big)
+    assert len(out) < 3 * SHOW_FIELD_BYTES * 2  # not the 20 kB of hex
+    code, out, _ = cli("dlq", "show", names.stream, dlq_id[garbage], "--full")
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+    assert code == OK and fields["payload"] == "c1" * big and "--full" not in out
+
+    code, out, _ = cli("dlq", "show", names.stream, dlq_id[not_ours])
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+    assert fields["event"] == preview[:SHOW_FIELD_BYTES].decode() + (
+        f" ... {len(preview) - SHOW_FIELD_BYTES} more bytes, use --full"
+    )
+    code, out, _ = cli("dlq", "show", names.stream, dlq_id[raw])
+    assert "raw_fields" in out and "more bytes, use --full" in out
+
+    shown = cli.json("dlq", "show", names.stream, dlq_id[not_ours])
+    assert shown["truncated"] == {"payload": len(unknown) - SHOW_FIELD_BYTES, "event": len(preview)}
+    assert bytes.fromhex(shown["payload"]) == unknown[:SHOW_FIELD_BYTES]
+    assert (shown["payload_size"], shown["event"]) == (len(unknown), None)
+    whole = cli.json("dlq", "show", names.stream, dlq_id[not_ours], "--full")
+    assert whole["truncated"] == {}
+    assert bytes.fromhex(whole["payload"]) == unknown
+    assert whole["event"] == {"type": "tests.cli.nobody", "blob": "x" * big}
+
+
 def test_dlq_show_of_an_unknown_id_fails(cli: Cli, names: Names) -> None:
     """Showing a dead letter that does not exist is a FAILURE with a message, not a traceback."""
     code, _, err = cli("dlq", "show", names.stream, "1-1")
@@ -419,9 +555,43 @@ def test_dlq_replay_sends_a_dead_letter_back_to_its_group(
     assert sync_client.xlen(keys.dlq_key(names.stream)) == 2
 
     # --all moves what it can; an entry that never had a payload field cannot be replayed and stays.
-    code, out, _ = cli("dlq", "replay", names.stream, "--all")
+    code, out, err = cli("dlq", "replay", names.stream, "--all")
     assert code == OK and out.strip() == f"replayed 1 dead letter of {names.stream}"
-    assert [letter["dlq_id"] for letter in cli.json("dlq", "list", names.stream)] == [dead_letters.fieldless]
+    assert f"streamq: left {dead_letters.fieldless}: no payload field" in err
+    listed = cli.json("dlq", "list", names.stream)["dead_letters"]
+    assert [letter["dlq_id"] for letter in listed] == [dead_letters.fieldless]
+
+
+def test_dlq_replay_and_purge_name_the_ids_not_found_alike_and_fail_after_doing_the_rest(
+    cli: Cli, sync_client: redis.Redis, names: Names, dead_letters: DeadLetterIds
+) -> None:
+    """Given ids some of which are not dead letters of the stream, `dlq replay` and `dlq purge` both do the
+    ones there are, then name the others in the same words and exit FAILURE; --json says the same."""
+    code, out, replay_err = cli("dlq", "replay", names.stream, "1-1", dead_letters.rejected, "2-2")
+    assert code == FAILURE
+    assert out.strip() == f"replayed 1 dead letter of {names.stream}"
+    code, out, purge_err = cli("dlq", "purge", names.stream, "1-1", dead_letters.garbage, "2-2")
+    assert code == FAILURE
+    assert out.strip() == f"purged 1 dead letter of {names.stream}"
+    assert (
+        replay_err
+        == purge_err
+        == f"streamq: error: not found: 1-1 2-2 (no such dead letter of {names.stream})\n"
+    )
+    assert sync_client.xlen(keys.dlq_key(names.stream)) == 1  # only the fieldless one is left
+
+    # An id there that cannot be replayed is named with why, and fails the command too.
+    code, out, err = cli("dlq", "replay", names.stream, dead_letters.fieldless)
+    assert code == FAILURE
+    assert out.strip() == f"replayed 0 dead letters of {names.stream}"
+    assert f"streamq: error: left {dead_letters.fieldless}: no payload field" in err
+
+    for action in ("replay", "purge"):
+        code, out, _ = cli("dlq", action, names.stream, "3-3", "--json")
+        assert code == FAILURE
+        assert json.loads(out) == {"stream": names.stream, "count": 0, "not_found": ["3-3"], "skipped": {}}
+    code, out, _ = cli("dlq", "purge", names.stream, dead_letters.fieldless, "--json")
+    assert code == OK and json.loads(out)["count"] == 1
 
 
 def test_dlq_purge_deletes_by_id_and_all_only_with_yes(

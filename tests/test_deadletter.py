@@ -1,4 +1,5 @@
-"""The dead-letter stream: poison payloads reach it intact; the operator lists, shows, replays, purges."""
+"""The dead-letter stream: poison payloads reach it intact; the operator lists, shows, replays, purges,
+from asyncio code (DeadLetters) and from blocking code (SyncDeadLetters) alike."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis
 import redis.asyncio
 
 import streamq
-from streamq import keys
-from streamq.errors import DeadLetterNotFound
+from streamq import deadletter, keys
+from streamq.deadletter import SyncDeadLetters
+from streamq.errors import ConfigurationError, DeadLetterNotFound
 
 
 class Invoice(streamq.Event, tag="test.deadletter.invoice"):
@@ -133,7 +136,7 @@ async def test_replay_sends_an_event_back_to_its_own_group_only(
     assert audited == [0, 1, 2, 3]
     dead = streamq.DeadLetters(operator)
     (letter,) = await dead.list(unique)
-    assert await dead.replay(unique, [letter.dlq_id]) == 1
+    assert (await dead.replay(unique, [letter.dlq_id])).count == 1
     assert await dead.count(unique) == 0
 
     billed: list[tuple[int, int, str]] = []
@@ -151,8 +154,8 @@ async def test_replay_sends_an_event_back_to_its_own_group_only(
     await asyncio.wait_for(app.run_until_idle(), 30)
     assert billed == [(2, 1, ids[2])]
     assert audited_again == []
-    with pytest.raises(DeadLetterNotFound):
-        await dead.replay(unique, [letter.dlq_id])  # already replayed
+    again = await dead.replay(unique, [letter.dlq_id])  # already replayed
+    assert (again.count, again.not_found) == (0, [letter.dlq_id])
 
 
 async def test_replay_all_of_a_group_skips_entries_without_payload(
@@ -165,8 +168,10 @@ async def test_replay_all_of_a_group_skips_entries_without_payload(
     await _fill_dlq(redis_url, unique, set(), 0)  # the raw entry is dead-lettered by both groups
     dead = streamq.DeadLetters(operator)
     assert await dead.count(unique) == 4
-    assert await dead.replay(unique, group="billing") == 2
+    result = await dead.replay(unique, group="billing")
+    assert result.count == 2
     remaining = await dead.list(unique)
+    assert list(result.skipped) == [d.dlq_id for d in remaining if d.group == "billing"]
     assert sorted(d.group for d in remaining) == ["audit", "billing"]
     assert all(d.payload is None for d in remaining)
     assert await client.xlen(keys.retry_key(unique, "billing")) == 2
@@ -180,9 +185,191 @@ async def test_purge_some_or_all(
     await _fill_dlq(redis_url, unique, {0, 1, 2}, 3)
     dead = streamq.DeadLetters(operator)
     first, *rest = await dead.list(unique)
-    assert await dead.purge(unique, [first.dlq_id]) == 1
+    assert (await dead.purge(unique, [first.dlq_id])).count == 1
     assert [d.dlq_id for d in await dead.list(unique)] == [d.dlq_id for d in rest]
-    assert await dead.purge(unique, []) == 0
-    assert await dead.purge(unique) == 2
+    assert (await dead.purge(unique, [])).count == 0
+    assert (await dead.purge(unique)).count == 2
     assert await dead.count(unique) == 0
     assert await client.xlen(unique) == 3  # the events themselves are untouched
+
+
+async def test_pages_say_how_many_there_are_and_where_the_next_one_starts(
+    redis_url: str, unique: str, operator: redis.asyncio.Redis
+) -> None:
+    """page() gives `limit` dead letters after `after` (exclusive), the size of the whole dead-letter stream,
+    and next_after, the `after` of the next page: None exactly when nothing follows. Filtered by group,
+    it says how many entries it scanned, and paging by next_after skips none of the group's."""
+    await _fill_dlq(redis_url, unique, {0, 1, 2, 3, 4}, 5)
+    dead = streamq.DeadLetters(operator)
+    everything = await dead.list(unique)
+    ids = [d.dlq_id for d in everything]
+
+    first = await dead.page(unique, limit=2)
+    assert ([d.dlq_id for d in first.letters], first.total, first.next_after) == (ids[:2], 5, ids[1])
+    second = await dead.page(unique, after=first.next_after, limit=2)
+    assert ([d.dlq_id for d in second.letters], second.next_after) == (ids[2:4], ids[3])
+    last = await dead.page(unique, after=second.next_after, limit=2)
+    assert ([d.dlq_id for d in last.letters], last.next_after) == (ids[4:], None)
+    exact = await dead.page(unique, limit=5)  # a page that ends with the stream is the last one
+    assert (len(exact.letters), exact.next_after) == (5, None)
+
+    # Interleave another group's dead letters: group pages scan past them and still see all of billing's.
+    await _interleave_copies(operator, unique, group="audit")
+    ids = [d.dlq_id for d in await dead.list(unique, group="billing")]
+    assert len(ids) == 5
+    billing: list[str] = []
+    after = None
+    while True:
+        page = await dead.page(unique, group="billing", after=after, limit=2)
+        assert page.total == 10 and page.scanned >= len(page.letters)
+        billing += [d.dlq_id for d in page.letters]
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert billing == ids
+    with pytest.raises(ConfigurationError, match="limit"):
+        await dead.page(unique, limit=0)
+    with pytest.raises(ConfigurationError, match="not a dead-letter id"):
+        await dead.page(unique, after="1712345678901")
+
+
+async def _interleave_copies(client: redis.asyncio.Redis, stream: str, *, group: str) -> None:
+    """Rewrite the dead-letter stream with a copy of each entry, naming `group`, after it."""
+    key = keys.dlq_key(stream)
+    raw = await client.execute_command("XRANGE", key, "-", "+", NEVER_DECODE=[])
+    await client.delete(key)
+    for _, fields in raw:
+        flat = dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields
+        await client.xadd(key, flat)
+        await client.xadd(key, {**flat, b"group": group.encode()})
+
+
+async def test_replay_and_purge_do_what_they_can_and_name_the_ids_not_found(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
+) -> None:
+    """replay(ids) and purge(ids) act on every id there is, then list in `not_found` the ids the dead-letter
+    stream does not hold, each id once; a malformed id fails the call before anything is done."""
+    await _fill_dlq(redis_url, unique, {0, 1, 2, 3}, 4)
+    dead = streamq.DeadLetters(operator)
+    a, b, c, d = [letter.dlq_id for letter in await dead.list(unique)]
+
+    replayed = await dead.replay(unique, ["1-1", a, a, b, "2-2"])
+    assert (replayed.count, replayed.not_found, replayed.skipped) == (2, ["1-1", "2-2"], {})
+    assert await client.xlen(keys.retry_key(unique, "billing")) == 2
+
+    purged = await dead.purge(unique, [c, "1-1", c, a])
+    assert (purged.count, purged.not_found, purged.skipped) == (1, ["1-1", a], {})
+    assert [letter.dlq_id for letter in await dead.list(unique)] == [d]
+
+    for bad in (["1-1", "oops"], ["1712345678901"]):
+        with pytest.raises(ConfigurationError, match="not a dead-letter id"):
+            await dead.replay(unique, bad)
+        with pytest.raises(ConfigurationError, match="not a dead-letter id"):
+            await dead.purge(unique, bad)
+    assert await dead.count(unique) == 1
+    with pytest.raises(ConfigurationError, match="not a dead-letter id"):
+        await dead.show(unique, d.split("-")[0])  # XRANGE would read "ms" alone as a range
+
+
+async def test_replay_by_id_leaves_what_it_cannot_replay_and_says_why(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
+) -> None:
+    """An id without a payload field, or of another group than `group`, stays where it is: the result's
+    `skipped` names it with the reason."""
+    await _fill_dlq(redis_url, unique, {0}, 1)
+    await client.xadd(unique, {"no": b"payload"})
+    await _fill_dlq(redis_url, unique, set(), 0)  # the raw entry is dead-lettered by both groups
+    dead = streamq.DeadLetters(operator)
+    rejected, raw_billing, raw_audit = await dead.list(unique)
+    assert (rejected.group, raw_billing.group, raw_audit.group) == ("billing", "billing", "audit")
+
+    result = await dead.replay(unique, [raw_billing.dlq_id, raw_audit.dlq_id, rejected.dlq_id], group="audit")
+    assert result.count == 0
+    assert "no payload field" in result.skipped[raw_billing.dlq_id]
+    assert "no payload field" in result.skipped[raw_audit.dlq_id]
+    assert result.skipped[rejected.dlq_id] == "dead-lettered by group billing, not audit"
+    assert await dead.count(unique) == 3
+
+
+async def test_sync_dead_letters_read_and_act_like_the_async_ones(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, operator: redis.asyncio.Redis
+) -> None:
+    """SyncDeadLetters, given a blocking client (bytes or decoding, like the async one) or a URL, lists,
+    pages, shows, counts, replays and purges what DeadLetters does, payloads byte for byte."""
+    await _fill_dlq(redis_url, unique, {1, 2, 3}, 4)
+    await client.xadd(unique, {"d": GARBAGE})
+    await _fill_dlq(redis_url, unique, set(), 0)  # dead-lettered by both groups
+    expected = await streamq.DeadLetters(operator).list(unique)
+    decode = operator.get_encoder().decode_responses
+    sync_client = redis.Redis.from_url(redis_url, decode_responses=decode)
+    try:
+        dead = SyncDeadLetters(sync_client)
+        assert dead.list(unique) == expected
+        assert {d.payload for d in dead.list(unique, group="audit")} == {GARBAGE}
+        assert dead.count(unique) == len(expected) == 5
+        page = dead.page(unique, limit=3)
+        assert (page.letters, page.total, page.next_after) == (expected[:3], 5, expected[2].dlq_id)
+        assert dead.show(unique, expected[0].dlq_id) == expected[0]
+        with pytest.raises(DeadLetterNotFound):
+            dead.show(unique, "1-1")
+        assert dead.replay(unique, [expected[0].dlq_id, "1-1"]).not_found == ["1-1"]
+        assert dead.purge(unique, [expected[1].dlq_id]).count == 1
+        with SyncDeadLetters(redis_url) as by_url:  # a client of its own, closed on leaving
+            assert [d.dlq_id for d in by_url.list(unique)] == [d.dlq_id for d in expected[2:]]
+            assert by_url.replay(unique, group="billing").count == 2
+            assert by_url.purge(unique).count == 1
+        assert dead.count(unique) == 0
+        dead.close()
+        assert sync_client.ping()  # the caller's client is the caller's to close
+    finally:
+        sync_client.close()
+
+
+async def test_a_client_of_the_wrong_kind_is_refused_with_the_right_class_named(
+    redis_url: str, client: redis.asyncio.Redis, sync_client: redis.Redis
+) -> None:
+    """DeadLetters given a blocking client, or SyncDeadLetters an asyncio one, raises ConfigurationError
+    naming the class to use instead (the old DeadLetters returned unawaited coroutines)."""
+    with pytest.raises(ConfigurationError, match="SyncDeadLetters"):
+        streamq.DeadLetters(sync_client)  # type: ignore[arg-type]  # the mistake under test
+    with pytest.raises(ConfigurationError, match=r"streamq\.DeadLetters"):
+        SyncDeadLetters(client)  # type: ignore[arg-type]  # the mistake under test
+    with pytest.raises(ConfigurationError, match="got int"):
+        SyncDeadLetters(6379)  # type: ignore[arg-type]  # the mistake under test
+
+
+def test_replay_all_replays_only_the_dead_letters_there_when_it_began(
+    redis_url: str, unique: str, sync_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """replay() without ids leaves alone the dead letters added while it runs: a replayed event that a
+    worker dead-letters again comes back as a new entry at the end, which must not be replayed in the same
+    run, or replaying a poison event beside a running worker would never end."""
+    stream_key = keys.dlq_key(unique)
+    for n in range(3):
+        sync_client.xadd(stream_key, {"group": "g", "id": f"{n}-0", "d": b"\x90"})
+
+    class Relapsing(redis.Redis):
+        """Each pipeline that replays also dead-letters one more event, as a failing worker would."""
+
+        def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+            pipe = super().pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            def execute_and_relapse(*a: Any, **k: Any) -> Any:
+                replaying = any(words[0] in ("EVALSHA", "EVAL") for words, _ in pipe.command_stack)
+                replies = execute(*a, **k)
+                if replaying:
+                    sync_client.xadd(stream_key, {"group": "g", "id": "9-0", "d": b"\x90"})
+                return replies
+
+            pipe.execute = execute_and_relapse  # type: ignore[method-assign]
+            return pipe
+
+    monkeypatch.setattr(deadletter, "REPLAY_CHUNK", 1)  # a round trip per dead letter
+    relapsing = Relapsing.from_url(redis_url)
+    try:
+        result = SyncDeadLetters(relapsing).replay(unique)
+    finally:
+        relapsing.close()
+    assert result.count == 3
+    assert sync_client.xlen(stream_key) == 3  # the relapses, left for the next run
