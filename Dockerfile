@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Only what the package build reads, so editing tests or docs does not invalidate the install layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY streamq ./streamq
 RUN pip install . && useradd --create-home --uid 10001 streamq
 
