@@ -36,7 +36,7 @@ from tls_certificates import make_self_signed_tls, supports_tls
 
 import streamq
 from streamq import _scripts, _wire, keys
-from streamq import consumer as consumer_module
+from streamq._worker import consumer as consumer_module
 from streamq.cli import FAILURE, OK, main
 from streamq.connection import redact
 from streamq.embedded import EmbeddedServer, ServerBinary
@@ -216,11 +216,11 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
         assert letters["undecodable"].payload == POISON
         replayed = True
         await admin.script_flush()  # the replay falls back to EVAL
-        assert await dead_letters.replay(stream, [letters["rejected"].dlq_id]) == 1
+        assert (await dead_letters.replay(stream, [letters["rejected"].dlq_id])).count == 1
         await app.run(burst=True)
         assert seen.count((2, 1)) == 2  # replayed with a fresh set of attempts, and acknowledged
-        assert await dead_letters.purge(stream, [letters["undecodable"].dlq_id]) == 1
-        assert await dead_letters.purge(stream) == 0  # purge-all: XLEN, then DEL
+        assert (await dead_letters.purge(stream, [letters["undecodable"].dlq_id])).count == 1
+        assert (await dead_letters.purge(stream)).count == 0  # purge-all: XLEN, then DEL
     finally:
         await operator.aclose()
 
