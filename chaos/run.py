@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from streamq import keys
-from streamq.connection import redact
+from streamq._connection import redact
 from streamq.deadletter import parse_entry
 from streamq.embedded import EmbeddedServer, ServerBinary, default_server_binary, find_server_binaries
 

@@ -29,10 +29,10 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire
+from ._connection import RedisLike, async_client, redact, resolve_url, sync_client
 from ._worker.consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from ._worker.handlers import HandlerSet, HandlerSpec
 from ._worker.leases import LeaseKeeper
-from .connection import RedisLike, async_client, redact, resolve_url, sync_client
 from .errors import ConfigurationError, ServerError, describe_error
 from .events import Event
 from .exit_codes import ABANDONED, INTERRUPTED, OK

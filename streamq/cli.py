@@ -8,7 +8,7 @@ wrap it.
 Global options may come before or after the command (`streamq --redis-url URL status` and
 `streamq status --redis-url URL` both work), because that is how people type them.
 
-The tables and JSON output are in cli_output.py, the help texts in cli_help.py. The inspecting commands
+The tables and JSON output are in _cli_output.py, the help texts in _cli_help.py. The inspecting commands
 use the blocking API (status_sync, SyncDeadLetters): one command, one connection, no event loop.
 """
 
@@ -27,8 +27,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__
-from .app import App, run_app
-from .cli_help import (
+from ._cli_help import (
     DEMO_EPILOG,
     DLQ_EPILOG,
     DLQ_LIST_EPILOG,
@@ -39,7 +38,7 @@ from .cli_help import (
     STATUS_EPILOG,
     WORKER_EPILOG,
 )
-from .cli_output import (
+from ._cli_output import (
     ERROR_COLUMN_WIDTH,
     SHOW_FIELD_BYTES,
     dead_letter_json,
@@ -51,15 +50,16 @@ from .cli_output import (
     format_table,
     print_json,
 )
-from .connection import ENV_URL, redact, resolve_url
+from ._connection import ENV_URL, redact, resolve_url
+from ._logs import DEFAULT_LEVEL, LEVELS, configure_logging
+from .app import App, run_app
 from .deadletter import DEFAULT_LIMIT, DeadLetterResult, SyncDeadLetters, check_id
 from .errors import AppLoadError, ConfigurationError, StreamqError
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import status_sync
-from .logs import DEFAULT_LEVEL, LEVELS, configure_logging
 
 # What other code imports from here. The exit codes (exit_codes.py), AppLoadError (errors.py) and the
-# formatters (cli_output.py) are re-exported: scripts and tests import the codes from here, the demo
+# formatters (_cli_output.py) are re-exported: scripts and tests import the codes from here, the demo
 # format_dead_letters.
 __all__ = [
     "ABANDONED",
@@ -415,7 +415,7 @@ def _report(args: argparse.Namespace, result: DeadLetterResult, done: str) -> in
 
 def cmd_demo(args: argparse.Namespace) -> int:
     # Imported here: the demo imports this module's table formatters.
-    from . import demo
+    from . import _demo as demo
 
     url = args.redis_url or os.environ.get(ENV_URL)
     return OK if demo.run(url, events=args.events, producer_only=args.producer_only) else FAILURE

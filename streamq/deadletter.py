@@ -7,9 +7,8 @@ and removes it from the dead-letter stream in the same atomic step.
 DeadLetters (asyncio) and SyncDeadLetters (blocking code) have the same methods. Each takes a client of
 its own kind, or a URL, and refuses one of the other kind with a ConfigurationError naming the right class.
 They share everything but the waiting: each operation is written once, as a generator of round trips
-(`Steps`) that yields the commands of one round trip, is sent their replies (errors as values, not
-raised) and returns its result. run_steps and run_steps_sync send each round trip as one pipeline; they
-are the only code that knows whether the client is asyncio or blocking (inspect.py runs status on them too).
+(`_wire.Steps`) that yields the commands of one round trip, is sent their replies (errors as values, not
+raised) and returns its result; _wire.run_steps and run_steps_sync send them (see streamq/_wire/steps.py).
 
 Dead letters are read undecoded whichever client is given, including one built with decode_responses=True:
 their payloads are arbitrary bytes (a client that decodes would fail on them, or replace them and lose the
@@ -19,23 +18,18 @@ byte-for-byte copy), and the field names are then bytes whichever client was giv
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import redis
-import redis.asyncio as aioredis
-from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError
 
 from . import _wire, keys
+from ._connection import RedisLike
+from ._wire import Steps, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
 from ._worker.records import RetryRecord, encode_record
-from .connection import RedisLike, async_client, sync_client
 from .errors import ConfigurationError, DeadLetterNotFound
-
-T = TypeVar("T")
-Command = tuple[Any, ...]  # one command's words, e.g. ("XRANGE", key, "-", "+", "COUNT", 100)
-Steps = Generator[list[Command], list[Any], T]  # yields a round trip's commands, is sent their replies
 
 DEFAULT_LIMIT = 100  # dead letters per page (page(), `streamq dlq list`)
 SCAN_BATCH = 100  # entries read per round trip when a group filter may skip some
@@ -133,72 +127,6 @@ def parse_entry(entry_id: bytes | str, flat: Sequence[bytes] | dict[bytes, bytes
         payload=fields.get(b"d"),
         raw_fields=fields.get(b"raw"),
     )
-
-
-# ---------------------------------------------------------------------------------------------- drivers
-
-
-async def run_steps(client: aioredis.Redis, steps: Steps[T]) -> T:
-    """Run `steps` on an asyncio client: one pipeline per round trip, replies undecoded."""
-    replies: list[Any] | None = None
-    while True:
-        try:
-            commands = next(steps) if replies is None else steps.send(replies)
-        except StopIteration as done:
-            value: T = done.value
-            return value
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            # NEVER_DECODE: redis-py's per-command switch to skip decoding (its own DUMP uses it).
-            pipe.execute_command(*command, **{NEVER_DECODE: []})
-        replies = await pipe.execute(raise_on_error=False)
-
-
-def run_steps_sync(client: redis.Redis, steps: Steps[T]) -> T:
-    """Run `steps` on a blocking client: one pipeline per round trip, replies undecoded."""
-    replies: list[Any] | None = None
-    while True:
-        try:
-            commands = next(steps) if replies is None else steps.send(replies)
-        except StopIteration as done:
-            value: T = done.value
-            return value
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
-        replies = pipe.execute(raise_on_error=False)
-
-
-def checked(replies: list[Any]) -> list[Any]:
-    """The replies of a round trip, or the first error among them raised."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
-def adopt_async(target: object, user: str, instead: str) -> tuple[aioredis.Redis, bool]:
-    """(client, owned) for asyncio code: the user's client (not ours to close), or one built from a URL."""
-    if isinstance(target, redis.Redis):
-        raise ConfigurationError(
-            f"{user} needs a redis.asyncio.Redis or a URL, got a blocking redis.Redis: use {instead}"
-        )
-    if target is not None and not isinstance(target, str | aioredis.Redis):
-        raise ConfigurationError(f"{user} needs a redis.asyncio.Redis or a URL, got {type(target).__name__}")
-    return async_client(target)
-
-
-def adopt_sync(target: object, user: str, instead: str) -> tuple[redis.Redis, bool]:
-    """(client, owned) for blocking code: the user's client (not ours to close), or one built from a URL."""
-    if isinstance(target, aioredis.Redis):
-        raise ConfigurationError(
-            f"{user} needs a redis.Redis or a URL, got a redis.asyncio.Redis: use {instead}"
-        )
-    if isinstance(target, redis.Redis):
-        return target, False
-    if target is not None and not isinstance(target, str):
-        raise ConfigurationError(f"{user} needs a redis.Redis or a URL, got {type(target).__name__}")
-    return sync_client(target), True
 
 
 # ---------------------------------------------------------------------------------------------- steps

@@ -8,7 +8,7 @@ The server lives exactly as long as its owner needs it and never longer: ``close
 manager) stops it and deletes the temporary directory it made, an ``atexit`` hook does the same when the
 owner forgets, and on Linux the kernel SIGKILLs it if the owning process dies without running ``atexit``.
 
-Finding the binary lives in server_binaries.py; its public names are re-exported here, where callers have
+Finding the binary lives in _server_binaries.py; its public names are re-exported here, where callers have
 always found them. The server serves TLS with certificate files it is given (``TLSConfig``); it makes none
 itself: throwaway certificates are test tooling (tests/tls_certificates.py), not part of the wheel.
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from .server_binaries import ServerBinary, ServerNotFound, default_server_binary, find_server_binaries
+from ._server_binaries import ServerBinary, ServerNotFound, default_server_binary, find_server_binaries
 
 __all__ = [
     "EmbeddedServer",

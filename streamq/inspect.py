@@ -2,7 +2,8 @@
 
 status, stream_status and known_streams take a redis.asyncio.Redis (or a URL); status_sync,
 stream_status_sync and known_streams_sync the same for blocking code with a redis.Redis (or a URL).
-Both kinds run the same steps (see deadletter.py): one round trip for the stream, one for all its groups.
+Both kinds run the same steps (see streamq/_wire/steps.py): one round trip for the stream, one for all
+its groups.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import keys
-from .connection import RedisLike
-from .deadletter import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from ._connection import RedisLike
+from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
 
 # The counters the worker keeps per group (keys.stats_key), totals since the group began. Every one is
 # shown, 0 until it first counts; a counter the server holds beyond these is shown too.

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from . import _wire
-from .connection import RedisLike, async_client, sync_client
+from ._connection import RedisLike, async_client, sync_client
 from .events import DEFAULT_MAX_EVENT_BYTES, Encoder, Event
 from .keys import validate_name
 from .settings import DEFAULT_CHUNK_SIZE, ProducerSettings

@@ -1,4 +1,4 @@
-"""streamq.backoff: the pure, jittered retry delay (no Redis needed)."""
+"""streamq._backoff: the pure, jittered retry delay (no Redis needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from streamq.backoff import backoff_ms
+from streamq._backoff import backoff_ms
 
 
 class _Fixed(random.Random):

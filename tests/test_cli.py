@@ -24,16 +24,16 @@ import structlog
 from cli_app import Ping
 from helpers import wait_until
 
+import streamq._cli_output
 import streamq.cli
-import streamq.cli_output
 import streamq.errors
 import streamq.exit_codes
 from streamq import SyncProducer, keys
+from streamq._cli_output import SHOW_FIELD_BYTES
+from streamq._connection import ENV_URL
+from streamq._demo_app import STREAM_ENV
+from streamq._logs import configure_logging
 from streamq.cli import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE, main
-from streamq.cli_output import SHOW_FIELD_BYTES
-from streamq.connection import ENV_URL
-from streamq.demo_app import STREAM_ENV
-from streamq.logs import configure_logging
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTS_DIR = str(Path(__file__).resolve().parent)
@@ -171,10 +171,10 @@ def test_names_moved_out_of_cli_stay_importable_from_it() -> None:
     for name in ["OK", "FAILURE", "USAGE", "ABANDONED", "INTERRUPTED"]:
         assert name in streamq.cli.__all__
         assert getattr(streamq.cli, name) == getattr(streamq.exit_codes, name)
-        assert getattr(streamq.cli_output, name) == getattr(streamq.exit_codes, name)
+        assert getattr(streamq._cli_output, name) == getattr(streamq.exit_codes, name)
     for name in ["format_table", "format_status", "format_dead_letters"]:
         assert name in streamq.cli.__all__
-        assert getattr(streamq.cli, name) is getattr(streamq.cli_output, name)
+        assert getattr(streamq.cli, name) is getattr(streamq._cli_output, name)
     assert streamq.cli.AppLoadError is streamq.errors.AppLoadError
     assert issubclass(streamq.cli.AppLoadError, streamq.errors.ConfigurationError)
 

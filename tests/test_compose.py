@@ -61,7 +61,7 @@ def test_clients_wait_for_a_healthy_redis(services: dict[str, Any], name: str) -
 
 
 def test_worker_runs_the_demo_app_and_producer_only_publishes(services: dict[str, Any]) -> None:
-    assert _command(services["worker"])[:3] == ["streamq", "worker", "streamq.demo_app:app"]
+    assert _command(services["worker"])[:3] == ["streamq", "worker", "streamq._demo_app:app"]
     producer = _command(services["producer"])
     assert producer[:4] == ["python", "-m", "streamq", "demo"]
     assert "--producer-only" in producer

@@ -53,7 +53,8 @@ def test_the_license_file_matches_the_license_metadata(project: dict[str, Any]) 
 def test_redis_py_is_bounded_above_and_the_installed_release_is_within_the_bounds(
     project: dict[str, Any],
 ) -> None:
-    """streamq/_wire.py uses redis-py internals, so a new major release must not be picked up unchecked."""
+    """streamq/_wire/transport.py uses redis-py internals, so a new major release must not be picked up
+    unchecked."""
     (redis,) = [Requirement(r) for r in project["project"]["dependencies"] if r.startswith("redis")]
     assert any(spec.operator == "<" for spec in redis.specifier), redis
     assert redis.specifier.contains(importlib.metadata.version("redis")), redis

@@ -35,10 +35,11 @@ from helpers import async_wait_until
 from tls_certificates import make_self_signed_tls, supports_tls
 
 import streamq
-from streamq import _scripts, _wire, keys
+from streamq import _wire, keys
+from streamq._connection import redact
+from streamq._wire import scripts as _scripts
 from streamq._worker import consumer as consumer_module
 from streamq.cli import FAILURE, OK, main
-from streamq.connection import redact
 from streamq.embedded import EmbeddedServer, ServerBinary
 from streamq.errors import EventTooLarge, ServerError
 from streamq.events import PAYLOAD_FIELD, Encoder

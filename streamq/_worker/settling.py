@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 
 from .. import keys
+from .._backoff import backoff_ms
 from .._wire import Arg, SettlePlan
-from ..backoff import backoff_ms
 from ..batch import Message, Outcome
 from ..errors import Reject
 from ..settings import ConsumerSettings

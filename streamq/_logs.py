@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .connection import redact
+from ._connection import redact
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LEVEL = "info"

@@ -6,7 +6,7 @@ worker has reclaimed and may be processing, and the event would exist twice. SET
 which of the ids this consumer still holds and acts on those only; the rest come back as "lost" for the
 caller to log and count. Acknowledging successes (ACK) needs no fence: see there.
 
-Only _wire.py runs these.
+Only streamq._wire runs these (commands.py wraps each in a Script).
 """
 
 from __future__ import annotations

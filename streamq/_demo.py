@@ -32,16 +32,16 @@ from pathlib import Path
 import msgspec
 import redis
 
-from . import keys
+from . import _wire, keys
+from ._connection import ENV_URL, async_client, redact, sync_client
+from ._demo_app import GROUP, SLOW_ENV, STREAM, STREAM_ENV, OrderPlaced, app
 from .cli import format_dead_letters
-from .connection import ENV_URL, async_client, redact, sync_client
 from .deadletter import DeadLetter, DeadLetters
-from .demo_app import GROUP, SLOW_ENV, STREAM, STREAM_ENV, OrderPlaced, app
 from .embedded import EmbeddedServer, ServerNotFound, ServerStartError, default_server_binary
 from .inspect import StreamStatus, stream_status
 from .producer import SyncProducer
 
-APP_PATH = "streamq.demo_app:app"
+APP_PATH = "streamq._demo_app:app"
 POISON_ORDERS = 5
 UNDECODABLE_PAYLOADS = (
     b"\xc1 is the one byte msgpack never uses",
@@ -82,8 +82,14 @@ def _run_on(url: str, events: int, producer_only: bool, say: Say) -> bool:
     try:
         if not producer_only:
             # Start from nothing so the accounting at the end is exact; only the demo stream's keys go.
-            client.delete(STREAM, keys.dlq_key(STREAM), keys.retry_key(STREAM, GROUP),
-                          keys.delayed_key(STREAM, GROUP), keys.stats_key(STREAM, GROUP))
+            _wire.delete_sync(
+                client,
+                STREAM,
+                keys.dlq_key(STREAM),
+                keys.retry_key(STREAM, GROUP),
+                keys.delayed_key(STREAM, GROUP),
+                keys.stats_key(STREAM, GROUP),
+            )
         published = _publish(client, events, say)
         if producer_only:
             return True
@@ -113,10 +119,12 @@ def _publish(client: redis.Redis, events: int, say: Say) -> int:
     orders = demo_orders(events)
     SyncProducer(client).publish_many(STREAM, orders)
     for payload in UNDECODABLE_PAYLOADS:
-        client.xadd(STREAM, {"d": payload})  # what a buggy or foreign producer might write
+        _wire.xadd_fields_sync(client, STREAM, {"d": payload})  # what a buggy or foreign producer might write
     total = len(orders) + len(UNDECODABLE_PAYLOADS)
-    say(f"[1/4] published {events} orders + {len(orders) - events} poison orders (negative amount)"
-        f" + {len(UNDECODABLE_PAYLOADS)} undecodable payloads (raw XADD)")
+    say(
+        f"[1/4] published {events} orders + {len(orders) - events} poison orders (negative amount)"
+        f" + {len(UNDECODABLE_PAYLOADS)} undecodable payloads (raw XADD)"
+    )
     say(f"      to {STREAM} in {time.monotonic() - began:.2f} s")
     return total
 
@@ -136,20 +144,21 @@ def _worker_env(url: str, slow_ms: int = 0) -> dict[str, str]:
 def _held_by(client: redis.Redis, pid: int) -> int:
     """Entries of the group pending for the consumer of process `pid` (consumer names carry the pid)."""
     try:
-        summary = client.xpending(STREAM, GROUP)
+        held = _wire.pending_by_consumer_sync(client, STREAM, GROUP)
     except redis.ResponseError:  # NOGROUP: the worker has not created the group yet
         return 0
-    for row in summary.get("consumers") or ():
-        name = row["name"].decode() if isinstance(row["name"], bytes) else str(row["name"])
-        if f"-{pid}-" in name:
-            return int(row["pending"])
-    return 0
+    return next((count for name, count in held.items() if f"-{pid}-" in name), 0)
 
 
 def _crash_a_worker(client: redis.Redis, url: str, log_path: Path, say: Say) -> bool:
     with open(log_path, "wb") as log_file:
-        worker = subprocess.Popen(_worker_command(), env=_worker_env(url, STUCK_HANDLER_MS),
-                                  stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            _worker_command(),
+            env=_worker_env(url, STUCK_HANDLER_MS),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + HOLD_TIMEOUT_S
         held = 0
@@ -181,9 +190,15 @@ def _burst_worker(url: str, log_path: Path, say: Say) -> int:
     began = time.monotonic()
     with open(log_path, "wb") as log_file:
         try:
-            code = subprocess.run(_worker_command("--burst"), env=_worker_env(url), stdin=subprocess.DEVNULL,
-                                  stdout=log_file, stderr=subprocess.STDOUT, timeout=BURST_TIMEOUT_S,
-                                  check=False).returncode
+            code = subprocess.run(
+                _worker_command("--burst"),
+                env=_worker_env(url),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                timeout=BURST_TIMEOUT_S,
+                check=False,
+            ).returncode
         except subprocess.TimeoutExpired:  # run() has killed it already
             say(f"demo: worker #2 did not drain the stream within {BURST_TIMEOUT_S:g} s")
             code = -1
@@ -253,6 +268,8 @@ def _summary(url: str, published: int, events: int, worker_code: int, seconds: f
     if problems:
         say(f"demo FAILED: {'; '.join(problems)} (redis: {redact(url)})")
         return False
-    say(f"demo OK: {published} published = {acked} acknowledged + {dead} dead-lettered, 0 pending"
-        f" ({seconds:.1f} s)")
+    say(
+        f"demo OK: {published} published = {acked} acknowledged + {dead} dead-lettered, 0 pending"
+        f" ({seconds:.1f} s)"
+    )
     return True

@@ -6,8 +6,8 @@ they belong to.
 
 from __future__ import annotations
 
-from .cli_output import SHOW_FIELD_BYTES
-from .connection import ENV_URL
+from ._cli_output import SHOW_FIELD_BYTES
+from ._connection import ENV_URL
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 
 EPILOG = f"""\
@@ -36,7 +36,7 @@ examples:
   streamq worker myapp.workers:app --redis-url rediss://:secret@redis.internal:6380/0
   streamq worker myapp.workers:app --burst --log-level debug
   streamq worker myapp.workers:app --connect-timeout-ms 120000
-  streamq worker streamq.demo_app:app             the demo's billing consumer
+  streamq worker streamq._demo_app:app             the demo's billing consumer
 
 exit codes:
   {OK}: stopped cleanly (SIGTERM, Ctrl-C, or drained with --burst)

@@ -2,7 +2,7 @@
 
 `streamq demo` runs it in worker subprocesses, and docker-compose's worker service runs it for good:
 
-    streamq worker streamq.demo_app:app --redis-url redis://localhost:6379/0
+    streamq worker streamq._demo_app:app --redis-url redis://localhost:6379/0
 
 The handler fails in two ways, so the demo shows every path an event can take:
 - about 1% of orders (order_id % 100 == 42) fail their first attempt, like a payment gateway timing out
