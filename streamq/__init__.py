@@ -2,7 +2,7 @@
 
 from .app import App
 from .batch import Batch, Message
-from .deadletter import DeadLetter, DeadLetters
+from .deadletter import DeadLetter, DeadLetterPage, DeadLetterResult, DeadLetters, SyncDeadLetters
 from .errors import ConfigurationError, Defer, EventTooLarge, Reject, Retry, StreamqError
 from .events import Event
 from .producer import Producer, SyncProducer
@@ -14,6 +14,8 @@ __all__ = [
     "ConfigurationError",
     "ConsumerSettings",
     "DeadLetter",
+    "DeadLetterPage",
+    "DeadLetterResult",
     "DeadLetters",
     "Defer",
     "Event",
@@ -23,6 +25,7 @@ __all__ = [
     "Reject",
     "Retry",
     "StreamqError",
+    "SyncDeadLetters",
     "SyncProducer",
 ]
 

@@ -311,9 +311,7 @@ class DeadLetters:
     """
 
     def __init__(self, client: RedisLike = None) -> None:
-        self.client, self._owns_client = adopt_async(
-            client, "DeadLetters", "streamq.deadletter.SyncDeadLetters"
-        )
+        self.client, self._owns_client = adopt_async(client, "DeadLetters", "streamq.SyncDeadLetters")
 
     async def count(self, stream: str) -> int:
         """Dead letters of the stream, of every group."""
