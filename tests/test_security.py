@@ -197,7 +197,10 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
 
     await app.run(burst=True)
     assert renewals[0][0] >= 1 and renewals[0][1] == 0
-    assert sorted(seen) == [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1), (4, 1), (5, 1), (5, 2), (6, 1)]
+    # n=5's first retry was refused (lease lost): reclaimed, it is still on its first attempt (a lost
+    # delivery uses no attempt), asks for a retry again, and succeeds on its second attempt.
+    expected = [(0, 1), (1, 1), (1, 2), (2, 1), (3, 1), (4, 1), (5, 1), (5, 1), (5, 2), (6, 1)]
+    assert sorted(seen) == expected
 
     operator = redis.asyncio.Redis.from_url(users.operator)
     try:
@@ -207,7 +210,7 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
         stats = state.groups[0].stats
         assert (state.groups[0].pending, stats["retried"], stats["lease_lost"], stats["reclaimed"]) == (
             0,
-            1,
+            2,
             1,
             1,
         )
@@ -603,7 +606,8 @@ async def test_library_logs_never_contain_the_password(
         with pytest.raises(redis.exceptions.AuthenticationError) as refused:
             await wrong.run(burst=True)
     assert renewals == [0]
-    assert {"connected", "handler failed", "undecodable event, dead-lettering"} <= {e["event"] for e in logs}
+    dead_lettering = "dead-lettering an event the handler cannot take"
+    assert {"connected", "handler failed", dead_lettering} <= {e["event"] for e in logs}
     (connected,) = [e for e in logs if e["event"] == "connected"]
     assert connected["redis"] == f"redis://:***@127.0.0.1:{password_server.server.port}/0"
     written = repr(logs) + caplog.text + str(refused.value) + repr(refused.value)
