@@ -132,6 +132,21 @@ async def retrying(step: Callable[[], Awaitable[T]], attempts: int = 20, pause_s
     raise AssertionError("unreachable")
 
 
+def _freeze(worker: Worker) -> bool:
+    """SIGSTOP a worker; False when it has died since it was picked.
+
+    A victim is picked while the fleet runs on: a failpoint can kill it, and the supervisor reap it,
+    before the signal is sent. Then the fault is skipped, not the run aborted with ProcessLookupError.
+    """
+    if worker.process.poll() is not None:
+        return False
+    try:
+        os.kill(worker.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Nemesis:
     """Runs a schedule of faults against the fleet, the server and the stream; records each in the ledger."""
 
@@ -254,9 +269,8 @@ class Nemesis:
 
     async def kill(self) -> bool:
         victim = await self._victim()
-        if victim is None:
+        if victim is None or not _freeze(victim):
             return False
-        os.kill(victim.pid, signal.SIGSTOP)
         inflight = await self.inflight([victim.pid])
         self.fleet.kill(victim)
         failpoint = next(self._failpoints)
@@ -270,9 +284,8 @@ class Nemesis:
 
     async def stop(self) -> bool:
         victim = await self._victim()
-        if victim is None:
+        if victim is None or not _freeze(victim):
             return False
-        os.kill(victim.pid, signal.SIGSTOP)
         victim.stopped = True
         inflight = await self.inflight([victim.pid])
         stop_s = 3 * self.lease_ms / 1000
@@ -306,8 +319,9 @@ class Nemesis:
         candidates = sorted((w for w in self.fleet.running() if not w.stopped), key=lambda w: w.slot)
         victim = self.rng.choice(candidates) if candidates else None
         victim_inflight = None
+        if victim is not None and not _freeze(victim):
+            victim = None
         if victim is not None:
-            os.kill(victim.pid, signal.SIGSTOP)
             victim_inflight = await self.inflight([victim.pid])
         killed_at = time.time()
         # Sometimes shorter than a lease, sometimes longer: then the entries held by live workers become

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chaos.checker import CheckReport, FinalState, check
+from chaos.faults import _freeze
+from chaos.fleet import Worker
 from chaos.ledger import AMBIGUOUS, PUBLISHED, DeadLetterRow, Ledger, WorkerLog
 from chaos.workload import FLAKY, GARBAGE, OK, POISON
 from streamq.embedded import ServerBinary
@@ -206,6 +210,28 @@ def test_unexplained_worker_exits_fail(tmp_path: Path) -> None:
     report = s.check(_final(worker_exit_codes={"8": 1}))
     assert len(report.unexplained_exits) == 2
     assert "workers_healthy" in _failed(report)
+
+
+# --------------------------------------------------------------------------------------------- the nemesis
+
+
+def _worker(process: subprocess.Popen[bytes]) -> Worker:
+    return Worker(slot=0, generation=1, process=process, failpoints="", started=time.monotonic(), log_path="")
+
+
+def test_a_victim_that_died_after_it_was_picked_is_skipped_not_fatal() -> None:
+    """A failpoint can kill the victim, and the supervisor reap it, between the pick and the SIGSTOP: the
+    fault is then skipped instead of aborting the run with ProcessLookupError."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert _freeze(_worker(dead)) is False
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _freeze(_worker(alive)) is True
+        os.kill(alive.pid, signal.SIGCONT)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 # --------------------------------------------------------------------------------------------- quick run
