@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if write_png(args.png, meta, results):
             log.info("chart written", path=str(args.png))
         else:
-            log.warning("chart not written: matplotlib is not installed", hint="pip install 'streamq[bench]'")
+            log.warning("chart not written: matplotlib is not installed", hint="pip install -r benchmarks/requirements.txt")
     return EXIT_CASE_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 

@@ -52,7 +52,7 @@ DEFAULT_CASE_TIMEOUT_MS = 300_000  # one child, one repeat; a hung peer fails it
 QUICK_CASE_TIMEOUT_MS = 60_000
 # /proc/stat counts in 10 ms ticks: "other CPU" of a shorter window would be mostly rounding.
 MIN_WALL_FOR_OTHER_CPU_S = 0.5
-BENCH_INSTALL_HINT = "skipped (pip install 'streamq[bench]')"
+BENCH_INSTALL_HINT = "skipped (pip install -r benchmarks/requirements.txt)"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STREAMQ_REGISTRY_KEY = "streamq:registry"  # the set of streams that had a worker (README, "Keys")
 
