@@ -84,6 +84,8 @@ class ClaimedWork(NamedTuple):
     batches: list[list[_wire.StreamBatch]]  # each item: one handler call's entries (one batch per key)
     deliveries: Deliveries
     claimed: int
+    # The last `alone` items of `batches` are repeat suspects, one entry each, handled one at a time.
+    alone: int = 0
 
 
 def sort_claimed(claimed: Sequence[_wire.Claimed]) -> ClaimedWork:
@@ -112,4 +114,4 @@ def sort_claimed(claimed: Sequence[_wire.Claimed]) -> ClaimedWork:
         if ids:
             together.append(_wire.StreamBatch(key, ids, fields))
     batches = ([together] if together else []) + alone
-    return ClaimedWork(deleted, batches, deliveries, total)
+    return ClaimedWork(deleted, batches, deliveries, total, len(alone))
