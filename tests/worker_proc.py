@@ -8,7 +8,9 @@ Run as a script, it builds an App with one consumer of `Job` events and runs it 
 
 Its handler writes what it does to Redis hashes, a ledger outside the worker that a test reads:
 ``<ledger>:started`` and ``<ledger>:done`` count, per event number, handler calls begun and finished;
-``<ledger>:retried`` counts retries it asked for. ``--mode`` says how the handler spends ``--sleep-ms``:
+``<ledger>:retried`` counts retries it asked for. ``--kill-on N`` makes the handler SIGKILL its own
+process when its batch holds event number N (after recording it as started): a poison event that kills
+every worker that takes it. ``--mode`` says how the handler spends ``--sleep-ms``:
 ``async`` awaits asyncio.sleep, ``block`` calls time.sleep inside an async handler (hogging the event
 loop), ``sync`` is a plain ``def`` handler (run in an executor thread).
 
@@ -61,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-ms", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--max-attempts", type=int, default=5)
+    parser.add_argument("--max-deliveries", type=int, default=None, help="default: the library's")
+    parser.add_argument("--kill-on", type=int, default=None, help="SIGKILL the worker on event number N")
     parser.add_argument("--grace-ms", type=int, default=30_000)
     parser.add_argument("--burst", action="store_true", help="exit once the group is drained")
     return parser.parse_args(argv)
@@ -72,6 +76,8 @@ def build_app(args: argparse.Namespace) -> streamq.App:
         "group": args.group, "lease_ms": args.lease_ms, "block_ms": args.block_ms,
         "batch_size": args.batch_size, "max_attempts": args.max_attempts, "consumer_prefix": args.name,
     }  # fmt: skip
+    if args.max_deliveries is not None:
+        settings["max_deliveries"] = args.max_deliveries
     started, done, retried = f"{args.ledger}:started", f"{args.ledger}:done", f"{args.ledger}:retried"
     sleep_s = args.sleep_ms / 1000
 
@@ -88,6 +94,7 @@ def build_app(args: argparse.Namespace) -> streamq.App:
 
         def handle_sync(batch: streamq.Batch[Job]) -> None:
             _record_sync(sync_ledger, started, batch.events)
+            _kill_if_poisoned(args.kill_on, batch.events)
             time.sleep(sleep_s)
             _record_sync(sync_ledger, retried, [m.event for m in to_retry(batch)])
             _record_sync(sync_ledger, done, batch.events)
@@ -99,6 +106,7 @@ def build_app(args: argparse.Namespace) -> streamq.App:
 
     async def handle(batch: streamq.Batch[Job]) -> None:
         await _record(ledger, started, batch.events)
+        _kill_if_poisoned(args.kill_on, batch.events)
         if args.mode == "block":
             time.sleep(sleep_s)  # noqa: ASYNC251 - on purpose: a handler that hogs the event loop
         else:
@@ -124,6 +132,12 @@ def _record_sync(ledger: redis.Redis, key: str, events: list[Job]) -> None:
         for event in events:
             pipe.hincrby(key, str(event.n), 1)
         pipe.execute()
+
+
+def _kill_if_poisoned(kill_on: int | None, events: list[Job]) -> None:
+    """Die at once, as a segfault or the OOM killer would: no settling, no giving back."""
+    if kill_on is not None and any(event.n == kill_on for event in events):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
