@@ -6,6 +6,12 @@ Unit-test a handler's decisions without Redis:
     await bill(batch)
     assert streamq.testing.outcomes(batch) == ["ack", "dead"]
 
+A handler that raises: pass what it raised, and outcomes() says what the worker would make of it.
+
+    with pytest.raises(streamq.Retry) as raised:
+        await bill(batch)
+    assert streamq.testing.outcomes(batch, raised=raised.value) == ["retry", "retry"]
+
 For the Redis side, run the real App against a real server (streamq.embedded.EmbeddedServer starts a
 throwaway one) and `await app.run_until_idle()`, which returns once everything is settled.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from .batch import Batch, Message
+from .batch import Batch, Message, OutcomeKind, resolve_outcome
 from .events import Encoder, Event
 
 E = TypeVar("E", bound=Event)
@@ -35,14 +41,25 @@ def make_batch(
     return Batch(stream, group, "test-consumer", messages)
 
 
-def outcomes(batch: Batch[E], *, handler_raised: bool = False) -> list[str]:
-    """What settlement each message would get: "ack", "retry", "fail" or "dead".
+def outcomes(
+    batch: Batch[E], *, raised: BaseException | None = None, handler_raised: bool = False
+) -> list[OutcomeKind]:
+    """What the worker would do with each message, by the worker's own rule (streamq.batch.resolve_outcome).
 
-    Messages the handler left alone are "ack", or "fail" when the handler raised (pass handler_raised).
+    raised: what the handler raised; None if it returned. Each message gets the outcome chosen for it
+    inside the batch, else the one its handler's end implies:
+        "ack"    acknowledged
+        "retry"  a failed attempt the handler asked for (batch.retry, raise Retry): back after its
+                 delay_ms, or the consumer's backoff when it gave none
+        "fail"   a failed attempt (any other error): back after the consumer's backoff
+        "defer"  not yet (batch.defer, raise Defer): back after its delay, no attempt used
+        "dead"   dead-lettered now (batch.dead_letter, raise Reject)
+    A "retry" or "fail" on a message's last attempt (message.attempt == max_attempts) is dead-lettered
+    as max_attempts instead, and a "defer" past max_defer_ms as deferred_too_long.
+
+    handler_raised=True (the older form) stands for a handler that raised an error other than Retry,
+    Defer or Reject: the messages it left alone are "fail".
     """
-    default = "fail" if handler_raised else "ack"
-    found = []
-    for message in batch:
-        outcome = batch.outcome(message)
-        found.append(outcome.kind if outcome is not None else default)
-    return found
+    if raised is None and handler_raised:
+        raised = Exception("the handler raised")
+    return [resolve_outcome(batch.outcome(message), raised).kind for message in batch]
