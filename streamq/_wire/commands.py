@@ -40,6 +40,7 @@ REAP = Script("reap", scripts.REAP)
 RENEW_HELD = Script("renew_held", scripts.RENEW_HELD)
 RELEASE = Script("release", scripts.RELEASE)
 ENSURE_GROUP_AT = Script("ensure_group_at", scripts.ENSURE_GROUP_AT)
+SET_DELIVERIES = Script("set_deliveries", scripts.SET_DELIVERIES)
 ALL_SCRIPTS = (SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP, RENEW_HELD, RELEASE, ENSURE_GROUP_AT)
 
 
@@ -212,6 +213,19 @@ def renew_held_sync(client: redis.Redis, key: str, group: str, consumer: str, li
     except redis.exceptions.NoScriptError:
         reply = client.eval(RENEW_HELD.source, 1, key, *args)
     return int(reply)
+
+
+async def set_deliveries(
+    link: Link, group: str, consumer: str, counts: Mapping[str, Sequence[tuple[bytes, int]]]
+) -> None:
+    """Set the delivery counters of entries this consumer still holds, per key: {key: [(id, count)]}."""
+    calls = [
+        SET_DELIVERIES.pack([key], [group, consumer, *(a for pair in pairs for a in pair)])
+        for key, pairs in counts.items()
+        if pairs
+    ]
+    if calls:
+        await link.scripts(calls)
 
 
 async def release(

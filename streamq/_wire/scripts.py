@@ -319,3 +319,20 @@ for i = 1, #groups do
 end
 return 0
 """
+
+# Set the delivery counter of entries this consumer still holds (never of another's: XCLAIM with min-idle 0
+# would take them over). Reclaimed repeat suspects are handled one at a time; this keeps the counter of
+# those still queued from charging them a delivery that never reached a handler.
+# KEYS: stream. ARGV: group, consumer, then (id, count) pairs. Returns how many were set.
+SET_DELIVERIES = """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local n = 0
+for i = 3, #ARGV, 2 do
+    local id = ARGV[i]
+    if #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 1 then
+        redis.call('XCLAIM', stream, group, consumer, 0, id, 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+        n = n + 1
+    end
+end
+return n
+"""

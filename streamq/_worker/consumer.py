@@ -345,25 +345,15 @@ class Consumer:
         offset: int,
         holds: Sequence[Hold] = (),
     ) -> None:
-        """Set the delivery counter of repeat suspects this consumer holds to what the claim made it, plus
-        `offset`. XCLAIM with JUSTID (its idle reset doubles as a renewal) and RETRYCOUNT; entries the
-        lease keeper saw taken by another worker are left alone."""
+        """Set the delivery counter of repeat suspects to what the claim made it, plus `offset`: a fenced
+        script (only entries this consumer still holds), whose XCLAIM JUSTID doubles as a renewal."""
         lost = {entry_id for held in holds for entry_id in held.lost}
-        payload: list[bytes] = []
+        counts: dict[str, list[tuple[bytes, int]]] = {}
         for (batch,) in suspects:
             (entry_id,) = batch.ids
-            if entry_id in lost:
-                continue
-            count = deliveries[batch.key][entry_id] + offset
-            payload.append(
-                _wire.pack(
-                    "XCLAIM", batch.key, self.group, self.name, 0, entry_id, "RETRYCOUNT", count, "JUSTID"
-                )
-            )
-        if payload:
-            for reply in await link.roundtrip(b"".join(payload), len(payload)):
-                if isinstance(reply, ResponseError):
-                    raise reply
+            if entry_id not in lost:
+                counts.setdefault(batch.key, []).append((entry_id, deliveries[batch.key][entry_id] + offset))
+        await _wire.set_deliveries(link, self.group, self.name, counts)
 
     async def _ack_deleted(self, link: _wire.Link, deleted_by_key: dict[str, list[bytes]]) -> None:
         """Pending entries deleted or trimmed from the stream: nothing to process, acknowledge them."""
