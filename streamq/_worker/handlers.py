@@ -250,9 +250,14 @@ class HandlerSpec:
                 batch.fail(message, exc)
             start = stop + 1
 
-    def _run_sync(self, batch: Batch[Any], start: int) -> tuple[int, Awaitable[Any] | None]:
+    def _run_sync(
+        self, batch: Batch[Any], start: int, abandoned: threading.Event
+    ) -> tuple[int, Awaitable[Any] | None]:
         """In the executor thread: call the handler from message `start` on; stop at the first awaitable
-        it returns and hand that back with the index of its message."""
+        it returns and hand that back with the index of its message. Stop too once the caller has given
+        up on this call (`abandoned`: the run was cancelled or the call timed out): a thread cannot be
+        interrupted, but it must start no handler call for the events left, which are given back or settled
+        already."""
         if self.kind == "batch":
             result = self.fn(batch)
             if inspect.isawaitable(result):
@@ -262,6 +267,8 @@ class HandlerSpec:
         takes_message = self.kind == "message"
         messages = batch.messages
         for index in range(start, len(messages)):
+            if abandoned.is_set():
+                return index, None
             message = messages[index]
             try:
                 result = self.fn(message if takes_message else message.event)
@@ -286,18 +293,19 @@ class HandlerSpec:
 
 
 async def _in_thread(
-    executor: Executor | None, work: Callable[[], tuple[int, Awaitable[Any] | None]]
+    executor: Executor | None, work: Callable[[threading.Event], tuple[int, Awaitable[Any] | None]]
 ) -> tuple[int, Awaitable[Any] | None]:
-    """Run `work` in `executor`. If the caller is cancelled while it runs, an awaitable it hands back
-    afterwards is closed instead of being dropped unawaited."""
+    """Run `work(abandoned)` in `executor`. If the caller is cancelled while it runs, `abandoned` is set
+    (work checks it between handler calls) and an awaitable it hands back afterwards is closed instead of
+    being dropped unawaited."""
     lock = threading.Lock()
-    abandoned = False
+    abandoned = threading.Event()
     handed: list[tuple[int, Awaitable[Any] | None]] = []
 
     def run() -> None:
-        result = work()
+        result = work(abandoned)
         with lock:
-            if abandoned:
+            if abandoned.is_set():
                 _discard(result[1])
             else:
                 handed.append(result)
@@ -306,7 +314,7 @@ async def _in_thread(
         await asyncio.get_running_loop().run_in_executor(executor, run)
     except BaseException:
         with lock:
-            abandoned = True
+            abandoned.set()
             for _, pending in handed:
                 _discard(pending)
         raise
