@@ -274,6 +274,13 @@ class App:
                     raise fatal.result()
                 if stop_wait in done:
                     await self._drain(pending)
+                    # A consumer whose background loop gave up sets the shared `stopping` itself
+                    # (Consumer.fail), so its error arrives here, after the drain: raise it, or run()
+                    # would return as if stopped on purpose and the failure would go unseen.
+                    for task in pending:
+                        error = None if task.cancelled() else task.exception()
+                        if error is not None:
+                            raise error
                     return
         finally:
             stop_wait.cancel()
