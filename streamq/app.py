@@ -342,10 +342,14 @@ class App:
             task.cancel()
 
     def counts(self) -> dict[str, int]:
+        """The consumers' counters added up; `loop_restarts` includes the lease keeper's restarts."""
         total: dict[str, int] = {}
         for consumer in self.consumers:
             for name, value in consumer.counts.items():
                 total[name] = total.get(name, 0) + value
+        if self.consumers:  # every consumer of a run shares one lease keeper
+            keeper_restarts = self.consumers[0].lease_keeper.restarts
+            total["loop_restarts"] = total.get("loop_restarts", 0) + keeper_restarts
         return total
 
 
