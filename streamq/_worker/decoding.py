@@ -59,6 +59,12 @@ def decode(
             _retry_messages(batch, counts, candidates, rejected)
     decoded = decoder.decode_batch([m.payload for m in candidates])
     max_lost = settings.max_deliveries
+    # Fresh entries of the stream have lost no delivery: only reclaimed entries and retries may have.
+    may_be_lost = bool(deliveries) or any(b.key != stream for b in batches)
+    if not may_be_lost and DecodeFailure not in set(map(type, decoded)):
+        for message, event in zip(candidates, decoded, strict=True):  # the hot path: nothing to reject
+            message.event = event
+        return Decoded(candidates, rejected, _bounds(batches), sum(len(b.ids) for b in batches), 0)
     ready: list[Message[Any]] = []
     oversized = 0
     for message, event in zip(candidates, decoded, strict=True):
@@ -78,13 +84,11 @@ def decode(
         else:
             message.event = event
             ready.append(message)
-    return Decoded(
-        ready,
-        rejected,
-        {b.key: (b.ids[0], b.ids[-1]) for b in batches if b.ids},
-        sum(len(b.ids) for b in batches),
-        oversized,
-    )
+    return Decoded(ready, rejected, _bounds(batches), sum(len(b.ids) for b in batches), oversized)
+
+
+def _bounds(batches: Sequence[_wire.StreamBatch]) -> dict[str, tuple[bytes, bytes]]:
+    return {b.key: (b.ids[0], b.ids[-1]) for b in batches if b.ids}
 
 
 def _stream_messages(
@@ -96,12 +100,14 @@ def _stream_messages(
     """Entries of the stream itself: the hot path, one pass with little per event."""
     key = batch.key
     for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
-        payload = _wire.payload_of(fields, PAYLOAD_FIELD)
-        # The delivery counter counts this delivery too: those before it never settled.
-        lost = counts.get(entry_id, 1) - 1 if counts else 0
-        message: Message[Any] = Message(
-            0, key, entry_id, entry_id.decode(), 1, payload, lost_deliveries=lost
-        )
+        if fields is not None and len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
+            payload: bytes | None = fields[1]  # the one field producers write: no search needed
+        else:
+            payload = _wire.payload_of(fields, PAYLOAD_FIELD)
+        message: Message[Any] = Message(0, key, entry_id, entry_id.decode(), 1, payload)
+        if counts:
+            # The delivery counter counts this delivery too: those before it never settled.
+            message.lost_deliveries = counts.get(entry_id, 1) - 1
         if payload is None:
             rejected.append(
                 Rejection(message, "undecodable", "entry has no 'd' payload field", raw_fields=fields or [])
