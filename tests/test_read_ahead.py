@@ -8,12 +8,14 @@ import asyncio
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 from helpers import async_wait_until
 
 import streamq
-from streamq import keys
+from streamq import _wire, keys
 from streamq._worker.consumer import READ_AHEAD_MAX_HANDLE_S
+from streamq._worker.leases import HELD_RENEW_LIMIT
 
 
 class Tick(streamq.Event, tag="test.read_ahead.tick"):
@@ -200,3 +202,34 @@ async def _delivered_within(
     except AssertionError:
         return False
     return True
+
+
+async def test_the_lease_of_a_read_ahead_of_large_batches_renews_it(
+    redis_url: str, client: redis.asyncio.Redis, sync_client: redis.Redis, unique: str
+) -> None:
+    """With batches of 6000, a worker reading ahead holds 12000 entries on one key while a batch is
+    handled. The lease of the read-ahead, whose ids are not known yet, renews the 6000 entries read after
+    the batch in hand (once, in one call, it tried to renew all 12000, more than a Lua unpack() takes, and
+    every renewal failed: the read-ahead of a slow batch went to a rival and was handled twice); the batch
+    in hand is left to its own lease. Giving back a batch that large works as well."""
+    await _publish(redis_url, unique, 12_000)
+    await client.xgroup_create(unique, "g", "0")
+    in_hand = await client.xreadgroup("g", "c", {unique: ">"}, count=6000)
+    read_ahead = await client.xreadgroup("g", "c", {unique: ">"}, count=6000)
+    in_hand_ids = [entry_id for entry_id, _ in in_hand[0][1]]
+    ahead_ids = [entry_id for entry_id, _ in read_ahead[0][1]]
+    await asyncio.sleep(0.3)
+
+    renewed = _wire.renew_held_sync(sync_client, unique, "g", "c", HELD_RENEW_LIMIT, in_hand_ids[-1])
+
+    assert renewed == 6000
+    idle = {row["message_id"]: row["time_since_delivered"] for row in await _pending_rows(client, unique)}
+    assert max(idle[i] for i in ahead_ids) < 250  # renewed just now
+    assert min(idle[i] for i in in_hand_ids) >= 250  # not this lease's to renew
+    given_back = await _wire.release(client, unique, "g", "c", in_hand_ids + ahead_ids, 2**40)
+    assert given_back == 12_000
+
+
+async def _pending_rows(client: redis.asyncio.Redis, stream: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = await client.xpending_range(stream, "g", min="-", max="+", count=20_000)
+    return rows

@@ -202,12 +202,15 @@ def renew_sync(client: redis.Redis, key: str, group: str, consumer: str, ids: Se
     return list(reply)
 
 
-def renew_held_sync(client: redis.Redis, key: str, group: str, consumer: str, limit: int) -> int:
-    """Reset the idle time of every entry this consumer holds on `key` (at most `limit`); returns how many.
+def renew_held_sync(
+    client: redis.Redis, key: str, group: str, consumer: str, limit: int, after: bytes | None
+) -> int:
+    """Reset the idle time of the entries this consumer holds on `key` after id `after` (None: all), at
+    most `limit`; returns how many.
 
     For entries whose ids the worker does not know yet: a read-ahead whose reply waits behind a batch.
     """
-    args: list[Any] = [group, consumer, limit]
+    args: list[Any] = [group, consumer, limit, b"(" + after if after is not None else b"-"]
     try:
         reply = client.evalsha(RENEW_HELD.sha, 1, key, *args)
     except redis.exceptions.NoScriptError:

@@ -243,18 +243,21 @@ for i = 1, #KEYS do call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2]) end
 return 1
 """
 
-# Renew every entry this consumer holds on one stream key (at most ARGV[3] of them): the lease of a read
-# whose reply has not been parsed yet (a read-ahead waiting behind a batch being handled), whose ids the
-# worker does not know. The keeper thread runs it, so entries are leased from the moment the server hands
-# them out, whatever the handler does meanwhile. KEYS: stream. ARGV: group, consumer, limit.
-# Returns how many entries were renewed.
+# Renew the entries this consumer holds on one stream key after ARGV[4] (a start for XPENDING: '-', or
+# '(' and the last id the worker had read there), at most ARGV[3] of them: the lease of a read whose reply has
+# not been parsed yet (a read-ahead waiting behind a batch being handled), whose ids the worker does not know.
+# What it has read already has leases of its own. The keeper thread runs it, so entries are leased from the
+# moment the server hands them out, whatever the handler does meanwhile. XCLAIM goes in chunks: one unpack()
+# of a whole read-ahead of large batches would exceed Lua's stack ("too many results to unpack").
+# KEYS: stream. ARGV: group, consumer, limit, start. Returns how many entries were renewed.
 RENEW_HELD = """
-local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
-if #rows == 0 then return 0 end
-local args = {KEYS[1], ARGV[1], ARGV[2], 0}
-for i = 1, #rows do args[#args + 1] = rows[i][1] end
-args[#args + 1] = 'JUSTID'
-redis.call('XCLAIM', unpack(args))
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], '+', tonumber(ARGV[3]), ARGV[2])
+for i = 1, #rows, 4000 do
+    local args = {KEYS[1], ARGV[1], ARGV[2], 0}
+    for j = i, math.min(i + 3999, #rows) do args[#args + 1] = rows[j][1] end
+    args[#args + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(args))
+end
 return #rows
 """
 
@@ -269,17 +272,20 @@ local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local ids = {}
 for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
 local mine = owned(stream, group, consumer, ids, ARGV[4], ARGV[5])
-local args = {stream, group, consumer, 0}
-local n = 0
+local held = {}
 for i = 1, #ids do
-    if mine[ids[i]] then args[#args + 1] = ids[i]; n = n + 1 end
+    if mine[ids[i]] then held[#held + 1] = ids[i] end
 end
-if n == 0 then return 0 end
-args[#args + 1] = 'IDLE'
-args[#args + 1] = ARGV[3]
-args[#args + 1] = 'JUSTID'
-redis.call('XCLAIM', unpack(args))
-return n
+-- In chunks: a batch of 10000 ids in one unpack() would exceed Lua's stack.
+for i = 1, #held, 4000 do
+    local args = {stream, group, consumer, 0}
+    for j = i, math.min(i + 3999, #held) do args[#args + 1] = held[j] end
+    args[#args + 1] = 'IDLE'
+    args[#args + 1] = ARGV[3]
+    args[#args + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(args))
+end
+return #held
 """
 )
 

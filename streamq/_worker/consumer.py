@@ -379,9 +379,14 @@ class Consumer:
         return [self.lease_keeper.hold(b.key, self.group, self.name, b.ids, renew_every_ms) for b in batches]
 
     def _hold_unread(self) -> list[Hold]:
-        """Holds for a read sent ahead, whose ids are not known until its reply is parsed."""
+        """Holds for a read sent ahead, whose ids are not known until its reply is parsed: what this consumer
+        holds after the last id it has read on each key (a read gives out only entries after those)."""
         renew_every_ms = self.settings.renew_every_ms
-        return [self.lease_keeper.hold(key, self.group, self.name, None, renew_every_ms) for key in self.keys]
+        position = self.reader.position
+        return [
+            self.lease_keeper.hold(key, self.group, self.name, None, renew_every_ms, position.get(key))
+            for key in self.keys
+        ]
 
     def _release(self, holds: list[Hold]) -> None:
         """Stop renewing entries not handled; while being cancelled, keep them to give back."""

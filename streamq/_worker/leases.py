@@ -7,7 +7,8 @@ and its entries become reclaimable after lease_ms, as they should.
 
 A hold is taken the moment entries are asked for, not when the worker gets round to parsing the reply:
 a read-ahead's reply may wait in the socket while the batch before it is handled. Until its ids are known,
-such a hold (`ids=None`) renews everything its consumer holds on that key.
+such a hold (`ids=None`) renews everything its consumer holds on that key after the last id it had read there
+(`after`): the entries read before have holds of their own.
 
 The keeper is supervised: an error it does not expect is logged, counted, and the thread goes on with a
 new client after a backoff. Once it has failed MAX_FAILURES_IN_A_ROW times in a row, leases can no longer
@@ -33,21 +34,31 @@ log = structlog.get_logger("streamq.leases")
 POLL_S = 0.05
 MAX_FAILURES_IN_A_ROW = 8  # unexpected errors in a row before the keeper gives up (about 10 s of backoff)
 MAX_BACKOFF_S = 2.0
-HELD_RENEW_LIMIT = 10_000  # entries renewed per key by a hold whose ids are not known yet
+# Entries renewed per key by a hold whose ids are not known yet: a read-ahead (at most MAX_BATCH_SIZE), and
+# as many again left unparsed by a read-ahead whose reply was lost.
+HELD_RENEW_LIMIT = 20_000
 
 
 class Hold:
     """Entries of one stream key held by one consumer while their batch is processed.
 
-    `ids=None`: entries asked for whose ids are not known yet; every entry the consumer holds is renewed.
+    `ids=None`: entries asked for whose ids are not known yet; every entry the consumer holds after id
+    `after` (None: from the start) is renewed.
     """
 
-    __slots__ = ("consumer", "group", "ids", "key", "lost", "next_due", "renew_every_s")
+    __slots__ = ("after", "consumer", "group", "ids", "key", "lost", "next_due", "renew_every_s")
 
     def __init__(
-        self, key: str, group: str, consumer: str, ids: Sequence[bytes] | None, renew_every_ms: int
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        ids: Sequence[bytes] | None,
+        renew_every_ms: int,
+        after: bytes | None = None,
     ) -> None:
         self.key = key
+        self.after = after
         self.group = group
         self.consumer = consumer
         self.ids = list(ids) if ids is not None else None
@@ -89,9 +100,15 @@ class LeaseKeeper:
             thread.join(timeout=10)
 
     def hold(
-        self, key: str, group: str, consumer: str, ids: Sequence[bytes] | None, renew_every_ms: int
+        self,
+        key: str,
+        group: str,
+        consumer: str,
+        ids: Sequence[bytes] | None,
+        renew_every_ms: int,
+        after: bytes | None = None,
     ) -> Hold:
-        held = Hold(key, group, consumer, ids, renew_every_ms)
+        held = Hold(key, group, consumer, ids, renew_every_ms, after)
         with self._lock:
             self._holds.add(held)
         return held
@@ -149,7 +166,9 @@ class LeaseKeeper:
     def _renew(self, client: redis.Redis, held: Hold) -> None:
         try:
             if held.ids is None:
-                _wire.renew_held_sync(client, held.key, held.group, held.consumer, HELD_RENEW_LIMIT)
+                _wire.renew_held_sync(
+                    client, held.key, held.group, held.consumer, HELD_RENEW_LIMIT, held.after
+                )
                 lost: list[bytes] = []
             else:
                 lost = _wire.renew_sync(client, held.key, held.group, held.consumer, held.ids)
