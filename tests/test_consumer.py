@@ -285,6 +285,39 @@ async def test_handler_timeout_counts_as_a_failed_attempt(
     assert await client.xlen(keys.dlq_key(unique)) == 0
 
 
+@pytest.mark.parametrize("burst", [True, False])
+async def test_a_cancelled_error_raised_by_the_handler_fails_its_batch_and_the_worker_goes_on(
+    redis_url: str, client: redis.asyncio.Redis, unique: str, burst: bool
+) -> None:
+    """A handler that awaits something another task cancelled raises CancelledError although nobody
+    cancelled the worker. That is the handler's failure: the batch is retried and handled on its next
+    attempt, and the worker goes on. (It used to end the consumer quietly: run() returned as if stopped,
+    with the batch and the one read ahead left pending.)"""
+    await _publish(redis_url, unique, [Click(n) for n in range(6)])
+    attempts: list[tuple[int, int]] = []
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=3, retry_base_ms=0, **FAST)
+    async def handle(batch: streamq.Batch[Click]) -> None:
+        attempts.extend((m.event.n, m.attempt) for m in batch)
+        if len(attempts) == 3:
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled
+
+    run = asyncio.create_task(app.run_until_idle() if burst else app.run())
+    await async_wait_until(lambda: len(attempts) >= 9 or run.done(), message="the batch retried")
+    if not burst:
+        await asyncio.sleep(0.3)
+        assert not run.done()  # still running: only stop() ends a run that is not in burst mode
+        app.stop()
+    await asyncio.wait_for(run, 30)
+    assert sorted(attempts) == sorted([(n, 1) for n in range(6)] + [(n, 2) for n in range(3)])
+    stats = await client.hgetall(keys.stats_key(unique, "g"))
+    assert (stats[b"retried"], stats[b"acked"]) == (b"3", b"6")
+    assert await _pending(client, unique, "g") == 0
+
+
 async def test_handler_that_always_times_out_is_dead_lettered(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:

@@ -51,6 +51,14 @@ async def handle(
                 if not deadline.expired():
                     raise
                 error = HandlerTimeout(f"handler did not finish within {timeout_ms} ms")
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this worker is being cancelled: the consumer gives back what it holds
+        # The handler's own CancelledError (it awaited a task or future that something else cancelled),
+        # not a cancel of the worker: a failure of this call like any other error. Let through, it ended
+        # the consumer quietly, and run() returned as if stopped, with the batch left pending.
+        error = exc
     except Exception as exc:
         error = exc
     finally:
