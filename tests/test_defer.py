@@ -124,6 +124,31 @@ async def test_an_event_deferred_longer_than_max_defer_ms_is_dead_lettered(
     await _assert_nothing_left(client, unique)
 
 
+async def test_one_deferral_longer_than_max_defer_ms_comes_back_when_the_bound_is_over(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A single deferral far longer than max_defer_ms (Defer(10**12), about 31 years) is cut to the bound:
+    the event is back once max_defer_ms (300 ms) is over, and deferred again it is dead-lettered as
+    deferred_too_long. (It used to wait out the whole delay in the delayed set, unseen, and keep burst mode
+    from ever ending.)"""
+    (entry_id,) = await _publish(redis_url, unique, 1)
+    handled = 0
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", max_defer_ms=300, **FAST)
+    async def handle(message: streamq.Message[Parcel]) -> None:
+        nonlocal handled
+        handled += 1
+        raise Defer(10**12)
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    (letter,) = await streamq.DeadLetters(client).list(unique)
+    assert (letter.id, letter.reason, letter.attempts) == (entry_id, "deferred_too_long", 1)
+    assert handled == 2
+    assert await _stats(client, unique) == {"deferred": 1, "dead": 1}
+    await _assert_nothing_left(client, unique)
+
+
 async def test_batch_retry_still_uses_attempts(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:

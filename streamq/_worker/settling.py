@@ -112,19 +112,25 @@ class Settlement:
         self.counts["retried"] += 1
 
     def defer(self, message: Message[Any], now_ms: int, delay_ms: int, reason: str) -> None:
-        """Not yet: back after delay_ms with no attempt used, or dead-lettered once deferred too long."""
+        """Not yet: back after delay_ms with no attempt used, or dead-lettered once deferred too long.
+
+        The delay is cut so that the event is back when max_defer_ms is over at the latest (deferred again
+        then, it is dead-lettered): a single long deferral (Defer(10**12)) cannot outlive the bound unseen.
+        """
         since_ms = message.deferred_since_ms or now_ms
-        if now_ms - since_ms >= self.settings.max_defer_ms:
+        max_defer_ms = self.settings.max_defer_ms
+        if now_ms - since_ms >= max_defer_ms:
             self.dead(
                 message,
                 now_ms,
                 "deferred_too_long",
-                f"deferred for {now_ms - since_ms} ms, over max_defer_ms={self.settings.max_defer_ms}"
+                f"deferred for {now_ms - since_ms} ms, over max_defer_ms={max_defer_ms}"
                 + (f": {reason}" if reason else ""),
                 error_type="Defer",
                 error_text=reason,
             )
             return
+        delay_ms = min(delay_ms, since_ms + max_defer_ms - now_ms)
         record = RetryRecord(
             origin_id=message.id,
             failures=message.attempt - 1,
