@@ -1,6 +1,7 @@
-"""A consumer group or stream that vanishes under a running worker: the group is recreated where the worker
-had read up to, so nothing it settled is handled again, unless the stream itself is gone, when every entry
-of the stream that takes its place is new and is handled.
+"""A consumer group or stream that vanishes under a running worker: the group is recreated after the last
+entry whose settlement the worker saw confirmed, so nothing it settled is handled again and nothing in flight
+is lost, unless the stream itself is gone, when every entry of the stream that takes its place is new and is
+handled.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import msgspec
 import redis.asyncio
 from helpers import async_wait_until
 from worker_proc import Job
@@ -104,3 +106,30 @@ async def test_stream_deleted_under_a_running_worker_is_read_from_its_start_agai
     assert sorted(seen) == [*range(20), *range(100, 110)]
     assert set(seen.values()) == {1}
     assert int(await client.hget(keys.stats_key(unique, "g"), "acked")) == 30
+
+
+async def test_group_destroyed_mid_batch_loses_no_failed_event(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """XGROUP DESTROY while a batch is being handled: that batch's settlement fails on the missing group, so
+    the group is recreated after the last entry whose settlement was confirmed, not after what was read.
+    With a handler that fails every event (max_attempts=1), every event still ends in the dead-letter
+    stream: the batch in flight is delivered again rather than lost (recreated at the read position, its
+    failures were neither retried nor dead-lettered)."""
+    await _publish(redis_url, unique, range(300))
+    app = streamq.App(redis_url)
+    calls = 0
+
+    @app.consumer(unique, group="g", batch_size=50, max_attempts=1, block_ms=100, read_ahead=False)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            await client.execute_command("XGROUP", "DESTROY", unique, "g")
+        raise RuntimeError("fails every event")
+
+    await asyncio.wait_for(app.run_until_idle(), 60)
+    dead = await streamq.DeadLetters(client).page(unique, limit=1000)
+    numbers = {msgspec.msgpack.decode(letter.payload or b"", type=Job).n for letter in dead.letters}
+    assert numbers == set(range(300))
+    assert int((await client.xpending(unique, "g"))["pending"]) == 0

@@ -41,7 +41,9 @@ RENEW_HELD = Script("renew_held", scripts.RENEW_HELD)
 RELEASE = Script("release", scripts.RELEASE)
 ENSURE_GROUP_AT = Script("ensure_group_at", scripts.ENSURE_GROUP_AT)
 SET_DELIVERIES = Script("set_deliveries", scripts.SET_DELIVERIES)
-ALL_SCRIPTS = (SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP, RENEW_HELD, RELEASE, ENSURE_GROUP_AT)
+ALL_SCRIPTS = (
+    SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP, RENEW_HELD, RELEASE, ENSURE_GROUP_AT, SET_DELIVERIES,
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- producing
@@ -283,9 +285,9 @@ async def ensure_group(client: aioredis.Redis, key: str, group: str) -> bool:
 
 
 async def ensure_group_at(client: aioredis.Redis, key: str, group: str, entry_id: str) -> int:
-    """Create the group at `entry_id`, or move it forward to there, never back (see ENSURE_GROUP_AT).
+    """Create the group at `entry_id`, or move it back to there, never forward (see ENSURE_GROUP_AT).
 
-    Returns 1 if created, 2 if moved forward, 0 if it was already at or past `entry_id`.
+    Returns 1 if created, 2 if moved back, 0 if it was already at or before `entry_id`.
     """
     try:
         try:

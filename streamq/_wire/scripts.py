@@ -289,10 +289,11 @@ return #held
 """
 )
 
-# Create a group at ARGV[2], or move an existing one forward to it, never back: a group deleted under
-# running workers (XGROUP DESTROY) is recreated where they had read up to, so nothing they settled is
-# handled again; workers racing to recreate it leave it at the furthest position any of them had reached.
-# KEYS: stream. ARGV: group, id. Returns 1 if created, 2 if moved forward, 0 if left alone.
+# Create a group at ARGV[2], or move an existing one back to it, never forward: a group deleted under
+# running workers (XGROUP DESTROY) is recreated where their settled work ends, so nothing they settled is
+# handled again; workers racing to recreate it leave it at the earliest such position any of them had,
+# so that what one of them had read but not settled is delivered again rather than lost (duplicates over
+# loss). KEYS: stream. ARGV: group, id. Returns 1 if created, 2 if moved back, 0 if left alone.
 # A stream that no longer exists (a server restarted without persistence) starts again at 0: its entries
 # are all new.
 ENSURE_GROUP_AT = """
@@ -317,7 +318,7 @@ for i = 1, #groups do
     if name == ARGV[1] and last then
         local ms1, seq1 = parts(last)
         local ms2, seq2 = parts(at)
-        if ms2 > ms1 or (ms2 == ms1 and seq2 > seq1) then
+        if ms2 < ms1 or (ms2 == ms1 and seq2 < seq1) then
             redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], at)
             return 2
         end

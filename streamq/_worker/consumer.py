@@ -130,6 +130,9 @@ class Consumer:
         self._idle_reads = 0  # reads in a row that found nothing
         self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
         self._give_back: list[Hold] = []  # holds released while being cancelled: give them back
+        # The last id of the stream up to which everything this consumer read is settled (confirmed):
+        # where a group deleted under it is recreated.
+        self._settled_through: bytes | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -226,21 +229,25 @@ class Consumer:
                 delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
 
     async def _recreate_group(self) -> None:
-        """Recreate a vanished group where this consumer had read up to, never back at the start.
+        """Recreate a vanished group where this consumer's settled work ends, never back at the start.
 
         Starting at 0 would hand every entry of the stream to the handler again (XGROUP DESTROY under a
-        running worker re-handled all of them). A stream that is gone too starts at 0: its entries are new.
+        running worker re-handled all of them). Not where it had read up to either: a batch handled but not
+        yet settled (its settlement failed on the missing group) would then be lost, failures included. So
+        the group restarts after the last entry whose settlement this consumer saw confirmed, and racing
+        workers leave it at the earliest of theirs (see ENSURE_GROUP_AT): what was in flight is delivered
+        again, a duplicate rather than a loss. A stream that is gone too starts at 0: its entries are new.
         The retry stream starts at 0: it holds only unsettled retries (settled ones are deleted).
         """
-        position = self.reader.position.get(self.stream)
-        at = position.decode() if position is not None else "0"
+        settled = self._settled_through
+        at = settled.decode() if settled is not None else "0"
         outcome = await _wire.ensure_group_at(self.client, self.stream, self.group, at)
         await _wire.ensure_group(self.client, self.retry_key, self.group)
         self.log.warning(
-            "group was missing, recreated it where this consumer had read up to",
+            "group was missing, recreated it after the last entry this consumer settled",
             at=at,
             created=outcome == 1,
-            moved_forward=outcome == 2,
+            moved_back=outcome == 2,
         )
 
     async def _give_back_held(self) -> None:
@@ -600,6 +607,13 @@ class Consumer:
 
     def _settled(self, settlement: Settlement, done: _wire.Settled) -> None:
         """Count and log a confirmed settlement."""
+        last = settlement.last_id(self.stream)
+        # Settlements are confirmed in the order their entries were read; reclaimed entries are older
+        # than what was read: the position only moves forward.
+        if last is not None and (
+            self._settled_through is None or _wire.id_key(last) > _wire.id_key(self._settled_through)
+        ):
+            self._settled_through = last
         for name, value in settlement.counts.items():
             self.counts[name] += value
         self.counts["batches"] += 1

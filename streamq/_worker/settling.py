@@ -202,6 +202,11 @@ class Settlement:
         self._plans[message.key].dead.append((message.entry_id, fields))
         self.counts["dead"] += 1
 
+    def last_id(self, key: str) -> bytes | None:
+        """The last id read on `key` in the fetch this settles (None: nothing from that key)."""
+        plan = self._plans.get(key)
+        return plan.last if plan is not None else None
+
     def min_retry_delay_ms(self) -> int:
         """The shortest delay among the retries and deferrals scheduled here (0 if none)."""
         return min(
