@@ -115,13 +115,17 @@ def resolve_outcome(chosen: Outcome | None, raised: BaseException | None) -> Out
 class _Choices:
     """Outcomes of a batch's messages, shared with the subsets of that batch."""
 
-    __slots__ = ("any", "messages", "outcomes", "sealed")
+    __slots__ = ("any", "begun", "begun_all", "messages", "outcomes", "sealed")
 
     def __init__(self, messages: list[Message[Any]]) -> None:
         self.messages = messages  # the whole batch's, indexed by Message._index
         self.outcomes: list[Outcome | None] = [None] * len(messages)
         self.sealed = False  # settled already: later choices (a timed-out handler still running) are ignored
         self.any = False  # an outcome was chosen for some message
+        # Which messages a handler call has begun on (a handler that never got to a message, because a
+        # thread was not free or an earlier event took the whole time limit, did not fail on it).
+        self.begun_all = False
+        self.begun: set[int] = set()
 
 
 class Batch(Generic[E]):
@@ -221,6 +225,17 @@ class Batch(Generic[E]):
 
     def _seal(self) -> None:
         self._choices.sealed = True
+
+    def _begin_all(self) -> None:
+        """A handler call on the whole batch has begun."""
+        self._choices.begun_all = True
+
+    def _begin(self, message: Message[Any]) -> None:
+        """A handler call on this one message has begun."""
+        self._choices.begun.add(message._index)
+
+    def _begun(self, message: Message[Any]) -> bool:
+        return self._choices.begun_all or message._index in self._choices.begun
 
     @property
     def _chosen(self) -> bool:

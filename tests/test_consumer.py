@@ -7,6 +7,7 @@ import asyncio
 import threading
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio
 from helpers import async_wait_until
@@ -355,3 +356,46 @@ async def test_worker_on_a_key_of_another_type_stops_with_a_configuration_error(
     with pytest.raises(streamq.ConfigurationError, match=unique):
         await asyncio.wait_for(app.run_until_idle(), 30)
     assert await client.get(unique) == b"not a stream"
+
+
+async def test_a_stuck_thread_pool_never_dead_letters_events_that_never_ran(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """handler_timeout_ms starts no clock for an event no handler call began on: with the only handler
+    thread stuck on event 0, events 1-4 time out waiting for a thread. They are deferred (no attempt used)
+    rather than failed, so once the thread is free they are handled, and nothing is dead-lettered (the old
+    worker used their attempts on the wait and dead-lettered them as HandlerTimeout)."""
+    await _publish(redis_url, unique, [Click(n) for n in range(5)])
+    release = threading.Event()
+    ran: list[int] = []
+    app = streamq.App(redis_url, executor_workers=1)
+
+    @app.consumer(
+        unique, group="g", batch_size=1, handler_timeout_ms=100, max_attempts=1, retry_base_ms=10,
+        retry_max_ms=20, retry_poll_ms=10, **FAST,
+    )  # fmt: skip
+    def handle(event: Click) -> None:
+        ran.append(event.n)
+        if event.n == 0:
+            release.wait(30)  # a call stuck on a socket without a timeout, say
+
+    stats = keys.stats_key(unique, "g")
+
+    async def waited_long_enough() -> bool:
+        found = await client.hgetall(stats)
+        return int(found.get(b"deferred", 0)) >= 4 or int(found.get(b"dead", 0)) >= 2
+
+    run = asyncio.create_task(app.run())
+    try:
+        await async_wait_until(waited_long_enough, message="events to wait out the timeout for a thread")
+        release.set()
+        await async_wait_until(
+            lambda: set(ran) >= set(range(1, 5)) and app.counts()["acked"] >= 4, message="events 1-4 handled"
+        )
+    finally:
+        release.set()
+        app.stop()
+        await asyncio.wait_for(run, 30)
+    letters = await streamq.DeadLetters(client).list(unique)
+    dead = {msgspec.msgpack.decode(letter.payload or b"", type=Click).n for letter in letters}
+    assert dead == {0}  # event 0 timed out on its one attempt; the others never ran until the thread was free

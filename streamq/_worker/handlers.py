@@ -212,6 +212,7 @@ class HandlerSpec:
 
     async def _call_on_loop(self, batch: Batch[Any]) -> None:
         if self.kind == "batch":
+            batch._begin_all()
             result = self.fn(batch)
             if inspect.isawaitable(result):
                 await result
@@ -221,6 +222,7 @@ class HandlerSpec:
         takes_message = self.kind == "message"
         for message in batch.messages:
             try:
+                batch._begin(message)
                 result = self.fn(message if takes_message else message.event)
                 if inspect.isawaitable(result):
                     await result
@@ -259,6 +261,9 @@ class HandlerSpec:
         interrupted, but it must start no handler call for the events left, which are given back or settled
         already."""
         if self.kind == "batch":
+            if abandoned.is_set():
+                return 0, None  # given up before a thread was free: the handler never ran
+            batch._begin_all()
             result = self.fn(batch)
             if inspect.isawaitable(result):
                 return 0, result
@@ -271,6 +276,7 @@ class HandlerSpec:
                 return index, None
             message = messages[index]
             try:
+                batch._begin(message)
                 result = self.fn(message if takes_message else message.event)
                 if inspect.isawaitable(result):
                     return index, result

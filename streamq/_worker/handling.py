@@ -16,6 +16,9 @@ from ..batch import Batch, Message, Outcome, resolve_outcome
 from ..errors import HandlerTimeout
 from .handlers import HandlerSet
 
+# When a message no handler call began on before handler_timeout_ms comes back (deferred, no attempt used).
+NOT_BEGUN_DELAY_MS = 1_000
+
 
 class Handled(NamedTuple):
     """How one handler call ended: `outcomes` per message in order, or None when every one is acked."""
@@ -65,5 +68,17 @@ async def handle(
         batch._seal()  # a timed-out handler that keeps running can no longer change outcomes
     if error is None and not batch._chosen:
         return Handled(None, None)  # the common case, without a step per message
+    if isinstance(error, HandlerTimeout):
+        # A message no handler call began on did not fail: every handler thread was busy (a stuck plain
+        # `def` handler), or an earlier event of a one-at-a-time handler took the whole time limit. It is
+        # put back without using an attempt, so a stuck pool cannot dead-letter events that never ran.
+        return Handled([_timed_out(batch, m, error) for m in batch.messages], error)
     return Handled([resolve_outcome(batch.outcome(m), error) for m in batch.messages], error)
+
+
+def _timed_out(batch: Batch[Any], message: Message[Any], error: HandlerTimeout) -> Outcome:
+    chosen = batch.outcome(message)
+    if chosen is None and not batch._begun(message):
+        return Outcome("defer", delay_ms=NOT_BEGUN_DELAY_MS, reason="no handler call began on it in time")
+    return resolve_outcome(chosen, error)
 
