@@ -11,7 +11,7 @@ import redis.asyncio
 
 import streamq
 from streamq import keys
-from streamq.errors import Defer  # not exported as streamq.Defer (yet), though the README names it
+from streamq.errors import Defer  # the same class as streamq.Defer
 
 
 class Parcel(streamq.Event, tag="test.defer.parcel"):
@@ -216,3 +216,17 @@ async def test_defer_raised_by_a_per_event_handler_defers_only_its_event(
     assert await streamq.DeadLetters(client).list(unique) == []
     assert await _stats(client, unique) == {"acked": 4, "deferred": 1}
     await _assert_nothing_left(client, unique)
+
+
+def test_a_deferral_waits_at_least_min_defer_ms() -> None:
+    """Defer(0) waits MIN_DEFER_MS (100 ms), so an event deferred with no delay again and again cannot keep
+    a worker spinning on it for the whole of max_defer_ms."""
+    from streamq._worker.settling import MIN_DEFER_MS, Settlement
+    from streamq.batch import Message
+    from streamq.settings import ConsumerSettings
+
+    settings = ConsumerSettings(stream="s", group="g")
+    settlement = Settlement(settings, "c", {"s": (b"1-0", b"1-0")})
+    settlement.defer(Message(0, "s", b"1-0", "1-0", 1, b"payload"), 1_000_000, 0, "not yet")
+    ((_, delay_ms, _),) = settlement.plans()[0].defers
+    assert delay_ms == MIN_DEFER_MS == 100

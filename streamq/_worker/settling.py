@@ -21,6 +21,7 @@ from ..errors import Reject
 from ..settings import ConsumerSettings
 from .records import RetryRecord, encode_record
 
+MIN_DEFER_MS = 100  # the shortest deferral: Defer(0) waits this long
 TRACEBACK_LIMIT = 4_000  # characters of traceback kept in a dead letter (the end, where the error is)
 ERROR_LIMIT = 1_000  # characters of an error message kept
 
@@ -130,7 +131,9 @@ class Settlement:
                 error_text=reason,
             )
             return
-        delay_ms = min(delay_ms, since_ms + max_defer_ms - now_ms)
+        # At least MIN_DEFER_MS: an event deferred with delay 0 again and again would otherwise keep a
+        # worker busy for the whole of max_defer_ms.
+        delay_ms = min(max(delay_ms, MIN_DEFER_MS), since_ms + max_defer_ms - now_ms)
         record = RetryRecord(
             origin_id=message.id,
             failures=message.attempt - 1,
