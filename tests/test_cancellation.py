@@ -200,3 +200,45 @@ async def test_stop_before_run_makes_that_run_return_at_once(
 
     await asyncio.wait_for(app.run_until_idle(), 30)
     assert handled == [0, 1, 2]
+
+
+async def test_cancel_gives_back_a_read_ahead_whose_reply_was_never_parsed(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Cancelled while a batch is handled with the next one read ahead (sent, its reply not parsed yet), the
+    run gives back both: another worker with a ten-minute lease handles every event at once, instead of the
+    read-ahead's entries waiting out the lease."""
+    await _publish(redis_url, unique, range(40))
+    calls = 0
+    stuck = asyncio.Event()
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=10, lease_ms=LONG_LEASE_MS, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # two quick batches turned read-ahead on: the fourth batch is on its way
+            stuck.set()
+            await asyncio.Event().wait()
+
+    run = asyncio.create_task(app.run_until_idle())
+    await async_wait_until(stuck.is_set, message="the third batch to be in hand")
+    await async_wait_until(lambda: _pending_is(client, unique, 20), message="the fourth batch read ahead")
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert app.counts()["given_back"] == 20
+
+    seen: list[int] = []
+    second = streamq.App(redis_url)
+
+    @second.consumer(unique, group="g", batch_size=10, lease_ms=LONG_LEASE_MS, block_ms=100)
+    async def again(batch: streamq.Batch[Job]) -> None:
+        seen.extend(m.event.n for m in batch)
+
+    await asyncio.wait_for(second.run_until_idle(), 60)
+    assert sorted(seen) == list(range(20, 40))
+
+
+async def _pending_is(client: redis.asyncio.Redis, stream: str, count: int) -> bool:
+    return int((await client.xpending(stream, "g"))["pending"]) == count

@@ -220,6 +220,19 @@ def renew_held_sync(
     return int(reply)
 
 
+async def release_held(
+    client: aioredis.Redis, key: str, group: str, consumer: str, limit: int, after: bytes | None, idle_ms: int
+) -> int:
+    """Give back (mark idle for idle_ms) what this consumer holds on `key` after id `after`: entries of a
+    read whose reply was never parsed. Returns how many."""
+    args: list[Any] = [group, consumer, limit, b"(" + after if after is not None else b"-", idle_ms]
+    try:
+        reply = await client.evalsha(RENEW_HELD.sha, 1, key, *args)
+    except redis.exceptions.NoScriptError:
+        reply = await client.eval(RENEW_HELD.source, 1, key, *args)
+    return int(reply)
+
+
 async def set_deliveries(
     link: Link, group: str, consumer: str, counts: Mapping[str, Sequence[tuple[bytes, int]]]
 ) -> None:

@@ -249,12 +249,15 @@ return 1
 # What it has read already has leases of its own. The keeper thread runs it, so entries are leased from the
 # moment the server hands them out, whatever the handler does meanwhile. XCLAIM goes in chunks: one unpack()
 # of a whole read-ahead of large batches would exceed Lua's stack ("too many results to unpack").
-# KEYS: stream. ARGV: group, consumer, limit, start. Returns how many entries were renewed.
+# With ARGV[5] (idle ms) it gives those entries back instead: marked idle that long, any reclaimer takes
+# them at once (a worker cancelled with a read-ahead whose reply it never parsed).
+# KEYS: stream. ARGV: group, consumer, limit, start[, idle_ms]. Returns how many entries were renewed.
 RENEW_HELD = """
 local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], '+', tonumber(ARGV[3]), ARGV[2])
 for i = 1, #rows, 4000 do
     local args = {KEYS[1], ARGV[1], ARGV[2], 0}
     for j = i, math.min(i + 3999, #rows) do args[#args + 1] = rows[j][1] end
+    if ARGV[5] then args[#args + 1] = 'IDLE'; args[#args + 1] = ARGV[5] end
     args[#args + 1] = 'JUSTID'
     redis.call('XCLAIM', unpack(args))
 end

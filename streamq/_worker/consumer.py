@@ -47,7 +47,7 @@ from ..settings import ConsumerSettings
 from .decoding import decode
 from .handlers import HandlerSet
 from .handling import handle
-from .leases import Hold, LeaseKeeper
+from .leases import HELD_RENEW_LIMIT, Hold, LeaseKeeper
 from .reading import Reader
 from .reaping import reap_idle, reap_self
 from .reclaiming import Deliveries, Reclaimer, sort_claimed
@@ -256,7 +256,12 @@ class Consumer:
         try:
             async with asyncio.timeout(GIVE_BACK_TIMEOUT_S):
                 for held in holds:
-                    if held.ids:
+                    if held.ids is None:  # a read-ahead whose reply was never parsed
+                        self.counts["given_back"] += await _wire.release_held(
+                            self.client, held.key, self.group, self.name, HELD_RENEW_LIMIT, held.after,
+                            GIVE_BACK_IDLE_MS,
+                        )  # fmt: skip
+                    elif held.ids:
                         self.counts["given_back"] += await _wire.release(
                             self.client, held.key, self.group, self.name, held.ids, GIVE_BACK_IDLE_MS
                         )
