@@ -1,6 +1,7 @@
 """One consumer's loop: it wires the steps of an event's path together and does little else.
 
-    reading.py      XREADGROUP of new entries (stream and retry stream); leases.py holds them from then on
+    reading.py      XREADGROUP of new entries (stream and retry stream); holding.py holds them from then on,
+                    leases.py renews the holds, and a cancelled consumer gives back what it held
     reclaiming.py   XAUTOCLAIM of entries whose worker died; repeat suspects are handled one at a time
     decoding.py     entries -> Messages with their events, or Rejections
     handling.py     the user's handler(s) over the messages -> one Outcome per message
@@ -47,7 +48,8 @@ from ..settings import ConsumerSettings
 from .decoding import decode
 from .handlers import HandlerSet
 from .handling import handle
-from .leases import HELD_RENEW_LIMIT, Hold, LeaseKeeper
+from .holding import GIVE_BACK_TIMEOUT_S, Holdings
+from .leases import Hold, LeaseKeeper
 from .reading import Reader
 from .reaping import reap_idle, reap_self
 from .reclaiming import Deliveries, Reclaimer, sort_claimed
@@ -63,9 +65,6 @@ REAP_CHECK_EVERY_S = 60.0  # how often a consumer looks for idle, empty consumer
 READ_AHEAD_MAX_HANDLE_S = 0.05
 # Burst mode's wait for retries about to come due, once a read that does not wait found nothing.
 BURST_BLOCK_MS = 100
-GIVE_BACK_TIMEOUT_S = 2.0  # how long a cancelled consumer spends settling and giving back what it holds
-# Entries given back are marked idle this long: past any lease, so the next reclaim scan takes them.
-GIVE_BACK_IDLE_MS = 2**40
 
 
 def consumer_name(prefix: str) -> str:
@@ -129,7 +128,9 @@ class Consumer:
         self._last_work_s = math.inf
         self._idle_reads = 0  # reads in a row that found nothing
         self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
-        self._give_back: list[Hold] = []  # holds released while being cancelled: give them back
+        self.holdings = Holdings(
+            lease_keeper, client, self.group, self.name, renew_every_ms=settings.renew_every_ms, log=self.log
+        )
         # The last id of the stream up to which everything this consumer read is settled (confirmed):
         # where a group deleted under it is recreated.
         self._settled_through: bytes | None = None
@@ -196,7 +197,7 @@ class Consumer:
                     await self._with_reconnect(self._recreate_group, stopping)
             self._raise_if_failed()
         except asyncio.CancelledError:
-            await self._give_back_held()
+            self.counts["given_back"] += await self.holdings.give_back()
             raise
         finally:
             # Tell the mover to stop as well as cancelling it: on Python 3.11 asyncio.wait_for (which
@@ -249,27 +250,6 @@ class Consumer:
             created=outcome == 1,
             moved_back=outcome == 2,
         )
-
-    async def _give_back_held(self) -> None:
-        """Cancelled: make what this consumer held unhandled reclaimable at once."""
-        holds, self._give_back = self._give_back, []
-        try:
-            async with asyncio.timeout(GIVE_BACK_TIMEOUT_S):
-                for held in holds:
-                    if held.ids is None:  # a read-ahead whose reply was never parsed
-                        self.counts["given_back"] += await _wire.release_held(
-                            self.client, held.key, self.group, self.name, HELD_RENEW_LIMIT, held.after,
-                            GIVE_BACK_IDLE_MS,
-                        )  # fmt: skip
-                    elif held.ids:
-                        self.counts["given_back"] += await _wire.release(
-                            self.client, held.key, self.group, self.name, held.ids, GIVE_BACK_IDLE_MS
-                        )
-        except (RedisError, OSError, TimeoutError) as exc:
-            # They stay pending and are reclaimed once their lease runs out.
-            self.log.info("could not give back held entries", error=describe_error(exc))
-        if holds:
-            self.log.info("cancelled: gave back entries held unhandled", count=self.counts["given_back"])
 
     # ------------------------------------------------------------------------------------------ one tick
 
@@ -331,7 +311,7 @@ class Consumer:
             entry_ids=_first_ids(i for batches in work.batches for b in batches for i in b.ids),
         )
         await _wire.count(self.client, keys.stats_key(self.stream, self.group), "reclaimed", work.claimed)
-        holds = [self._hold(batches) for batches in work.batches]
+        holds = [self.holdings.read(batches) for batches in work.batches]
         # Repeat suspects are handled one at a time, but the claim counted a delivery for all of them at
         # once. Should one of them kill this worker, those not yet handed to the handler would be charged
         # a lost delivery they never had, and the batch-mates queued behind a poison event ended in the
@@ -347,7 +327,7 @@ class Consumer:
                 holds[index] = []
         finally:
             for held in holds:
-                self._release(held)
+                self.holdings.release(held)
 
     async def _count_deliveries(
         self,
@@ -386,29 +366,6 @@ class Consumer:
 
     # ------------------------------------------------------------------------------------------ a batch
 
-    def _hold(self, batches: list[_wire.StreamBatch]) -> list[Hold]:
-        renew_every_ms = self.settings.renew_every_ms
-        return [self.lease_keeper.hold(b.key, self.group, self.name, b.ids, renew_every_ms) for b in batches]
-
-    def _hold_unread(self) -> list[Hold]:
-        """Holds for a read sent ahead, whose ids are not known until its reply is parsed: what this consumer
-        holds after the last id it has read on each key (a read gives out only entries after those)."""
-        renew_every_ms = self.settings.renew_every_ms
-        position = self.reader.position
-        return [
-            self.lease_keeper.hold(key, self.group, self.name, None, renew_every_ms, position.get(key))
-            for key in self.keys
-        ]
-
-    def _release(self, holds: list[Hold]) -> None:
-        """Stop renewing entries not handled; while being cancelled, keep them to give back."""
-        task = asyncio.current_task()
-        cancelling = task is not None and task.cancelling() > 0
-        for held in holds:
-            self.lease_keeper.release(held)
-            if cancelling:
-                self._give_back.append(held)
-
     def _may_read_ahead(self, batches: list[_wire.StreamBatch]) -> bool:
         return (
             self.settings.read_ahead
@@ -425,7 +382,7 @@ class Consumer:
         One write per batch carries its settlement and the next read-ahead; see the module docstring.
         Returns once a batch is handled without a read-ahead, with every settlement confirmed.
         """
-        batches, holds = first, self._hold(first)  # received, not handled yet
+        batches, holds = first, self.holdings.read(first)  # received, not handled yet
         unread: list[Hold] = []  # the lease of a read-ahead sent, its reply not parsed yet
         work: Settlement | None = None  # handled, not sent yet
         work_holds: list[Hold] = []
@@ -434,7 +391,7 @@ class Consumer:
         reading = False  # a read-ahead was sent, its reply owed after the settlement's
         try:
             if self._may_read_ahead(batches):
-                unread = self._hold_unread()
+                unread = self.holdings.unread(self.keys, self.reader.position)
                 await link.send(self.reader.read_ahead(), 1)
                 reading = True
             while batches:
@@ -444,19 +401,19 @@ class Consumer:
                 if reading:
                     reading = False
                     batches = self.reader.parse_read_ahead(replies[-1])
-                    holds = self._hold(batches)
-                    self._release(unread)
+                    holds = self.holdings.read(batches)
+                    self.holdings.release(unread)
                     unread = []
                 if sent is not None:
                     self._settled(sent, await self._confirm(link, sent, replies[:sent_replies]))
                     sent = None
                 # The settlement decides these entries' fate from here on: no more renewals needed.
-                self._drop(work_holds)
+                self.holdings.drop(work_holds)
                 work_holds = []
                 reading = bool(batches) and self._may_read_ahead(batches)
                 payload, sent_replies = _wire.pack_settle(self.group, self.name, work.plans())
                 if reading:
-                    unread = self._hold_unread()
+                    unread = self.holdings.unread(self.keys, self.reader.position)
                     payload += self.reader.read_ahead()
                 sent, work = work, None
                 await link.send(payload, sent_replies + reading)
@@ -469,7 +426,7 @@ class Consumer:
             # batch received and not handled yet is handled; one whose reply was lost stays pending under
             # this consumer and is reclaimed after the lease.
             self.log.warning("connection lost mid-flow, settling what was handled", error=describe_error(exc))
-            self._release(unread)
+            self.holdings.release(unread)
             unread = []
             for settlement in (sent, work):
                 if settlement is not None:
@@ -481,23 +438,18 @@ class Consumer:
             if work is not None:
                 # Handled already: settle it rather than give it back to be handled again.
                 await self._settle_cancelled(link, work)
-                self._drop(work_holds)
+                self.holdings.drop(work_holds)
                 work_holds = []
                 work = None
             raise
         finally:
-            self._release(unread)
-            self._release(holds)
-            self._release(work_holds)
+            self.holdings.release(unread)
+            self.holdings.release(holds)
+            self.holdings.release(work_holds)
             if link.owed:
                 # Left by an error that is not the connection's (an error reply, a cancel): the replies
                 # still owed would be read as answers to the next commands.
                 await link.abandon()
-
-    def _drop(self, holds: list[Hold]) -> None:
-        """Stop renewing: these entries are settled, or their settlement is on its way."""
-        for held in holds:
-            self.lease_keeper.release(held)
 
     async def _settle_cancelled(self, link: _wire.Link, settlement: Settlement) -> None:
         await link.abandon()
@@ -576,12 +528,12 @@ class Consumer:
         try:
             settlement = await self._work(batches, deliveries)
         except BaseException:
-            self._release(holds)
+            self.holdings.release(holds)
             raise
         try:
             await self._settle(link, settlement)
         finally:
-            self._drop(holds)
+            self.holdings.drop(holds)
 
     async def _settle(self, link: _wire.Link, settlement: Settlement, *, resent: bool = False) -> None:
         """Settle in one round trip; on a connection error keep the lease and try again.
@@ -591,10 +543,7 @@ class Consumer:
         `resent`: it may have run already, so entries no longer pending are not counted as lost leases.
         """
         plans = settlement.plans()
-        holds = [
-            self.lease_keeper.hold(p.key, self.group, self.name, _plan_ids(p), self.settings.renew_every_ms)
-            for p in plans
-        ]
+        holds = [self.holdings.entries(p.key, _plan_ids(p)) for p in plans]
         delay_s = 0.05
         try:
             while True:
@@ -607,7 +556,7 @@ class Consumer:
                     delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
                     resent = True
         finally:
-            self._drop(holds)
+            self.holdings.drop(holds)
         self._settled(settlement, done)
 
     def _settled(self, settlement: Settlement, done: _wire.Settled) -> None:
