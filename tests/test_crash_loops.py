@@ -13,11 +13,12 @@ import signal
 
 import redis
 import redis.asyncio
+from group_state import pending as _pending
+from group_state import stats as _stats
 from helpers import async_wait_until
 from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
-from streamq import keys
 
 LEASE_MS = 500
 MAX_WORKERS = 10  # bounds the crash loops below; each needs far fewer
@@ -26,19 +27,6 @@ MAX_WORKERS = 10  # bounds the crash loops below; each needs far fewer
 async def _publish(url: str, stream: str, count: int) -> list[str]:
     async with streamq.Producer(url) as producer:
         return await producer.publish_many(stream, [Job(n) for n in range(count)])
-
-
-async def _pending(client: redis.asyncio.Redis, stream: str, group: str) -> int:
-    """Entries pending for the group on the stream and on its retry stream."""
-    total = int((await client.xpending(stream, group))["pending"])
-    if await client.exists(keys.retry_key(stream, group)):
-        total += int((await client.xpending(keys.retry_key(stream, group), group))["pending"])
-    return total
-
-
-async def _stats(client: redis.asyncio.Redis, stream: str, group: str) -> dict[str, int]:
-    raw = await client.hgetall(keys.stats_key(stream, group))
-    return {k.decode(): int(v) for k, v in raw.items()}
 
 
 async def test_poison_event_is_dead_lettered_and_its_batch_mates_are_handled(

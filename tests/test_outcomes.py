@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from group_state import assert_nothing_left as _assert_nothing_left
+from group_state import stats as _stats
 from helpers import async_wait_until
 
 import streamq
@@ -26,18 +28,6 @@ FAST: dict[str, Any] = {"lease_ms": 1_000, "block_ms": 100, "retry_base_ms": 10,
 async def _publish(url: str, stream: str, count: int) -> list[str]:
     async with streamq.Producer(url) as producer:
         return await producer.publish_many(stream, [Order(n) for n in range(count)])
-
-
-async def _stats(client: redis.asyncio.Redis, stream: str, group: str = "g") -> dict[str, int]:
-    raw = await client.hgetall(keys.stats_key(stream, group))
-    return {k.decode(): int(v) for k, v in raw.items()}
-
-
-async def _assert_nothing_left(client: redis.asyncio.Redis, stream: str, group: str = "g") -> None:
-    """Nothing pending on the stream or its retry stream, and no retry waiting."""
-    assert int((await client.xpending(stream, group))["pending"]) == 0
-    assert int((await client.xpending(keys.retry_key(stream, group), group))["pending"]) == 0
-    assert await client.zcard(keys.delayed_key(stream, group)) == 0
 
 
 async def test_returning_normally_acks_every_event(

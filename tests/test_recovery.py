@@ -15,14 +15,16 @@ import pytest
 import redis
 import redis.asyncio
 import structlog
+from group_state import pending as _pending
+from group_state import stats as _stats
 from helpers import async_wait_until
 from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
 from streamq import _wire, keys
-from streamq.embedded import EmbeddedServer
 from streamq._worker.reclaiming import Reclaimer
 from streamq._worker.records import RetryRecord, encode_record
+from streamq.embedded import EmbeddedServer
 
 SLOW_LEASE_MS = 700  # the slow handler takes five of these
 
@@ -38,19 +40,6 @@ def _pending_by_consumer(client: redis.Redis, key: str, group: str) -> dict[str,
     except redis.ResponseError:
         return {}
     return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"] or ()}
-
-
-async def _pending(client: redis.asyncio.Redis, stream: str, group: str) -> int:
-    """Entries pending for the group on the stream and on its retry stream."""
-    total = int((await client.xpending(stream, group))["pending"])
-    if await client.exists(keys.retry_key(stream, group)):
-        total += int((await client.xpending(keys.retry_key(stream, group), group))["pending"])
-    return total
-
-
-async def _stats(client: redis.asyncio.Redis, stream: str, group: str) -> dict[str, int]:
-    raw = await client.hgetall(keys.stats_key(stream, group))
-    return {k.decode(): int(v) for k, v in raw.items()}
 
 
 def _recorder(app: streamq.App, stream: str, seen: list[tuple[int, int, str]], **settings: Any) -> None:
