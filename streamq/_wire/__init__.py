@@ -17,7 +17,6 @@ Other modules import from the package (`from streamq import _wire`), not from it
 
 from .commands import (
     ACK,
-    ALL_SCRIPTS,
     ENSURE_GROUP_AT,
     MIN_SERVER_VERSION,
     MOVE_DUE,
@@ -81,7 +80,6 @@ _id_key = id_key  # the name tests/test_recovery.py uses
 
 __all__ = [
     "ACK",
-    "ALL_SCRIPTS",
     "ENSURE_GROUP_AT",
     "MIN_SERVER_VERSION",
     "MOVE_DUE",

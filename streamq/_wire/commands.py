@@ -41,9 +41,6 @@ RENEW_HELD = Script("renew_held", scripts.RENEW_HELD)
 RELEASE = Script("release", scripts.RELEASE)
 ENSURE_GROUP_AT = Script("ensure_group_at", scripts.ENSURE_GROUP_AT)
 SET_DELIVERIES = Script("set_deliveries", scripts.SET_DELIVERIES)
-ALL_SCRIPTS = (
-    SETTLE, ACK, RENEW, MOVE_DUE, REPLAY, REAP, RENEW_HELD, RELEASE, ENSURE_GROUP_AT, SET_DELIVERIES,
-)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- producing
