@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__
+from . import __version__, _cli_control, _cli_retention, _cli_scheduled
 from ._cli_help import (
     DEMO_EPILOG,
     DLQ_EPILOG,
@@ -219,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--all", action="store_true", help="delete all of the stream's (with --yes)")
     purge.add_argument("--yes", action="store_true", help="confirm --all")
     purge.add_argument("--json", action="store_true", help="print what was done as JSON")
+
+    # Retention (trim, group delete), delayed events (scheduled list|cancel), pause and resume.
+    _cli_retention.add_commands(commands, command)
+    _cli_scheduled.add_commands(commands, command)
+    _cli_control.add_commands(commands, command)
 
     about = "publish, crash a worker, recover, and account for every event"
     demo = command(commands, "demo", about, DEMO_EPILOG, cmd_demo)

@@ -89,6 +89,11 @@ class WorkerFailed(StreamqError):
     """A part of the worker failed for good (a background loop that kept failing): the worker stops."""
 
 
+class BacklogFull(StreamqError):
+    """The producer's max_backlog is exceeded: the slowest group owes more than that, and it did not drop
+    below it within backlog_timeout_ms. Nothing of the call was published."""
+
+
 class DeadLetterNotFound(StreamqError, LookupError):
     """The dead-letter entry does not exist (already replayed or purged)."""
 

@@ -6,9 +6,16 @@ hash tag, so a Lua script may touch the stream and its companions together on Re
 
     orders                               the stream (user's name, user's data)
     streamq:{orders}:dlq                 dead-letter stream, shared by every group of `orders`
+    streamq:{orders}:scheduled           sorted set: delayed events (schedule ids) scored by due time
+    streamq:{orders}:scheduled-events    hash: schedule id -> the delayed event's entry fields
+    streamq:{orders}:dedup               hash: dedup key -> the id its first publish returned
+    streamq:{orders}:dedup-expiry        sorted set: dedup key scored by when it expires
+    streamq:{orders}:paused              hash: `*` (every group) or a group name -> who paused it, when
+    streamq:{orders}:totals              hash of the stream's own counters (trimmed, scheduled, ...)
     streamq:{orders}:billing:retry       redeliveries for group `billing` only (retries, replays)
     streamq:{orders}:billing:delayed     sorted set: retries waiting for their backoff, scored by due time
     streamq:{orders}:billing:stats       hash of counters (acked, retried, dead, reclaimed, ...)
+    streamq:{orders}:billing:rate        string: the group's rate limiter state (next free slot, in ms)
     streamq:registry                     set of streams that have had a worker (for `streamq status`)
 
 A stream that already has a hash tag (`{app}orders`, `app1:{eu}orders`) keeps its name as it is:
@@ -27,8 +34,10 @@ Names that could make two keys collide, or put a companion in another slot than 
 
 Why no two keys collide, for names that pass: a companion is `streamq:` + P + [`:` + group] + `:` + kind,
 where P is `{stream}` for a stream without braces and the stream itself for one with a tag. The kinds
-(`dlq`, `retry`, `delayed`, `stats`) end differently, so a key tells its kind; the group holds no `:`, so
-it is the field before the kind; P tells the stream, since a tagged stream is never `{` + brace-free + `}`.
+(stream-level `dlq`, `scheduled`, `scheduled-events`, `dedup`, `dedup-expiry`, `paused`, `totals`;
+group-level `retry`, `delayed`, `stats`, `rate`) end differently, so a key tells its kind; the group
+holds no `:`, so it is the field before the kind; P tells the stream, since a tagged stream is never
+`{` + brace-free + `}`.
 No stream name starts with `streamq:`, so no stream is another's companion or the registry.
 Why each companion shares its stream's slot: `streamq:` holds no brace, so a tagged stream's first
 `{...}` is the companion's too; a stream without braces is the whole tag of `{stream}`.
@@ -118,3 +127,34 @@ def delayed_key(stream: str, group: str) -> str:
 
 def stats_key(stream: str, group: str) -> str:
     return f"{_companion_prefix(stream)}:{_group(group)}:stats"
+
+
+# Stream-level companions: one per stream, whatever its groups.
+
+
+def scheduled_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:scheduled"
+
+
+def scheduled_events_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:scheduled-events"
+
+
+def dedup_index_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:dedup"
+
+
+def dedup_expiry_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:dedup-expiry"
+
+
+def paused_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:paused"
+
+
+def totals_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:totals"
+
+
+def rate_key(stream: str, group: str) -> str:
+    return f"{_companion_prefix(stream)}:{_group(group)}:rate"

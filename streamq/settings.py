@@ -28,6 +28,13 @@ DEFAULT_RETRY_BASE_MS = 1_000  # first retry's backoff ceiling; doubles per atte
 DEFAULT_RETRY_MAX_MS = 300_000  # backoff ceiling
 DEFAULT_RETRY_POLL_MS = 500  # how often due retries are looked for when none is known to be due sooner
 DEFAULT_REAP_IDLE_MS = 3_600_000  # consumers idle this long with nothing pending are deleted from the group
+# Retention: entries every group has acknowledged are trimmed (XTRIM MINID ~) by the workers, this often.
+DEFAULT_TRIM_INTERVAL_MS = 1_000
+DEFAULT_KEEP_ACKED_MS = 0  # keep acknowledged entries this long after they were appended (replay, audit)
+DEFAULT_DLQ_MAX_AGE_MS = 14 * 86_400_000  # dead letters older than this are trimmed
+DEFAULT_DLQ_MAX_LEN = 1_000_000  # and the dead-letter stream is capped at about this many
+DEFAULT_SCHEDULED_POLL_MS = 200  # how often delayed events are looked for when none is known to be due
+MAX_RATE_LIMIT = 10_000_000.0  # events per second
 MAX_BATCH_SIZE = 10_000
 MIN_EVENT_BYTES = 16  # bytes; the smallest max_event_bytes
 MAX_EVENT_BYTES = 512 * 1024 * 1024  # bytes; the largest max_event_bytes (Redis's default proto-max-bulk-len)
@@ -39,6 +46,9 @@ MAX_EXECUTOR_WORKERS = 1_024  # threads for plain `def` handlers
 
 # Producers
 DEFAULT_CHUNK_SIZE = 1_000  # events per round trip in publish_many
+DEFAULT_DEDUP_TTL_MS = 86_400_000  # a dedup key stays known this long after its first publish
+DEFAULT_BACKLOG_TIMEOUT_MS = 10_000  # how long a publish waits for the backlog to drop below max_backlog
+DEFAULT_BACKLOG_CHECK_MS = 100  # how old a backlog reading may be before a publish reads it again
 MAX_CHUNK_SIZE = 1_000_000
 MAX_MAXLEN = 2**63 - 1  # entries; the largest MAXLEN Redis accepts
 
@@ -70,6 +80,19 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # Read the next batch while this one is handled, so the server works while the handler does. Only
     # while entries keep coming and handling is quick (see consumer.READ_AHEAD_MAX_HANDLE_S).
     read_ahead: bool = True
+    # Retention (see streamq/retention.py): trim what every group of the stream has acknowledged, once it
+    # is keep_acked_ms old. max_len is a hard cap that drops entries some group has not acknowledged yet,
+    # counted and logged: None (the default) never does.
+    retention: bool = True
+    keep_acked_ms: int = DEFAULT_KEEP_ACKED_MS
+    trim_interval_ms: int = DEFAULT_TRIM_INTERVAL_MS
+    max_len: int | None = None
+    dlq_max_age_ms: int | None = DEFAULT_DLQ_MAX_AGE_MS  # None: dead letters never expire by age
+    dlq_max_len: int | None = DEFAULT_DLQ_MAX_LEN  # None: no cap on the number of dead letters
+    # Delayed events of the stream are moved in when due by any worker of any group (scheduling.py).
+    scheduled_poll_ms: int = DEFAULT_SCHEDULED_POLL_MS
+    # Events per second for the whole group, across every worker and process (None: unlimited).
+    rate_limit: float | None = None
 
     def __post_init__(self) -> None:
         validate_name("stream", self.stream)
@@ -91,12 +114,34 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _check_optional_range("handler_timeout_ms", self.handler_timeout_ms, 1, DAY_MS)
         _check_optional_range("reclaim_interval_ms", self.reclaim_interval_ms, 10, self.lease_ms)
         _check_bool("read_ahead", self.read_ahead)
+        _check_bool("retention", self.retention)
+        _check_range("keep_acked_ms", self.keep_acked_ms, 0, 365 * DAY_MS)
+        _check_range("trim_interval_ms", self.trim_interval_ms, 10, DAY_MS)
+        _check_optional_range("max_len", self.max_len, 1, MAX_MAXLEN)
+        _check_optional_range("dlq_max_age_ms", self.dlq_max_age_ms, 1, 3650 * DAY_MS)
+        _check_optional_range("dlq_max_len", self.dlq_max_len, 1, MAX_MAXLEN)
+        _check_range("scheduled_poll_ms", self.scheduled_poll_ms, 10, 60_000)
+        if self.rate_limit is not None and not (
+            isinstance(self.rate_limit, int | float)
+            and not isinstance(self.rate_limit, bool)
+            and 0 < self.rate_limit <= MAX_RATE_LIMIT
+        ):
+            raise ConfigurationError(
+                f"rate_limit must be None or a number of events per second above 0 and at most"
+                f" {MAX_RATE_LIMIT:g}, got {self.rate_limit!r}"
+            )
 
     @property
     def reclaim_every_ms(self) -> int:
         return (
             self.reclaim_interval_ms if self.reclaim_interval_ms is not None else max(self.lease_ms // 2, 10)
         )
+
+    @property
+    def control_every_ms(self) -> int:
+        # How often a pause or resume is looked for: within block_ms (the latency a pause promises), but
+        # not more often than 20 times a second, nor less than once a second.
+        return min(max(self.block_ms, 50), 1_000)
 
     @property
     def renew_every_ms(self) -> int:
@@ -135,12 +180,22 @@ class ProducerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     maxlen: int | None = None  # trim the stream to about this many entries on every append; None: never
     approximate_trim: bool = True  # MAXLEN ~ (whole nodes, cheap) rather than exact
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    dedup_ttl_ms: int = DEFAULT_DEDUP_TTL_MS
+    # Backpressure: publishing waits while the slowest group's backlog (undelivered + pending) exceeds
+    # max_backlog, up to backlog_timeout_ms (0: raise BacklogFull at once). None: never checked.
+    max_backlog: int | None = None
+    backlog_timeout_ms: int = DEFAULT_BACKLOG_TIMEOUT_MS
+    backlog_check_ms: int = DEFAULT_BACKLOG_CHECK_MS
 
     def __post_init__(self) -> None:
         _check_range("max_event_bytes", self.max_event_bytes, MIN_EVENT_BYTES, MAX_EVENT_BYTES)
         _check_optional_range("maxlen", self.maxlen, 1, MAX_MAXLEN)
         _check_bool("approximate_trim", self.approximate_trim)
         _check_range("chunk_size", self.chunk_size, 1, MAX_CHUNK_SIZE)
+        _check_range("dedup_ttl_ms", self.dedup_ttl_ms, 1, 365 * DAY_MS)
+        _check_optional_range("max_backlog", self.max_backlog, 1, MAX_MAXLEN)
+        _check_range("backlog_timeout_ms", self.backlog_timeout_ms, 0, DAY_MS)
+        _check_range("backlog_check_ms", self.backlog_check_ms, 1, 60_000)
 
     def for_call(self, chunk_size: int | None, maxlen: int | None) -> tuple[int, int | None]:
         """The chunk size and trim length of one publish call: its own when given (checked), else these."""

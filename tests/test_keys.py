@@ -22,6 +22,16 @@ GROUP_KINDS: dict[str, Callable[[str, str], str]] = {
     "retry": keys.retry_key,
     "delayed": keys.delayed_key,
     "stats": keys.stats_key,
+    "rate": keys.rate_key,
+}
+STREAM_KINDS: dict[str, Callable[[str], str]] = {
+    "dlq": keys.dlq_key,
+    "scheduled": keys.scheduled_key,
+    "scheduled-events": keys.scheduled_events_key,
+    "dedup": keys.dedup_index_key,
+    "dedup-expiry": keys.dedup_expiry_key,
+    "paused": keys.paused_key,
+    "totals": keys.totals_key,
 }
 
 
@@ -38,7 +48,9 @@ def _slot(key: str) -> int:
 
 def _companions(stream: str, group: str) -> dict[str, tuple[str, str, str | None]]:
     """Every key of (stream, group), mapped to what it is for: (kind, stream, group or None)."""
-    found: dict[str, tuple[str, str, str | None]] = {keys.dlq_key(stream): ("dlq", stream, None)}
+    found: dict[str, tuple[str, str, str | None]] = {
+        key_of(stream): (kind, stream, None) for kind, key_of in STREAM_KINDS.items()
+    }
     for kind, key_of in GROUP_KINDS.items():
         found[key_of(stream, group)] = (kind, stream, group)
     return found
@@ -61,8 +73,9 @@ def _parse(key: str) -> tuple[str, str, str | None]:
     That this is a function of the key alone is what makes the layout injective."""
     assert key.startswith("streamq:")
     rest = key.removeprefix("streamq:")
-    if rest.endswith(":dlq"):
-        kind, group, prefix = "dlq", None, rest.removesuffix(":dlq")
+    stream_kind = rest.rsplit(":", 1)[1]
+    if stream_kind in STREAM_KINDS:
+        kind, group, prefix = stream_kind, None, rest.removesuffix(":" + stream_kind)
     else:
         prefix_and_group, kind = rest.rsplit(":", 1)
         prefix, group = prefix_and_group.rsplit(":", 1)

@@ -7,6 +7,9 @@
     handling.py     the user's handler(s) over the messages -> one Outcome per message
     settling.py     outcomes and rejections -> a settlement plan per key, sent in one round trip
     retries.py      the retry mover, beside the loop, under supervision.py
+    scheduling.py   the mover of delayed events into the stream, beside the loop (any group's worker)
+    trimming.py     retention: trims what every group has acknowledged, beside the loop
+    control.py      pause and resume, and the group-wide rate limit
     reaping.py      consumers that hold nothing leave the group
 
 Read-ahead. While entries keep coming, the consumer keeps the server busy during handling: as soon as
@@ -45,6 +48,7 @@ from .. import _wire, keys
 from ..errors import describe_error
 from ..events import Decoder
 from ..settings import ConsumerSettings
+from .control import Control
 from .decoding import decode
 from .handlers import HandlerSet
 from .handling import handle
@@ -54,8 +58,10 @@ from .reading import Reader
 from .reaping import reap_idle, reap_self
 from .reclaiming import Deliveries, Reclaimer, sort_claimed
 from .retries import RetryMover
+from .scheduling import ScheduledMover
 from .settling import Settlement
-from .supervision import supervise
+from .supervision import Chore, supervise
+from .trimming import Trimmer
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 MAX_RECONNECT_DELAY_S = 5.0
@@ -104,22 +110,32 @@ class Consumer:
         self.log = structlog.get_logger("streamq.consumer").bind(
             stream=self.stream, group=self.group, consumer=self.name
         )
-        self.reader = Reader(self.group, self.name, self.keys, batch_size=settings.batch_size)
+        # A rate limit caps what one read takes: a read is admitted whole before it is handled.
+        batch_size = settings.batch_size
+        if settings.rate_limit is not None:
+            batch_size = max(1, min(batch_size, int(settings.rate_limit)))
+        self.reader = Reader(self.group, self.name, self.keys, batch_size=batch_size)
         self.reclaimer = Reclaimer(
             self.keys, self.group, self.name, lease_ms=settings.lease_ms,
             every_ms=settings.reclaim_every_ms, count=settings.batch_size,
         )  # fmt: skip
+        self.counts = {
+            "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "reclaimed": 0,
+            "lease_lost": 0, "deleted": 0, "batches": 0, "loop_restarts": 0, "given_back": 0,
+        }  # fmt: skip
+        self.control = Control(client, settings, log=self.log, counts=self.counts)
         self.mover = RetryMover(
             client,
             keys.delayed_key(settings.stream, settings.group),
             self.retry_key,
             poll_ms=settings.retry_poll_ms,
             log=self.log,
+            paused=lambda: self.control.paused,
         )
-        self.counts = {
-            "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "reclaimed": 0,
-            "lease_lost": 0, "deleted": 0, "batches": 0, "loop_restarts": 0, "given_back": 0,
-        }  # fmt: skip
+        self.trimmer = Trimmer(client, settings, log=self.log, counts=self.counts)
+        self.scheduler = ScheduledMover(
+            client, self.stream, poll_ms=settings.scheduled_poll_ms, log=self.log, counts=self.counts
+        )
         self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
         self._on_batch = on_batch
         self._stopping = asyncio.Event()
@@ -159,13 +175,19 @@ class Consumer:
         """
         self._stopping = stopping
         link = _wire.Link(self.client)
-        mover = asyncio.create_task(
-            supervise(
-                "retry mover", self.mover.run, done=self.mover.done, log=self.log, counts=self.counts,
-                on_fatal=self.fail,
-            ),
-            name=f"streamq-retries-{self.name}",
-        )  # fmt: skip
+        chores: list[tuple[str, Chore]] = [
+            ("retry mover", self.mover), ("control", self.control), ("scheduled mover", self.scheduler),
+            ("trimmer", self.trimmer),
+        ]  # fmt: skip
+        tasks = [
+            asyncio.create_task(
+                supervise(
+                    name, chore.run, done=chore.done, log=self.log, counts=self.counts, on_fatal=self.fail
+                ),
+                name=f"streamq-{name.replace(' ', '-')}-{self.name}",
+            )
+            for name, chore in chores
+        ]
         self.log.info(
             "consumer started",
             batch_size=self.settings.batch_size,
@@ -200,12 +222,14 @@ class Consumer:
             self.counts["given_back"] += await self.holdings.give_back()
             raise
         finally:
-            # Tell the mover to stop as well as cancelling it: on Python 3.11 asyncio.wait_for (which
-            # redis-py awaits inside its commands) can swallow a cancel that lands just as its inner await
-            # completes (CPython gh-86296), and the wait below would then never end.
-            self.mover.stop()
-            mover.cancel()
-            await asyncio.wait([mover])
+            # Tell the background loops to stop as well as cancelling them: on Python 3.11
+            # asyncio.wait_for (which redis-py awaits inside its commands) can swallow a cancel that lands
+            # just as its inner await completes (CPython gh-86296), and the wait below would never end.
+            for _, chore in chores:
+                chore.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
             await link.close()
             await reap_self(self.client, self.keys, self.group, self.name, self.log)
             self.log.info("consumer stopped", **self.counts)
@@ -262,6 +286,11 @@ class Consumer:
                 self.client, self.stream, self.keys, self.group, self.name, self.settings.reap_idle_ms,
                 self.log,
             )  # fmt: skip
+        if self.control.paused:
+            # Paused: nothing new is read or reclaimed; what is held was settled before this tick.
+            await self.control.wait_resumed(self.settings.block_ms / 1000)
+            self._idle_reads += 1
+            return False
         if self.reclaimer.due():
             claimed = await self.reclaimer.step(link)
             if claimed:
@@ -284,6 +313,8 @@ class Consumer:
 
     async def _drained(self, link: _wire.Link) -> bool:
         """Nothing left for this group: no pending entries anywhere, no retries waiting or due."""
+        if self.control.paused:
+            return True  # nothing it may do until resumed: a burst run ends here
         if self.reclaimer.scanning:
             return False
         if await _wire.group_backlog(self.client, self.keys, self.group, self.mover.delayed_key):
@@ -496,6 +527,8 @@ class Consumer:
                 )
         messages = decoded.messages
         if messages:
+            if self.control.limited:
+                await self.control.admit(len(messages))
             handled = await handle(
                 self.handlers, messages, stream=self.stream, group=self.group, consumer=self.name,
                 executor=self.executor, timeout_ms=self.settings.handler_timeout_ms,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,13 +28,21 @@ class RetryMover:
     """Moves due retries of one group into its retry stream; `run()` returns once `done` is set."""
 
     def __init__(
-        self, client: aioredis.Redis, delayed_key: str, retry_key: str, *, poll_ms: int, log: Any
+        self,
+        client: aioredis.Redis,
+        delayed_key: str,
+        retry_key: str,
+        *,
+        poll_ms: int,
+        log: Any,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
         self.delayed_key = delayed_key
         self.retry_key = retry_key
         self.poll_s = poll_ms / 1000
         self.log = log
+        self.paused = paused  # the group is paused: retries wait in the delayed set
         self.done = asyncio.Event()
         self._wakeup = asyncio.Event()
         self.wake_at = 0.0  # when it next looks for due retries (monotonic)
@@ -53,6 +62,9 @@ class RetryMover:
         try:
             while not self.done.is_set():
                 wait_s = self.poll_s
+                if self.paused():
+                    await self._sleep(wait_s)
+                    continue
                 try:
                     moved, next_ms = await _wire.move_due(link, self.delayed_key, self.retry_key, MOVE_LIMIT)
                     if moved:

@@ -11,9 +11,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ConfigurationError, WorkerFailed, describe_error
+
+
+class Chore(Protocol):
+    """A background loop beside a consumer's (retry mover, trimmer, ...): `run()` returns once `done`."""
+
+    done: asyncio.Event
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 MAX_FAILURES_IN_A_ROW = 8
 HEALTHY_AFTER_S = 60.0  # a loop that ran this long before failing starts its count of failures afresh
@@ -53,9 +64,7 @@ async def supervise(
                 exc_info=exc,
             )
             if failures >= MAX_FAILURES_IN_A_ROW:
-                on_fatal(
-                    WorkerFailed(f"the {name} failed {failures} times in a row: {describe_error(exc)}")
-                )
+                on_fatal(WorkerFailed(f"the {name} failed {failures} times in a row: {describe_error(exc)}"))
                 return
             try:
                 async with asyncio.timeout(min(MAX_BACKOFF_S, 0.05 * 2**failures)):
