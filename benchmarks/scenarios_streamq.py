@@ -120,6 +120,23 @@ CASES = [
         )
         for batch, count in CONSUME_COUNTS.items()
     ),
+    # Retention (on by default) against none: the trimmer's cost on the consume path.
+    *(
+        Case(
+            scenario="streamq-consume-no-retention",
+            contender="streamq",
+            operation="consume",
+            batch_size=batch,
+            count=CONSUME_COUNTS[batch],
+            quick_count=QUICK_COUNT,
+            setup="benchmarks.scenarios_streamq:fill",
+            measure="benchmarks.scenarios_streamq:consume",
+            options={"retention": 0},
+            compare_to=f"streamq-consume[{batch}]",
+            detail=f"App consumer batch_size={batch}, retention=False, no-op handler, run_until_idle()",
+        )
+        for batch in (100, 1000)
+    ),
 ]
 
 
@@ -265,7 +282,10 @@ async def consume(ctx: RunContext, probe: Probe) -> int:
 
     # Unannotated, so streamq hands over the whole Batch; `events=` names the type to decode (an annotation
     # naming this function-local class could not be resolved from its string form).
-    @app.consumer(ctx.stream, group=ctx.group, events=[reading], batch_size=ctx.batch_size)
+    @app.consumer(
+        ctx.stream, group=ctx.group, events=[reading], batch_size=ctx.batch_size,
+        retention=bool(ctx.options.get("retention", 1)),
+    )  # fmt: skip
     async def handle(batch) -> None:  # type: ignore[no-untyped-def]
         nonlocal handled
         handled += len(batch)
