@@ -1,7 +1,15 @@
-"""Delayed events: moved into the stream when due, by any worker of any group (STUB: to be built).
+"""The scheduled mover: delayed events (Producer.publish(delay_ms=..., at=...)) whose time has come move
+from the stream's scheduled set into the stream, where every group reads them like any new entry.
 
-Interface the consumer relies on: ScheduledMover(client, stream, poll_ms=..., log=..., counts=...),
-`run()` (a loop that returns once `done` is set), `stop()`.
+Every worker of every group of the stream runs one. They race over the same due events safely: the
+MOVE_SCHEDULED script (streamq/_wire/publishing.py) reads what is due, appends it and removes it in one
+atomic step, so each event enters the stream exactly once, and a worker killed at any moment has moved a
+whole step or nothing.
+
+It sleeps until the next event is due (the script says when, on the server's clock), never longer than
+scheduled_poll_ms: an event scheduled meanwhile for sooner than the planned wake-up is seen within that
+time. It runs under supervision.py: an error it does not expect restarts it, one it cannot get past stops
+the worker.
 """
 
 from __future__ import annotations
@@ -10,6 +18,15 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import _wire
+from .._wire import publishing
+from ..errors import ServerError, describe_error
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+MOVE_LIMIT = 1000  # delayed events moved per script call: bounds how long one call holds the server
 
 
 class ScheduledMover:
@@ -22,11 +39,41 @@ class ScheduledMover:
         self.stream = stream
         self.poll_s = poll_ms / 1000
         self.log = log
-        self.counts = counts
+        self.counts = counts  # the consumer's: "scheduled_moved" counts what this worker moved
         self.done = asyncio.Event()
 
     def stop(self) -> None:
         self.done.set()
 
     async def run(self) -> None:
-        await self.done.wait()
+        link = _wire.Link(self.client)
+        try:
+            while not self.done.is_set():
+                wait_s = self.poll_s
+                try:
+                    moved, next_ms = await publishing.move_scheduled(link, self.stream, MOVE_LIMIT)
+                    if moved:
+                        self.counts["scheduled_moved"] = self.counts.get("scheduled_moved", 0) + moved
+                        self.log.debug("delayed events due", count=moved)
+                        if moved == MOVE_LIMIT:
+                            continue  # more may be due right now
+                    if next_ms >= 0:
+                        wait_s = min(self.poll_s, next_ms / 1000)
+                except TRANSIENT as exc:
+                    self.log.debug("scheduled mover waiting for redis", error=describe_error(exc))
+                    wait_s = min(1.0, self.poll_s * 2)
+                except ServerError as exc:  # out of memory: appends fail too; wait for the operator
+                    self.log.warning("scheduled mover waiting for the server", error=str(exc))
+                    wait_s = 1.0
+                await self._sleep(wait_s)
+        finally:
+            await link.close()
+
+    async def _sleep(self, wait_s: float) -> None:
+        if wait_s <= 0:
+            return
+        try:
+            async with asyncio.timeout(wait_s):
+                await self.done.wait()
+        except TimeoutError:
+            pass
