@@ -1,19 +1,49 @@
-"""Pause, resume and rate limits of one group, as the consumer sees them (STUB: to be built).
+"""Pause and resume, and the group-wide rate limit, as one consumer sees them.
 
-Interface the consumer relies on: Control(client, settings, log=..., counts=...), `paused` (this group
-or the whole stream is paused: read nothing new, move no retries), `wait_resumed(timeout_s)`, `limited`
-(a rate limit is set), `read_count(count)`, `admit(n)` (waits until n more events may be handled, by
-the group-wide limit), `run()` (polls the pause state; returns once `done` is set), `stop()`.
+Pause. `run()` reads the stream's pause hash (fields `*` and this group) every control_every_ms and keeps
+`paused` up to date; the consumer reads and reclaims nothing while it is set, and the retry mover moves
+nothing. Until the first reading has answered the state is unknown and counts as paused, so a worker
+started while paused never reads a batch first. A reading that fails (the server is down) keeps the last
+state known: a pause stays in force, and nothing could be read anyway.
+
+Rate limit. `admit(n)` reserves n events of the group's rate on the server (see streamq/_wire/control.py)
+and sleeps until their turn; the entries stay held meanwhile (the lease keeper renews them). Every worker
+of the group, in every process, reserves from the same key, so adding workers does not raise the rate.
+  - Burst: a limiter that was idle lets one read through at once (at most min(batch_size, rate) events,
+    the consumer caps its reads so); after that, events are spaced 1 / rate apart. In any window of
+    w seconds, at most rate * w events plus one read's worth start being handled.
+  - A rate under 1 event/s: reads of one event, each waiting 1 / rate seconds for its turn.
+  - A worker that dies or stops after reserving does not give its reservation back: it is spent, and the
+    group runs below its rate for that long. Waiting ends as soon as the worker stops (`stopping`, or
+    `stop()`): the task is cancelled, so the consumer gives back the entries it holds unhandled.
+  - A server that cannot be reached while reserving is retried with backoff: a handler is never called
+    without its events admitted. An ACL that refuses the script is a ConfigurationError.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import keys
+from .._wire import control as wire
+from .._wire import is_denied
+from ..control import EVERY_GROUP, PauseInfo, decode_pause
+from ..errors import ConfigurationError, describe_error
 from ..settings import ConsumerSettings
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+# While the pause state is still unknown (no reading has answered yet), wait_resumed waits for the first
+# answer up to this long, whatever the consumer's block_ms: returning sooner would let a burst run take
+# "unknown" for "paused" and end before it began.
+UNKNOWN_WAIT_S = 5.0
+ADMIT_FIRST_BACKOFF_S = 0.05
+ADMIT_MAX_BACKOFF_S = 5.0
 
 
 class Control:
@@ -27,22 +57,149 @@ class Control:
         self.log = log
         self.counts = counts
         self.done = asyncio.Event()
-        self.paused = False
+        self.paused = True  # unknown until the first reading: see the module docstring
+        self.stream_paused = True  # the whole stream (`*`): what holds its scheduled events back
+        self.pause: PauseInfo | None = None  # the pause in force, when paused
+        self.known = False  # a reading of the pause state has answered
         self.limited = settings.rate_limit is not None
+        # The consumer's stop signal, set from outside (Consumer.run): it ends an admission wait at once.
+        # Without it an admission wait ends on stop() or cancellation only.
+        self.stopping: asyncio.Event | None = None
+        self._resumed = asyncio.Event()  # known and not paused
+        self._answered = asyncio.Event()  # known
+        self._paused_key = keys.paused_key(settings.stream)
+        self._rate_key = keys.rate_key(settings.stream, settings.group)
+        self._fields = (EVERY_GROUP, settings.group)
 
     def stop(self) -> None:
         self.done.set()
 
-    def read_count(self, count: int) -> int:
-        """How many entries one read may ask for."""
-        return count
-
-    async def wait_resumed(self, timeout_s: float) -> None:
-        """Wait until resumed, or at most timeout_s."""
-        await asyncio.sleep(0)
-
-    async def admit(self, n: int) -> None:
-        """Wait until n more events may be handled under the group's rate limit."""
+    # ------------------------------------------------------------------------------------------ pause
 
     async def run(self) -> None:
-        await self.done.wait()
+        """Read the pause state every control_every_ms until `done` is set."""
+        every_s = self.settings.control_every_ms / 1000
+        while not self.done.is_set():
+            await self.refresh()
+            await _first_of([self.done], every_s)
+
+    async def refresh(self) -> None:
+        """Read the pause state once; on a transient error keep the last one known."""
+        try:
+            every, group = await wire.pause_fields(self.client, self._paused_key, self._fields)
+        except TRANSIENT as exc:
+            self.log.debug("pause state unreadable, keeping the last one known", error=describe_error(exc))
+            return
+        except ResponseError as exc:
+            if is_denied(exc):
+                raise ConfigurationError(
+                    f"the Redis user may not read the pause state (HMGET on {self._paused_key!r}): {exc}"
+                ) from exc
+            if str(exc).startswith("WRONGTYPE"):
+                raise ConfigurationError(
+                    f"key {self._paused_key!r} exists and is not streamq's pause hash: {exc}"
+                ) from exc
+            raise
+        self._apply(every, group)
+
+    def _apply(self, every: bytes | None, group: bytes | None) -> None:
+        raw, scope = (every, EVERY_GROUP) if every is not None else (group, self.settings.group)
+        pause = decode_pause(raw) if raw is not None else None
+        was_known, was_paused, before = self.known, self.paused, self.pause
+        self.known = True
+        self._answered.set()
+        self.stream_paused = every is not None
+        self.paused = pause is not None
+        self.pause = pause
+        if pause is None:
+            self._resumed.set()
+            if was_known and was_paused:
+                self.log.info("resumed")
+        else:
+            self._resumed.clear()
+            if not (was_known and was_paused) or pause != before:
+                self.log.info(
+                    "paused", scope=scope, reason=pause.reason, since_ms=pause.since_ms,
+                    by=f"{pause.user}@{pause.host}:{pause.pid}" if pause.host else "",
+                )  # fmt: skip
+
+    async def wait_resumed(self, timeout_s: float) -> None:
+        """Wait until resumed, or at most timeout_s (longer while the state is still unknown)."""
+        if not self.known and not await _first_of([self._answered, *self._stop_events()], UNKNOWN_WAIT_S):
+            return
+        if self._resumed.is_set():
+            return
+        await _first_of([self._resumed, *self._stop_events()], timeout_s)
+
+    # ------------------------------------------------------------------------------------------ rate
+
+    def read_count(self, count: int) -> int:
+        """How many entries one read may ask for: one reservation's worth at most (the allowed burst)."""
+        rate = self.settings.rate_limit
+        return count if rate is None else max(1, min(count, int(rate)))
+
+    async def admit(self, n: int) -> None:
+        """Wait until n more events may be handled under the group's rate limit.
+
+        Stopped while waiting, it cancels the task it runs in (see the module docstring).
+        """
+        rate = self.settings.rate_limit
+        if rate is None or n <= 0:
+            return
+        backoff_s = ADMIT_FIRST_BACKOFF_S
+        while True:
+            try:
+                wait_s = await wire.reserve(self.client, self._rate_key, n, rate)
+                break
+            except TRANSIENT as exc:
+                problem = describe_error(exc)
+            except ResponseError as exc:
+                self._raise_if_for_good(exc)
+                problem = describe_error(exc)
+            self.log.warning("rate limiter unavailable, retrying", error=problem, retry_in_s=backoff_s)
+            if await _first_of(self._stop_events(), backoff_s):
+                await _give_up()
+            backoff_s = min(backoff_s * 2, ADMIT_MAX_BACKOFF_S)
+        if wait_s > 0 and await _first_of(self._stop_events(), wait_s):
+            await _give_up()
+
+    def _raise_if_for_good(self, exc: ResponseError) -> None:
+        """Raise what waiting will not cure; return for what may pass (out of memory, a failover)."""
+        if is_denied(exc):
+            raise ConfigurationError(
+                f"the Redis user may not run the rate limiter (EVALSHA, EVAL; TIME, GET, SET on"
+                f" {self._rate_key!r}): {exc}"
+            ) from exc
+        if str(exc).startswith("WRONGTYPE"):
+            raise ConfigurationError(
+                f"key {self._rate_key!r} exists and is not streamq's rate limiter: {exc}"
+            ) from exc
+        if not isinstance(exc, OutOfMemoryError | ReadOnlyError) and not str(exc).startswith("BUSY"):
+            raise exc
+
+    def _stop_events(self) -> list[asyncio.Event]:
+        return [self.done] if self.stopping is None else [self.done, self.stopping]
+
+
+async def _first_of(events: list[asyncio.Event], timeout_s: float) -> bool:
+    """Wait until one of `events` is set, or timeout_s; returns whether one was set."""
+    if any(event.is_set() for event in events):
+        return True
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return bool(done)
+
+
+async def _give_up() -> NoReturn:
+    """Stopped while waiting for admission: end as a cancellation, the path on which the consumer gives
+    back the entries it holds unhandled (holding.py gives back only while its task is being cancelled).
+    The reservation is spent."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation lands here
+    raise asyncio.CancelledError  # not reached: only if something swallowed the cancel above

@@ -1,0 +1,112 @@
+"""The commands of flow control: the group-wide rate limiter's reservation script, and the pause state.
+
+Rate limiting is GCRA in its virtual-scheduling form, with reservations. The group's rate key
+(keys.rate_key) holds the theoretical arrival time (TAT): the moment, by the server's clock, from which
+the next event may be handled. Reserving n events moves the TAT n / rate later and tells the caller how
+long to wait: until the old TAT. Reservations are handed out back to back in the order they reach the
+server, so the events of every worker of the group, in every process, are spaced as one stream of events:
+adding workers adds no capacity. The server's clock is the only one read, so clock skew between hosts
+does not matter.
+
+The TAT is kept as whole milliseconds and nanoseconds apart ("<ms>.<6 digits>"): a Lua number (a double)
+holding Unix time in ms keeps only about 0.2 us of precision, less than the interval between two events
+at the highest rate allowed (0.1 us), so the arithmetic is done on the two integer parts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
+
+from .transport import Script
+
+# The longest one reservation may push the TAT: a year. Far below where the integer parts lose
+# precision; a rate so low that one event costs more (under one event in a year) is capped to this.
+MAX_RESERVATION_NS = 365 * 86_400 * 10**9
+# The key outlives the TAT by this much: an idle group's key goes away, and the key of a group that keeps
+# going is never missing for a moment between two reservations.
+EXPIRE_MARGIN_MS = 1_000
+
+RESERVE_SOURCE = f"""
+-- KEYS[1]: the group's rate key; ARGV: the cost of the reservation (whole ms, and ns beyond them).
+-- Returns how long to wait before handling the events reserved: {{ms, ns beyond them}}.
+local cost_ms, cost_ns = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local micros = tonumber(clock[2])
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(micros / 1000)
+local now_ns = (micros % 1000) * 1000
+local tat_ms, tat_ns = now_ms, now_ns
+local stored = redis.call('GET', KEYS[1])
+if stored then
+    local ms, ns = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d)$')
+    if ms then
+        ms, ns = tonumber(ms), tonumber(ns)
+        -- A TAT in the past is an idle limiter: the reservation starts now, no credit is saved up.
+        if ms > now_ms or (ms == now_ms and ns > now_ns) then
+            tat_ms, tat_ns = ms, ns
+        end
+    end
+end
+local wait_ms, wait_ns = tat_ms - now_ms, tat_ns - now_ns
+if wait_ns < 0 then
+    wait_ms, wait_ns = wait_ms - 1, wait_ns + 1000000
+end
+local next_ns = tat_ns + cost_ns
+local next_ms = tat_ms + cost_ms + math.floor(next_ns / 1000000)
+next_ns = next_ns % 1000000
+redis.call('SET', KEYS[1], string.format('%.0f.%06d', next_ms, next_ns),
+           'PX', string.format('%.0f', next_ms - now_ms + {EXPIRE_MARGIN_MS}))
+return {{wait_ms, wait_ns}}
+"""
+
+RESERVE = Script("rate_reserve", RESERVE_SOURCE)
+
+
+def reservation_cost(n: int, rate: float) -> tuple[int, int]:
+    """What n events cost at `rate` events per second: (whole ms, ns beyond them), rounded up so that
+    rounding never lets an event through early."""
+    cost_ns = min(math.ceil(n * 1e9 / rate), MAX_RESERVATION_NS)
+    whole_ms, beyond_ns = divmod(cost_ns, 1_000_000)
+    return whole_ms, beyond_ns
+
+
+def _wait_s(reply: Any) -> float:
+    wait_ms, wait_ns = (int(part) for part in reply)
+    return max(0.0, wait_ms / 1000 + wait_ns / 1e9)
+
+
+async def reserve(client: aioredis.Redis, rate_key: str, n: int, rate: float) -> float:
+    """Reserve n events of the group's rate; returns how long to wait (s) before handling them.
+
+    Redis errors are raised as they come (ResponseError on ACL denial, a key of another type).
+    """
+    args = reservation_cost(n, rate)
+    try:
+        reply = await client.evalsha(RESERVE.sha, 1, rate_key, *args)
+    except redis.exceptions.NoScriptError:
+        reply = await client.eval(RESERVE.source, 1, rate_key, *args)
+    return _wait_s(reply)
+
+
+def reserve_sync(client: redis.Redis, rate_key: str, n: int, rate: float) -> float:
+    """reserve() for blocking code."""
+    args = reservation_cost(n, rate)
+    try:
+        reply = client.evalsha(RESERVE.sha, 1, rate_key, *args)
+    except redis.exceptions.NoScriptError:
+        reply = client.eval(RESERVE.source, 1, rate_key, *args)
+    return _wait_s(reply)
+
+
+async def pause_fields(
+    client: aioredis.Redis, paused_key: str, fields: tuple[str, ...]
+) -> list[bytes | None]:
+    """HMGET of the pause hash: the record of each field (`*`, a group), None where it is not paused."""
+    # NEVER_DECODE: raw bytes even on a client built with decode_responses=True (see steps.py).
+    command = client.execute_command("HMGET", paused_key, *fields, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+    reply = await command
+    return [value if value is None or isinstance(value, bytes) else str(value).encode() for value in reply]

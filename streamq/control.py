@@ -1,0 +1,157 @@
+"""Pause and resume consumer groups: from code (here) or from the command line (`streamq pause`).
+
+    await streamq.control.pause(url, "orders", group="billing", reason="migrating the ledger")
+    await streamq.control.resume(url, "orders", group="billing")
+    streamq.control.pause_sync(url, "orders")            # every group of the stream (`*`)
+
+A pause is durable: it is a field of the stream's pause hash (keys.paused_key), `*` for every group of
+the stream or a group's name, holding who paused it and why (PauseInfo, as JSON). It lasts until resumed,
+whatever workers start or stop meanwhile. Workers look for it every `control_every_ms` (at most a second,
+within `block_ms`); once they see it they read nothing new and reclaim nothing, retries wait in their
+delayed set, and what they already hold is still handled, renewed and settled. A worker started while
+paused reads nothing until resumed. Resuming removes one field only: a group resumed while its stream is
+paused (`*`) stays paused, and so does a group paused by name when the stream is resumed.
+
+pause, resume and pauses take a redis.asyncio.Redis or a URL (None: $STREAMQ_REDIS_URL, else
+localhost); pause_sync, resume_sync and pauses_sync the same for blocking code, with a redis.Redis.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from typing import Any
+
+import msgspec
+import redis
+
+from . import keys
+from ._connection import RedisLike
+from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from .errors import ConfigurationError
+
+__all__ = [
+    "EVERY_GROUP",
+    "MAX_REASON_CHARS",
+    "PauseInfo",
+    "decode_pause",
+    "pause",
+    "pause_steps",
+    "pause_sync",
+    "pauses",
+    "pauses_sync",
+    "resume",
+    "resume_sync",
+]
+
+EVERY_GROUP = "*"  # the pause hash's field for a pause of every group of the stream
+MAX_REASON_CHARS = 1_000  # a reason is a note for people, shown in logs and tables: keep it short
+
+
+class PauseInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """Who paused a group (or a stream), when and why."""
+
+    since_ms: int  # when it was paused, by the server's clock (Unix ms); 0 when the record is unreadable
+    reason: str = ""
+    host: str = ""  # the machine that paused it
+    pid: int = 0  # the process that paused it
+    user: str = ""  # the OS user of that process, when known
+
+
+def decode_pause(raw: bytes) -> PauseInfo:
+    """A field of the pause hash as PauseInfo. A field that is not a record streamq wrote (set by hand)
+    still means paused: it is shown as the reason, never dropped."""
+    try:
+        return msgspec.json.decode(raw, type=PauseInfo)
+    except msgspec.DecodeError:
+        return PauseInfo(since_ms=0, reason=raw[:200].decode(errors="replace"))
+
+
+def _scope(group: str | None) -> str:
+    if group is None or group == EVERY_GROUP:
+        return EVERY_GROUP
+    return keys.validate_name("group", group)
+
+
+def _who() -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name and no password entry (a container's arbitrary uid): leave it out
+        user = ""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "user": user}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pause_steps(stream: str) -> Steps[dict[str, PauseInfo]]:
+    """The pauses of `stream`: {`*` or group name: PauseInfo}, empty when nothing is paused."""
+    (raw,) = checked((yield [("HGETALL", keys.paused_key(stream))]))
+    return {_s(field): decode_pause(value if isinstance(value, bytes) else _s(value).encode())
+            for field, value in raw.items()}  # fmt: skip
+
+
+def _pause(stream: str, group: str | None, reason: str) -> Steps[PauseInfo]:
+    key, scope = keys.paused_key(stream), _scope(group)
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+        raise ConfigurationError(f"reason must be a text of at most {MAX_REASON_CHARS} characters")
+    (clock,) = checked((yield [("TIME",)]))
+    info = PauseInfo(since_ms=int(clock[0]) * 1000 + int(clock[1]) // 1000, reason=reason, **_who())
+    checked((yield [("HSET", key, scope, msgspec.json.encode(info))]))
+    return info
+
+
+def _resume(stream: str, group: str | None) -> Steps[bool]:
+    (removed,) = checked((yield [("HDEL", keys.paused_key(stream), _scope(group))]))
+    return bool(removed)
+
+
+async def _run(client: RedisLike, steps: Steps[T], user: str) -> T:
+    connection, owned = adopt_async(client, user, f"streamq.control.{user}_sync")
+    try:
+        return await run_steps(connection, steps)
+    finally:
+        if owned:
+            await connection.aclose()
+
+
+def _run_sync(client: str | redis.Redis | None, steps: Steps[T], user: str) -> T:
+    connection, owned = adopt_sync(client, f"{user}_sync", f"streamq.control.{user}")
+    try:
+        return run_steps_sync(connection, steps)
+    finally:
+        if owned:
+            connection.close()
+
+
+async def pause(client: RedisLike, stream: str, group: str | None = None, reason: str = "") -> PauseInfo:
+    """Pause one group of `stream` (None or `*`: every group of it) until resumed; returns the record
+    stored. Pausing what is paused already replaces its record (the new reason, time and author)."""
+    return await _run(client, _pause(stream, group, reason), "pause")
+
+
+async def resume(client: RedisLike, stream: str, group: str | None = None) -> bool:
+    """Remove the pause of one group (None or `*`: the stream-wide one); returns whether there was one.
+    Other pauses stay: see `pauses` for what is still paused."""
+    return await _run(client, _resume(stream, group), "resume")
+
+
+async def pauses(client: RedisLike, stream: str) -> dict[str, PauseInfo]:
+    """The pauses of `stream`: {`*` or group name: PauseInfo}."""
+    return await _run(client, pause_steps(stream), "pauses")
+
+
+def pause_sync(
+    client: str | redis.Redis | None, stream: str, group: str | None = None, reason: str = ""
+) -> PauseInfo:
+    return _run_sync(client, _pause(stream, group, reason), "pause")
+
+
+def resume_sync(client: str | redis.Redis | None, stream: str, group: str | None = None) -> bool:
+    return _run_sync(client, _resume(stream, group), "resume")
+
+
+def pauses_sync(client: str | redis.Redis | None, stream: str) -> dict[str, PauseInfo]:
+    return _run_sync(client, pause_steps(stream), "pauses")
