@@ -34,6 +34,7 @@ SCENARIO_MODULES = (
     "benchmarks.peer_taskiq",
     "benchmarks.peer_faststream",
     "benchmarks.scenarios_system",
+    "benchmarks.scenarios_flow",
 )
 
 EPILOG = """\
