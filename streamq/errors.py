@@ -106,3 +106,18 @@ def describe_error(exc: BaseException) -> str:
     """
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class GroupInUse(StreamqError):
+    """A group was not deleted: some of its consumers are live (read or renewed within live_idle_ms)."""
+
+    def __init__(self, stream: str, group: str, live: list[tuple[str, int]]) -> None:
+        shown = ", ".join(f"{name} (idle {idle_ms} ms)" for name, idle_ms in live[:10])
+        more = f" and {len(live) - 10} more" if len(live) > 10 else ""
+        super().__init__(
+            f"group {group!r} of {stream!r} has live consumers: {shown}{more}. Stop its workers first (a"
+            " running worker recreates a group deleted under it), or delete it anyway (--force, force=True)"
+        )
+        self.stream = stream
+        self.group = group
+        self.live = live

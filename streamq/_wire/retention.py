@@ -1,0 +1,414 @@
+"""Retention on the wire: the TRIM and DELETE_GROUP scripts and their calls, asyncio and blocking.
+
+TRIM works out, inside one script, how far every group of a stream has acknowledged, and trims below
+that; nothing a group has not acknowledged can be removed by it, whatever the timing, because XREADGROUP,
+XACK and the trim cannot interleave with a script. Its hard cap (max_len) and the dead-letter retention
+ride in the same call, so a worker sends one script per trim interval.
+
+Per group, its bound is the lowest id it may still need: the oldest entry it has pending, or the entry
+after the last it was delivered, whichever is lower (a group moved back with XGROUP SETID gets again what
+follows its new position, pending or acknowledged). Everything below the lowest bound of all groups has
+been delivered to every group and acknowledged by it. A stream without groups is never trimmed by it:
+nobody has said what they have consumed.
+
+Ids are compared and incremented as decimal strings: a sequence number can exceed what a Lua number (a
+double) holds exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from .. import keys
+from ..errors import ConfigurationError
+from .replies import decode_id, is_denied, raise_for_key
+from .transport import Arg, Script
+
+# Dry runs count what they would remove with XRANGE, at most this many entries per range.
+COUNT_CAP = 10_000
+
+_IDS = """
+local function split(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return ms or id, seq or '0'
+end
+-- Decimal strings without leading zeros: the longer is larger, else the string order is the number order.
+local function cmp_digits(a, b)
+    if #a ~= #b then return #a < #b and -1 or 1 end
+    if a == b then return 0 end
+    return a < b and -1 or 1
+end
+local function id_less(a, b)
+    local am, as = split(a)
+    local bm, bs = split(b)
+    local c = cmp_digits(am, bm)
+    if c ~= 0 then return c < 0 end
+    return cmp_digits(as, bs) < 0
+end
+-- The id just after `id`. A sequence too long for exact arithmetic keeps `id` itself: one entry more
+-- kept, never one less.
+local function successor(id)
+    local ms, seq = split(id)
+    if #seq < 14 then return ms .. '-' .. string.format('%d', tonumber(seq) + 1) end
+    return id
+end
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ms_id(ms)
+    return string.format('%d', math.max(ms, 0)) .. '-0'
+end
+local function field(info, name)
+    for j = 1, #info, 2 do
+        if info[j] == name then return info[j + 1] end
+    end
+    return nil
+end
+"""
+
+# Trim one stream and its dead-letter stream.
+# KEYS: stream, totals hash, dead-letter stream.
+# ARGV: retention ('1': trim what every group acknowledged), keep_acked_ms, max_len ('' none),
+#       dlq_max_age_ms ('' none), dlq_max_len ('' none), dry_run ('1'), count cap (dry runs).
+# Returns {removed, dropped, length after, safe id, holding group, cut id, first id dropped, first id kept
+# after the drop, dead letters expired, dead-letter length after, groups, estimated ('1': a dry run's count
+# was capped)}; '' where there is no such id or group.
+# Approximate trims (`~`) remove whole macro nodes below the cut, never an entry at or above it; the
+# max_len cap trims exactly, after an exact trim to the cut, so that only entries some group still needs
+# are counted as dropped. Counts are XLEN before and after, so they are exact whatever `~` removed.
+TRIM_SOURCE = (
+    _IDS
+    + """
+local stream, totals, dlq = KEYS[1], KEYS[2], KEYS[3]
+local retention, keep_ms = ARGV[1] == '1', tonumber(ARGV[2])
+local max_len, dlq_age, dlq_len = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local dry, cap = ARGV[6] == '1', tonumber(ARGV[7])
+local now = nil
+local function now_once() now = now or now_ms(); return now end
+local function count_below(key, cut)
+    return #redis.call('XRANGE', key, '-', '(' .. cut, 'COUNT', cap)
+end
+
+local removed, dropped, estimated = 0, 0, 0
+local safe, held_by, cut = nil, nil, nil
+local drop_first, drop_after = '', ''
+local n_groups = 0
+local length = redis.call('XLEN', stream)
+if length > 0 then
+    local groups = redis.call('XINFO', 'GROUPS', stream)
+    n_groups = #groups
+    for i = 1, #groups do
+        local info = groups[i]
+        local name = field(info, 'name')
+        local bound = successor(field(info, 'last-delivered-id'))
+        if tonumber(field(info, 'pending')) > 0 then
+            local oldest = redis.call('XPENDING', stream, name)[2]
+            if oldest and id_less(oldest, bound) then bound = oldest end
+        end
+        if safe == nil or id_less(bound, safe) then safe, held_by = bound, name end
+    end
+end
+if retention and safe then
+    cut = safe
+    if keep_ms > 0 then
+        local window = ms_id(now_once() - keep_ms)
+        if id_less(window, cut) then cut = window end
+    end
+end
+
+local after = length
+if cut then
+    if dry then
+        removed = count_below(stream, cut)
+        if removed >= cap then estimated = 1 end
+        after = length - removed
+    else
+        redis.call('XTRIM', stream, 'MINID', '~', cut)
+        after = redis.call('XLEN', stream)
+        if max_len and after > max_len then
+            redis.call('XTRIM', stream, 'MINID', cut)
+            after = redis.call('XLEN', stream)
+        end
+        removed = length - after
+    end
+end
+if max_len and after > max_len then
+    dropped = after - max_len
+    if dry then
+        after = max_len
+    else
+        drop_first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
+        redis.call('XTRIM', stream, 'MAXLEN', max_len)
+        drop_after = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
+        dropped = after - redis.call('XLEN', stream)
+        after = after - dropped
+    end
+end
+
+local expired = 0
+local dlq_before = redis.call('XLEN', dlq)
+local dlq_after = dlq_before
+if dlq_before > 0 and (dlq_age or dlq_len) then
+    if dry then
+        local old = 0
+        if dlq_age then
+            old = count_below(dlq, ms_id(now_once() - dlq_age))
+            if old >= cap then estimated = 1 end
+        end
+        local left = dlq_before - old
+        if dlq_len and left > dlq_len then old = old + left - dlq_len end
+        expired = old
+        dlq_after = dlq_before - old
+    else
+        if dlq_age then redis.call('XTRIM', dlq, 'MINID', '~', ms_id(now_once() - dlq_age)) end
+        if dlq_len then redis.call('XTRIM', dlq, 'MAXLEN', '~', dlq_len) end
+        dlq_after = redis.call('XLEN', dlq)
+        expired = dlq_before - dlq_after
+    end
+end
+
+if not dry then
+    if removed > 0 then redis.call('HINCRBY', totals, 'trimmed', removed) end
+    if dropped > 0 then redis.call('HINCRBY', totals, 'dropped_over_max_len', dropped) end
+    if expired > 0 then redis.call('HINCRBY', totals, 'dead_letters_expired', expired) end
+end
+return {removed, dropped, after, safe or '', held_by or '', cut or '', drop_first, drop_after, expired,
+        dlq_after, n_groups, estimated}
+"""
+)
+
+# Delete a group from a stream and its retry stream with everything streamq keeps for it, unless one of
+# its consumers is live (idle less than ARGV[2] ms on either key: a worker reads every block_ms and renews
+# its leases every lease/3, both of which reset idle). In one script, so no consumer can turn up between
+# the check and the delete. A missing key or group holds no consumer and is nothing to destroy.
+# KEYS: stream, retry stream, delayed zset, stats hash, rate string, paused hash.
+# ARGV: group, live idle ms, force ('1': delete even with live consumers).
+# Returns {0, name, idle ms, name, idle ms, ...} (live consumers, nothing done) or
+# {1, destroyed on the stream (0/1), entries that were pending, consumers}.
+DELETE_GROUP_SOURCE = """
+local group, live_ms, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local function tolerant(...)
+    local ok, reply = pcall(redis.call, ...)
+    if ok then return reply end
+    local text = type(reply) == 'table' and reply.err or tostring(reply)
+    for _, missing in ipairs({'NOGROUP', 'no such key', 'requires the key to exist'}) do
+        if string.find(text, missing, 1, true) then return nil end
+    end
+    return error(reply)
+end
+local live, n_consumers, pending = {}, 0, 0
+for k = 1, 2 do
+    local rows = tolerant('XINFO', 'CONSUMERS', KEYS[k], group) or {}
+    for i = 1, #rows do
+        local name, idle = nil, nil
+        for j = 1, #rows[i], 2 do
+            if rows[i][j] == 'name' then name = rows[i][j + 1] end
+            if rows[i][j] == 'idle' then idle = tonumber(rows[i][j + 1]) end
+        end
+        n_consumers = n_consumers + 1
+        if idle and idle < live_ms then live[#live + 1] = name; live[#live + 1] = idle end
+    end
+    local summary = tolerant('XPENDING', KEYS[k], group)
+    if summary then pending = pending + tonumber(summary[1]) end
+end
+if #live > 0 and not force then
+    table.insert(live, 1, 0)
+    return live
+end
+local destroyed = tolerant('XGROUP', 'DESTROY', KEYS[1], group) or 0
+tolerant('XGROUP', 'DESTROY', KEYS[2], group)
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('HDEL', KEYS[6], group)
+return {1, destroyed, pending, n_consumers}
+"""
+
+TRIM = Script("trim", TRIM_SOURCE)
+DELETE_GROUP = Script("delete_group", DELETE_GROUP_SOURCE)
+
+
+class TrimReply(NamedTuple):
+    """What one TRIM call did (or, in a dry run, would do); None where there is no such id or group."""
+
+    removed: int  # acknowledged by every group and trimmed (dry run: entries below the cut, up to the cap)
+    dropped: int  # over max_len, some group's unacknowledged entries among them
+    length_after: int
+    safe_id: str | None  # every group has acknowledged everything below this id
+    held_by: str | None  # the group whose bound is safe_id: the one holding trimming back
+    cut_id: str | None  # the MINID used: safe_id, or lower for the keep window
+    dropped_first: str | None  # the first id dropped over max_len
+    dropped_until: str | None  # the first id kept after them
+    dead_letters_expired: int
+    dead_letters_after: int
+    groups: int
+    estimated: bool  # a dry run's count reached the cap: at least that many
+
+
+class GroupDeleteReply(NamedTuple):
+    deleted: bool
+    existed: bool  # the group was on the stream (False: only leftovers were cleaned)
+    pending: int  # entries the group had pending, dropped with it
+    consumers: int
+    live: list[tuple[str, int]]  # (consumer, idle ms) of live consumers when not deleted
+
+
+def _text(value: Any) -> str | None:
+    text = decode_id(value) if isinstance(value, bytes | str) else str(value)
+    return text or None
+
+
+def _parse_trim(reply: Sequence[Any]) -> TrimReply:
+    return TrimReply(
+        removed=int(reply[0]),
+        dropped=int(reply[1]),
+        length_after=int(reply[2]),
+        safe_id=_text(reply[3]),
+        held_by=_text(reply[4]),
+        cut_id=_text(reply[5]),
+        dropped_first=_text(reply[6]),
+        dropped_until=_text(reply[7]),
+        dead_letters_expired=int(reply[8]),
+        dead_letters_after=int(reply[9]),
+        groups=int(reply[10]),
+        estimated=int(reply[11]) == 1,
+    )
+
+
+def _parse_delete(reply: Sequence[Any]) -> GroupDeleteReply:
+    if int(reply[0]) == 0:
+        live = [(decode_id(reply[i]), int(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
+        return GroupDeleteReply(deleted=False, existed=True, pending=0, consumers=len(live), live=live)
+    return GroupDeleteReply(
+        deleted=True, existed=int(reply[1]) == 1, pending=int(reply[2]), consumers=int(reply[3]), live=[]
+    )
+
+
+def _optional(value: int | None) -> Arg:
+    return b"" if value is None else value
+
+
+def trim_call(
+    stream: str,
+    *,
+    retention: bool,
+    keep_acked_ms: int,
+    max_len: int | None,
+    dlq_max_age_ms: int | None,
+    dlq_max_len: int | None,
+    dry_run: bool,
+) -> tuple[list[str], list[Arg]]:
+    """TRIM's keys and arguments."""
+    script_keys = [stream, keys.totals_key(stream), keys.dlq_key(stream)]
+    args: list[Arg] = [
+        b"1" if retention else b"0", keep_acked_ms, _optional(max_len), _optional(dlq_max_age_ms),
+        _optional(dlq_max_len), b"1" if dry_run else b"0", COUNT_CAP,
+    ]  # fmt: skip
+    return script_keys, args
+
+
+def delete_group_call(
+    stream: str, group: str, *, live_idle_ms: int, force: bool
+) -> tuple[list[str], list[Arg]]:
+    """DELETE_GROUP's keys and arguments."""
+    script_keys = [
+        stream, keys.retry_key(stream, group), keys.delayed_key(stream, group), keys.stats_key(stream, group),
+        keys.rate_key(stream, group), keys.paused_key(stream),
+    ]  # fmt: skip
+    return script_keys, [group, live_idle_ms, b"1" if force else b"0"]
+
+
+def _raise_mapped(stream: str, exc: ResponseError, what: str) -> None:
+    if is_denied(exc):
+        raise ConfigurationError(
+            f"the Redis user may not run the commands that {what} {stream!r}: {exc}"
+        ) from exc
+    raise_for_key(stream, exc)
+
+
+async def _run(client: aioredis.Redis, script: Script, script_keys: list[str], args: list[Arg]) -> Any:
+    try:
+        return await client.evalsha(script.sha, len(script_keys), *script_keys, *args)
+    except NoScriptError:
+        return await client.eval(script.source, len(script_keys), *script_keys, *args)
+
+
+def _run_sync(client: redis.Redis, script: Script, script_keys: list[str], args: list[Arg]) -> Any:
+    try:
+        return client.evalsha(script.sha, len(script_keys), *script_keys, *args)
+    except NoScriptError:
+        return client.eval(script.source, len(script_keys), *script_keys, *args)
+
+
+async def trim(
+    client: aioredis.Redis,
+    stream: str,
+    *,
+    retention: bool = True,
+    keep_acked_ms: int = 0,
+    max_len: int | None = None,
+    dlq_max_age_ms: int | None = None,
+    dlq_max_len: int | None = None,
+    dry_run: bool = False,
+) -> TrimReply:
+    """Run TRIM on `stream` (see TRIM_SOURCE). An ACL denial or a key of another type: ConfigurationError."""
+    script_keys, args = trim_call(
+        stream, retention=retention, keep_acked_ms=keep_acked_ms, max_len=max_len,
+        dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
+    )  # fmt: skip
+    try:
+        return _parse_trim(await _run(client, TRIM, script_keys, args))
+    except ResponseError as exc:
+        _raise_mapped(stream, exc, "trim")
+        raise
+
+
+def trim_sync(
+    client: redis.Redis,
+    stream: str,
+    *,
+    retention: bool = True,
+    keep_acked_ms: int = 0,
+    max_len: int | None = None,
+    dlq_max_age_ms: int | None = None,
+    dlq_max_len: int | None = None,
+    dry_run: bool = False,
+) -> TrimReply:
+    """trim() for blocking code."""
+    script_keys, args = trim_call(
+        stream, retention=retention, keep_acked_ms=keep_acked_ms, max_len=max_len,
+        dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
+    )  # fmt: skip
+    try:
+        return _parse_trim(_run_sync(client, TRIM, script_keys, args))
+    except ResponseError as exc:
+        _raise_mapped(stream, exc, "trim")
+        raise
+
+
+async def delete_group(
+    client: aioredis.Redis, stream: str, group: str, *, live_idle_ms: int, force: bool
+) -> GroupDeleteReply:
+    """Run DELETE_GROUP (see DELETE_GROUP_SOURCE)."""
+    script_keys, args = delete_group_call(stream, group, live_idle_ms=live_idle_ms, force=force)
+    try:
+        return _parse_delete(await _run(client, DELETE_GROUP, script_keys, args))
+    except ResponseError as exc:
+        _raise_mapped(stream, exc, "delete a group of")
+        raise
+
+
+def delete_group_sync(
+    client: redis.Redis, stream: str, group: str, *, live_idle_ms: int, force: bool
+) -> GroupDeleteReply:
+    """delete_group() for blocking code."""
+    script_keys, args = delete_group_call(stream, group, live_idle_ms=live_idle_ms, force=force)
+    try:
+        return _parse_delete(_run_sync(client, DELETE_GROUP, script_keys, args))
+    except ResponseError as exc:
+        _raise_mapped(stream, exc, "delete a group of")
+        raise
