@@ -189,10 +189,6 @@ async def _moved(client: redis.asyncio.Redis, unique: str, before: bytes | None)
     return await client.get(keys.rate_key(unique, "g")) != before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs consumer.py to hand Control its stop signal: `self.control.stopping = stopping` in run()",
-)
 async def test_an_app_stopped_during_an_admission_wait_stops_promptly(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:

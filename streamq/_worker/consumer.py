@@ -174,6 +174,7 @@ class Consumer:
         back what it holds and re-raises.
         """
         self._stopping = stopping
+        self.control.stopping = stopping  # a rate-limit wait ends when the consumer is told to stop
         link = _wire.Link(self.client)
         chores: list[tuple[str, Chore]] = [
             ("retry mover", self.mover), ("control", self.control), ("scheduled mover", self.scheduler),
