@@ -126,7 +126,30 @@ def format_status(statuses: Sequence[StreamStatus]) -> str:
             )
     if not any(row[-1] for row in rows):
         headers, rows = headers[:-1], [row[:-1] for row in rows]
-    return format_table(headers, rows)
+    notes = [f"{st.stream}: {note}" for st in statuses for note in stream_notes(st)]
+    return "\n".join([format_table(headers, rows), *notes])
+
+
+def stream_notes(st: StreamStatus) -> list[str]:
+    """What the table has no column for: pauses, what holds trimming back, the stream's own counters."""
+    notes = []
+    for scope, info in sorted(st.paused.items()):
+        who = f" by {info.user or '?'}@{info.host or '?'} (pid {info.pid})" if info.host else ""
+        why = f": {info.reason}" if info.reason else ""
+        target = "every group" if scope == "*" else f"group {scope}"
+        notes.append(f"paused for {target} since {format_timestamp(info.since_ms)}{who}{why}")
+    held = st.trimming_held_back_by
+    if held is not None:
+        what = "oldest entry it has pending" if held.reason == "pending" else "first entry it has not read"
+        kept = f"at least {held.kept}" if held.capped else str(held.kept)
+        notes.append(
+            f"trimming held back by group {held.group}: {kept} entries kept for it alone, since"
+            f" {format_timestamp(held.since_ms)} (its {what}, {held.bound_id})"
+        )
+    counted = [f"{name}={value}" for name, value in st.totals.items() if value]
+    if counted:
+        notes.append("totals: " + " ".join(counted))
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------- dlq

@@ -18,6 +18,8 @@ from redis.exceptions import NoPermissionError, ResponseError
 from . import keys
 from ._connection import RedisLike
 from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from .control import PauseInfo, pause_steps
+from .retention import Holdback, holdback_steps
 
 # The counters the worker keeps per group (keys.stats_key), totals since the group began. Every one is
 # shown, 0 until it first counts; a counter the server holds beyond these is shown too.
@@ -29,6 +31,17 @@ STAT_COUNTERS = (
     "reclaimed",  # taken over from a consumer whose lease ran out
     "lease_lost",  # settled by a consumer that had lost the entry to another (that one settles it)
     "deleted_pending",  # delivered, then deleted or trimmed from the stream before it was processed
+)
+# The stream's own counters (keys.totals_key), shown the same way.
+TOTAL_COUNTERS = (
+    "trimmed",  # acknowledged by every group, then removed by retention
+    "dropped_over_max_len",  # removed by the max_len cap before every group had acknowledged it
+    "dropped_by_maxlen",  # removed by a producer's maxlen before every group had acknowledged it, maybe
+    "dead_letters_expired",  # dead letters removed by their retention (age or count)
+    "scheduled",  # delayed events scheduled
+    "scheduled_moved",  # delayed events moved into the stream when due
+    "cancelled",  # delayed events cancelled before they were due
+    "deduplicated",  # publishes that found their dedup key taken and appended nothing
 )
 
 
@@ -51,6 +64,12 @@ class StreamStatus(msgspec.Struct, kw_only=True):
     length: int
     dead_letters: int
     groups: list[GroupStatus]
+    # `*` (every group) or a group's name -> who paused it, when, why; empty when nothing is paused.
+    paused: dict[str, PauseInfo] = msgspec.field(default_factory=dict)
+    # The group that keeps acknowledged entries from being trimmed (stalled, or slower than the others),
+    # and by how much; None when retention could trim everything the groups have acknowledged.
+    trimming_held_back_by: Holdback | None = None
+    totals: dict[str, int] = msgspec.field(default_factory=dict)  # every counter of TOTAL_COUNTERS
 
 
 def _s(value: Any) -> str:
@@ -103,6 +122,11 @@ def _stream_status(stream: str) -> Steps[StreamStatus]:
                 stats=stats,
             )
         )
+    paused = yield from pause_steps(stream)
+    holdback = yield from holdback_steps(stream)
+    (totals_raw,) = checked((yield [("HGETALL", keys.totals_key(stream))]))
+    totals = dict.fromkeys(TOTAL_COUNTERS, 0)
+    totals.update({_s(k): int(v) for k, v in totals_raw.items()})
     return StreamStatus(
         stream=stream,
         exists=True,
@@ -110,6 +134,9 @@ def _stream_status(stream: str) -> Steps[StreamStatus]:
         length=int(length),
         dead_letters=int(dead),
         groups=groups,
+        paused=paused,
+        trimming_held_back_by=holdback,
+        totals=totals,
     )
 
 
