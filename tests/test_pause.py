@@ -265,3 +265,34 @@ def test_cli_pause_and_resume(redis_url: str, unique: str, capsys: pytest.Captur
     assert pauses_sync(redis_url, unique) == {}
     assert main(["status", unique, "--json", *base]) == 0
     assert json.loads(capsys.readouterr().out)[0]["stream"] == unique
+
+
+async def test_a_stream_wide_pause_holds_delayed_events_back_and_a_group_pause_does_not(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """While the whole stream is paused a due delayed event stays in the scheduled set (no group could
+    take it anyway); paused for one group only, the worker still moves it in, for the other groups."""
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", scheduled_poll_ms=20, **FAST)
+    async def handle(batch: streamq.Batch[Click]) -> None:
+        pass
+
+    await pause(client, unique)
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish(unique, Click(1), delay_ms=0)
+    async with _running(app):
+        (consumer,) = app.consumers
+        await async_wait_until(lambda: consumer.control.paused, message="the pause seen")
+        await _paused_ticks(consumer)  # block_ms each, several scheduled_poll_ms
+        assert await client.zcard(keys.scheduled_key(unique)) == 1
+        assert await client.xlen(unique) == 0
+        await pause(client, unique, "g")
+        await resume(client, unique)
+        await async_wait_until(lambda: not consumer.control.stream_paused, message="the stream resumed")
+
+        async def moved() -> bool:
+            return bool(await client.xlen(unique))
+
+        await async_wait_until(moved, message="the delayed event moved in while only g is paused")
+        assert await client.zcard(keys.scheduled_key(unique)) == 0

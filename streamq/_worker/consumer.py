@@ -122,6 +122,7 @@ class Consumer:
         self.counts = {
             "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "reclaimed": 0,
             "lease_lost": 0, "deleted": 0, "batches": 0, "loop_restarts": 0, "given_back": 0,
+            "scheduled_moved": 0, "trimmed": 0, "dropped_over_max_len": 0, "dead_letters_expired": 0,
         }  # fmt: skip
         self.control = Control(client, settings, log=self.log, counts=self.counts)
         self.mover = RetryMover(
@@ -134,8 +135,9 @@ class Consumer:
         )
         self.trimmer = Trimmer(client, settings, log=self.log, counts=self.counts)
         self.scheduler = ScheduledMover(
-            client, self.stream, poll_ms=settings.scheduled_poll_ms, log=self.log, counts=self.counts
-        )
+            client, self.stream, poll_ms=settings.scheduled_poll_ms, log=self.log, counts=self.counts,
+            paused=lambda: self.control.stream_paused,
+        )  # fmt: skip
         self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
         self._on_batch = on_batch
         self._stopping = asyncio.Event()

@@ -9,12 +9,13 @@ whole step or nothing.
 It sleeps until the next event is due (the script says when, on the server's clock), never longer than
 scheduled_poll_ms: an event scheduled meanwhile for sooner than the planned wake-up is seen within that
 time. It runs under supervision.py: an error it does not expect restarts it, one it cannot get past stops
-the worker.
+the worker. While the whole stream is paused it moves nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,10 +34,20 @@ class ScheduledMover:
     """Moves the stream's due delayed events into it; `run()` returns once `done` is set."""
 
     def __init__(
-        self, client: aioredis.Redis, stream: str, *, poll_ms: int, log: Any, counts: dict[str, int]
+        self,
+        client: aioredis.Redis,
+        stream: str,
+        *,
+        poll_ms: int,
+        log: Any,
+        counts: dict[str, int],
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
         self.stream = stream
+        # The whole stream is paused (`streamq pause STREAM`): delayed events wait in the scheduled set. A
+        # pause of one group does not hold them back: the other groups need them.
+        self.paused = paused
         self.poll_s = poll_ms / 1000
         self.log = log
         self.counts = counts  # the consumer's: "scheduled_moved" counts what this worker moved
@@ -50,6 +61,9 @@ class ScheduledMover:
         try:
             while not self.done.is_set():
                 wait_s = self.poll_s
+                if self.paused():
+                    await self._sleep(wait_s)
+                    continue
                 try:
                     moved, next_ms = await publishing.move_scheduled(link, self.stream, MOVE_LIMIT)
                     if moved:
