@@ -146,6 +146,11 @@ def stream_notes(st: StreamStatus) -> list[str]:
             f"trimming held back by group {held.group}: {kept} entries kept for it alone, since"
             f" {format_timestamp(held.since_ms)} (its {what}, {held.bound_id})"
         )
+    if st.scheduled:
+        notes.append(
+            f"{st.scheduled} delayed event{'' if st.scheduled == 1 else 's'} scheduled, the next due"
+            f" {format_timestamp(st.next_scheduled_due_ms or 0)}"
+        )
     counted = [f"{name}={value}" for name, value in st.totals.items() if value]
     if counted:
         notes.append("totals: " + " ".join(counted))

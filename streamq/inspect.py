@@ -20,6 +20,7 @@ from ._connection import RedisLike
 from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
 from .control import PauseInfo, pause_steps
 from .retention import Holdback, holdback_steps
+from .scheduling import scheduled_steps
 
 # The counters the worker keeps per group (keys.stats_key), totals since the group began. Every one is
 # shown, 0 until it first counts; a counter the server holds beyond these is shown too.
@@ -70,6 +71,9 @@ class StreamStatus(msgspec.Struct, kw_only=True):
     # and by how much; None when retention could trim everything the groups have acknowledged.
     trimming_held_back_by: Holdback | None = None
     totals: dict[str, int] = msgspec.field(default_factory=dict)  # every counter of TOTAL_COUNTERS
+    scheduled: int = 0  # delayed events waiting to enter the stream
+    next_scheduled_due_ms: int | None = None  # the soonest one's due time (Unix ms)
+    dedup_keys: int = 0  # dedup keys remembered
 
 
 def _s(value: Any) -> str:
@@ -124,6 +128,7 @@ def _stream_status(stream: str) -> Steps[StreamStatus]:
         )
     paused = yield from pause_steps(stream)
     holdback = yield from holdback_steps(stream)
+    scheduled = yield from scheduled_steps(stream)
     (totals_raw,) = checked((yield [("HGETALL", keys.totals_key(stream))]))
     totals = dict.fromkeys(TOTAL_COUNTERS, 0)
     totals.update({_s(k): int(v) for k, v in totals_raw.items()})
@@ -137,6 +142,9 @@ def _stream_status(stream: str) -> Steps[StreamStatus]:
         paused=paused,
         trimming_held_back_by=holdback,
         totals=totals,
+        scheduled=scheduled.scheduled_count,
+        next_scheduled_due_ms=scheduled.next_due_ms,
+        dedup_keys=scheduled.dedup_keys,
     )
 
 

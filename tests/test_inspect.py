@@ -97,23 +97,30 @@ async def test_a_client_of_the_wrong_kind_is_refused_with_the_right_function_nam
         inspect.status_sync(client)  # type: ignore[arg-type]  # the mistake under test
 
 
-async def test_status_names_pauses_and_the_group_holding_trimming_back(
+async def test_status_names_pauses_delayed_events_and_the_group_holding_trimming_back(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:
     """A stalled group (it has read nothing) keeps the entries the other group acknowledged: status says
-    which group, from which entry, how many; pauses appear with their reason; the table shows both."""
+    which group, from which entry, how many; pauses appear with their reason, delayed events with the
+    next due time, and the stream's counters; the table shows them all."""
     from streamq import control
     from streamq._cli_output import format_status
 
     await client.xgroup_create(unique, "stalled", id="0", mkstream=True)
     await _run_group(redis_url, unique, "busy", [0, 2, 4])
     await control.pause(client, unique, "busy", reason="deploy")
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish(unique, Ping(9), delay_ms=3_600_000, dedup_key="nine")
+        await producer.publish(unique, Ping(9), delay_ms=3_600_000, dedup_key="nine")
     (state,) = await inspect.status(client, [unique])
+    assert state.scheduled == 1 and state.dedup_keys == 1 and state.next_scheduled_due_ms
+    assert state.totals["scheduled"] == 1 and state.totals["deduplicated"] == 1
     held = state.trimming_held_back_by
     assert held is not None and held.group == "stalled" and held.reason == "unread" and held.kept == 3
     assert list(state.paused) == ["busy"] and state.paused["busy"].reason == "deploy"
     table = format_status([state])
     assert "trimming held back by group stalled: 3 entries" in table
     assert "paused for group busy since" in table and ": deploy" in table
+    assert "1 delayed event scheduled, the next due" in table and "deduplicated=1" in table
     await control.resume(client, unique, "busy")
     assert (await inspect.stream_status(client, unique)).paused == {}
