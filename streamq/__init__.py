@@ -3,13 +3,14 @@
 from .app import App
 from .batch import Batch, Message
 from .deadletter import DeadLetter, DeadLetterPage, DeadLetterResult, DeadLetters, SyncDeadLetters
-from .errors import ConfigurationError, Defer, EventTooLarge, Reject, Retry, StreamqError
+from .errors import BacklogFull, ConfigurationError, Defer, EventTooLarge, Reject, Retry, StreamqError
 from .events import Event
-from .producer import Producer, SyncProducer
+from .producer import Producer, PublishResult, SyncProducer
 from .settings import ConsumerSettings
 
 __all__ = [
     "App",
+    "BacklogFull",
     "Batch",
     "ConfigurationError",
     "ConsumerSettings",
@@ -22,6 +23,7 @@ __all__ = [
     "EventTooLarge",
     "Message",
     "Producer",
+    "PublishResult",
     "Reject",
     "Retry",
     "StreamqError",

@@ -91,7 +91,32 @@ class WorkerFailed(StreamqError):
 
 class BacklogFull(StreamqError):
     """The producer's max_backlog is exceeded: the slowest group owes more than that, and it did not drop
-    below it within backlog_timeout_ms. Nothing of the call was published."""
+    below it within backlog_timeout_ms. Nothing of the call was published.
+
+    The figures are attributes too, for code that backs off or reports: `stream`, `group` (the slowest),
+    `backlog` (= `lag` + `pending`), `max_backlog`, `waited_ms`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stream: str = "",
+        group: str = "",
+        backlog: int = 0,
+        lag: int = 0,
+        pending: int = 0,
+        max_backlog: int = 0,
+        waited_ms: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.group = group
+        self.backlog = backlog
+        self.lag = lag
+        self.pending = pending
+        self.max_backlog = max_backlog
+        self.waited_ms = waited_ms
 
 
 class DeadLetterNotFound(StreamqError, LookupError):

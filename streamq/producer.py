@@ -250,8 +250,10 @@ class _Backlog:
         return BacklogFull(
             f"stream {stream!r}: group {reading.group!r} owes {reading.backlog} entries ({reading.lag} not"
             f" delivered, {reading.pending} pending), over max_backlog={self.limit}; waited"
-            f" {round(waited_s * 1000)} ms (backlog_timeout_ms={round(self.timeout_s * 1000)})"
-        )
+            f" {round(waited_s * 1000)} ms (backlog_timeout_ms={round(self.timeout_s * 1000)})",
+            stream=stream, group=reading.group, backlog=reading.backlog, lag=reading.lag,
+            pending=reading.pending, max_backlog=self.limit or 0, waited_ms=round(waited_s * 1000),
+        )  # fmt: skip
 
 
 def _settings(

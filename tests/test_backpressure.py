@@ -45,8 +45,13 @@ async def test_a_lagging_group_refuses_at_once_with_timeout_0(
     async with streamq.Producer(redis_url, max_backlog=9, backlog_timeout_ms=0) as producer:
         with pytest.raises(
             BacklogFull, match=r"group 'slow' owes 10 entries \(10 not delivered, 0 pending\)"
-        ):
+        ) as refused:
             await producer.publish(unique, Job(100))
+        figures = refused.value
+        assert (figures.stream, figures.group, figures.backlog, figures.lag, figures.pending) == (
+            unique, "slow", 10, 10, 0,
+        )  # fmt: skip
+        assert figures.max_backlog == 9
         with pytest.raises(BacklogFull, match="max_backlog=9"):
             await producer.publish_many(unique, _jobs(3, 100), dedup_key=lambda j: str(j.n))
         with pytest.raises(BacklogFull):
