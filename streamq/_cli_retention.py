@@ -70,8 +70,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_commands(commands: Any, command: Any) -> None:
-    """Add this module's commands to the `streamq` parser: `command(commands, name, help, epilog, run)`."""
+def add_commands(commands: Any, command: Any, common: argparse.ArgumentParser | None = None) -> None:
+    """Add this module's commands to the `streamq` parser: `command(commands, name, help, epilog, run)`.
+
+    `common`, the parser of the global options, lets them come between `group` and its action too
+    (`streamq group --redis-url URL delete ...`), as they may for `dlq`; without it they go after the action.
+    """
     about = "trim what every group of a stream has acknowledged"
     trim = command(commands, "trim", about, TRIM_EPILOG, cmd_trim)
     trim.add_argument("stream", metavar="STREAM")
@@ -88,7 +92,8 @@ def add_commands(commands: Any, command: Any) -> None:
 
     # A command with actions, like `dlq`: `streamq group delete STREAM GROUP`.
     group = commands.add_parser(
-        "group", help="delete a consumer group", description="Delete a consumer group.",
+        "group", parents=[common] if common is not None else [], help="delete a consumer group",
+        description="Delete a consumer group.",
         epilog=GROUP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
