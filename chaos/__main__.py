@@ -12,9 +12,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .publisher import PUBLISHER_SABOTAGES
 from .report import render, write_json
 from .run import LONG, QUICK, ChaosConfig, run
 from .worker import SABOTAGES
+
+ALL_SABOTAGES = (*SABOTAGES, *PUBLISHER_SABOTAGES)
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1  # an invariant failed: the report says which
@@ -27,6 +30,7 @@ examples:
   python -m chaos --quick --server-binary /usr/bin/redis-server
   python -m chaos --quick --redis-url redis://host:6379/0   no server restarts (not our server)
   python -m chaos --quick --events 3000 --window-s 10 --sabotage drop_retries   must FAIL
+  python -m chaos --quick --events 3000 --window-s 10 --sabotage double_move,late_delay   must FAIL
 """
 
 
@@ -56,10 +60,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sabotage",
-        choices=SABOTAGES,
-        help="self-test: break streamq in the workers on purpose; the run must then fail",
+        type=_sabotages,
+        metavar="NAME[,NAME...]",
+        help="self-test: break streamq in the workers or the publisher on purpose; the run must then fail."
+        f" One or more of: {', '.join(ALL_SABOTAGES)}",
     )
     return parser.parse_args(argv)
+
+
+def _sabotages(text: str) -> str:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_SABOTAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown sabotage {unknown or text!r}; known: {', '.join(ALL_SABOTAGES)}"
+        )
+    return ",".join(names)
 
 
 def _seconds_range(text: str) -> tuple[float, float]:

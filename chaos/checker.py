@@ -9,6 +9,14 @@ dead-letter stream) and the final state of Redis after the workers drained and s
     recovered   ambiguous (the publish call raised) yet seen by a handler or in the dead-letter stream
     unexpected  seen by a handler or in the dead-letter stream, never published; must be 0
     duplicated  successful handler invocations beyond the first, per event
+    delayed     published with delay_ms: moved into the stream by a worker when due. Its stream entry id is
+                whatever `origin_id` its handler invocations and dead letter carry: `entered once` (one id),
+                `entered twice` (several ids: a mover appended it again; must be 0) or `never` (no id: lost,
+                unless the nemesis trimmed it while pending before a handler logged it)
+    republished a dedup-keyed event (its uuid as dedup key) with a stream entry other than the one its
+                publish returned, or more than one; or a deliberate second publish of it that did not come
+                back a duplicate of the first; must be 0 (a failed call is retried with the same keys, so
+                these are never ambiguous)
 
 Invariants: duplicates <= the entries in flight at each kill, stop, server restart and client kill (and
 at each failpoint self-kill), and <= streamq's own `reclaimed` + `lease_lost` counters; no event has more
@@ -17,6 +25,12 @@ that never settled have a budget of their own in streamq); nothing pending, unde
 retry at the end; the dead-letter stream holds exactly the poison and the malformed events, byte for byte,
 each once, with the expected reason; no bystander is dead-lettered (an event whose handler never failed,
 however many crashes it was in flight for); and no worker died unexplained.
+
+Retention and scheduling: every delayed event entered the stream exactly once, no dedup-keyed event was
+republished, nothing is left in the stream's scheduled set, retention really ran (the stream's `trimmed`
+total is above 0), and no entry was removed while pending except by the nemesis: streamq's
+`deleted_pending` counter is at most the pending entries trim_pending removed (as before, those entries are
+`trimmed`, not lost, and the nemesis's fault alone may excuse them).
 """
 
 from __future__ import annotations
@@ -51,6 +65,9 @@ class FinalState(msgspec.Struct, kw_only=True):
     retry_length: int
     dlq_length: int
     stats: dict[str, int]
+    scheduled: int = 0  # delayed events left in the stream's scheduled set (keys.scheduled_key)
+    scheduled_events: int = 0  # fields left in its payload hash (keys.scheduled_events_key)
+    totals: dict[str, int] = msgspec.field(default_factory=dict)  # the stream's own counters (trimmed...)
     consumers: int  # consumers left in the group (dead ones are reaped once idle and empty)
     consumers_holding: dict[str, int]  # consumer -> entries it still holds
     pending_ids: list[str]  # stream entries still pending (at most 1000)
@@ -107,6 +124,24 @@ class CheckReport(msgspec.Struct, kw_only=True):
     dlq_reason_mismatch: list[str]
     bystanders_dead_lettered: int  # dead letters of events whose handler never failed: must be 0
     acked_and_dead: int
+    # delayed events (published ones; ambiguous ones only count when they entered twice)
+    delayed: int
+    delayed_ambiguous: int
+    delayed_once: int
+    delayed_twice: int  # several stream entry ids: must be 0
+    delayed_twice_sample: list[str]
+    delayed_never: int  # published, never seen, not trimmed by the nemesis: must be 0
+    delayed_never_trimmed: int  # never seen because trim_pending removed it while pending
+    delayed_never_sample: list[str]
+    # dedup-keyed events
+    dedup_events: int
+    republished: int  # must be 0
+    republished_sample: list[str]
+    # retention
+    scheduled_left: int
+    trimmed_by_retention: int  # the stream's `trimmed` total: must be > 0
+    deleted_pending: int  # streamq's counter: must be <= trimmed_pending_by_nemesis
+    trimmed_pending_by_nemesis: int
     # faults
     faults: dict[str, int]
     self_kills: dict[str, int]
@@ -169,6 +204,54 @@ def _check(
 
     pending_ids = set(final.pending_ids)
     trimmed_ids = {i for f in faults if f.kind == TRIM_PENDING for i in f.detail.get("pending_ids", [])}
+    # A delayed event trimmed while pending before any handler logged it has no known entry id: the
+    # nemesis names the events it trimmed too.
+    trimmed_uuids = {u for f in faults if f.kind == TRIM_PENDING for u in f.detail.get("pending_uuids", [])}
+    trimmed_by_nemesis = sum(len(f.detail.get("pending_ids", [])) for f in faults if f.kind == TRIM_PENDING)
+
+    # Every stream entry id each event was seen under: handler invocations (`origin_id`: the main stream's
+    # entry even for a delivery from the retry stream) and dead letters.
+    stream_ids: dict[str, set[str]] = defaultdict(set)
+    for uid, seen in per_event.items():
+        stream_ids[uid].update(inv.origin_id for inv in seen)
+    for uid, letters in dlq.items():
+        stream_ids[uid].update(letter.origin_id for letter in letters)
+
+    def entry_of(event: EventRow) -> str | None:
+        """The event's stream entry id: as published, or for a delayed event the one it was seen under."""
+        if event.entry_id is None and event.delayed and len(stream_ids.get(event.uuid, ())) == 1:
+            (only,) = stream_ids[event.uuid]
+            return only
+        return event.entry_id
+
+    def trimmed_on_purpose(event: EventRow) -> bool:
+        return entry_of(event) in trimmed_ids or event.uuid in trimmed_uuids
+
+    delayed_once = delayed_never_trimmed = delayed_ambiguous = 0
+    delayed_twice: list[str] = []
+    delayed_never: list[str] = []
+    republished: list[str] = []
+    for event in events:
+        ids = stream_ids.get(event.uuid, set())
+        label = f"{event.uuid}({event.kind}, entries {sorted(ids)}, calls {event.publish_calls})"
+        if event.delayed:
+            delayed_ambiguous += event.status == AMBIGUOUS
+            if len(ids) > 1:
+                delayed_twice.append(label)
+            elif event.status == AMBIGUOUS:
+                pass
+            elif ids:
+                delayed_once += 1
+            elif event.uuid in trimmed_uuids:
+                delayed_never_trimmed += 1
+            else:
+                delayed_never.append(f"{event.uuid}({event.kind}, {event.schedule_id})")
+        elif event.dedup and (
+            len(ids) > 1 or (event.entry_id is not None and ids - {event.entry_id}) or not event.dedup_ok
+        ):
+            republished.append(f"{label}, published as {event.entry_id}, second publish ok {event.dedup_ok}")
+        if event.delayed and event.dedup and not event.dedup_ok:
+            republished.append(f"{label}: a second publish did not return the first's {event.schedule_id}")
 
     lost: list[str] = []
     trimmed: list[str] = []
@@ -188,12 +271,13 @@ def _check(
         if successes > 1:
             duplicated += successes - 1
             duplicated_events += 1
-        is_acked = successes > 0 and event.entry_id not in pending_ids
+        entry_id = entry_of(event)
+        is_acked = successes > 0 and entry_id not in pending_ids
         acked += is_acked
         if is_acked or in_dlq:
             continue
-        label = f"{event.uuid}@{event.entry_id}({event.kind})"
-        (trimmed if event.entry_id in trimmed_ids else lost).append(label)
+        label = f"{event.uuid}@{entry_id}({event.kind}{', delayed' if event.delayed else ''})"
+        (trimmed if trimmed_on_purpose(event) else lost).append(label)
 
     # Attempts count the handler failures that were settled (a failure whose worker died before settling
     # it is a lost delivery): attempt numbers never pass max_attempts, and deliveries that never settled
@@ -209,7 +293,7 @@ def _check(
         for e in events
         if e.status != AMBIGUOUS
         and (e.kind == POISON or e.kind in MALFORMED_KINDS)
-        and not (e.entry_id in trimmed_ids and e.uuid not in dlq)
+        and not (trimmed_on_purpose(e) and e.uuid not in dlq)
     }
     missing = sorted(expected - set(dlq))
     extra: list[str] = []
@@ -242,6 +326,9 @@ def _check(
     )
     reclaimed = final.stats.get("reclaimed", 0)
     lease_lost = final.stats.get("lease_lost", 0)
+    deleted_pending = final.stats.get("deleted_pending", 0)
+    trimmed_by_retention = final.totals.get("trimmed", 0)
+    published_dedup = [e for e in events if e.dedup and e.status != AMBIGUOUS]
 
     # Worker exits: each must be a failpoint self-kill. Workers ride out server outages, even while starting.
     killed_pids = {k.pid for k in self_kills}
@@ -299,6 +386,34 @@ def _check(
             f"dead-lettered without a handler failure={len(bystanders)} {bystanders[:SAMPLE]}",
         ),
         Check("workers_healthy", not unexplained, f"unexplained exits={len(unexplained)}"),
+        Check(
+            "delayed_entered_once",
+            not delayed_twice and not delayed_never,
+            f"delayed={sum(e.delayed for e in events if e.status != AMBIGUOUS)} entered once={delayed_once}"
+            f" twice or more={len(delayed_twice)} never={len(delayed_never)}"
+            f" (trimmed while pending by the nemesis: {delayed_never_trimmed})",
+        ),
+        Check(
+            "no_republished",
+            not republished,
+            f"dedup-keyed={len(published_dedup)} republished={len(republished)}",
+        ),
+        Check(
+            "scheduled_drained",
+            final.scheduled == 0 and final.scheduled_events == 0,
+            f"left in the scheduled set={final.scheduled}, payloads left={final.scheduled_events}",
+        ),
+        Check(
+            "retention_ran",
+            trimmed_by_retention > 0,
+            f"trimmed by retention={trimmed_by_retention}",
+        ),
+        Check(
+            "deleted_pending_explained",
+            deleted_pending <= trimmed_by_nemesis,
+            f"deleted_pending={deleted_pending}"
+            f" <= pending entries trimmed by trim_pending={trimmed_by_nemesis}",
+        ),
     ]
     self_kill_counts = Counter(k.failpoint for k in self_kills)
     return CheckReport(
@@ -338,6 +453,21 @@ def _check(
         dlq_reason_mismatch=reason_mismatch[:SAMPLE],
         bystanders_dead_lettered=len(bystanders),
         acked_and_dead=acked_and_dead,
+        delayed=sum(e.delayed for e in events if e.status != AMBIGUOUS),
+        delayed_ambiguous=delayed_ambiguous,
+        delayed_once=delayed_once,
+        delayed_twice=len(delayed_twice),
+        delayed_twice_sample=delayed_twice[:SAMPLE],
+        delayed_never=len(delayed_never),
+        delayed_never_trimmed=delayed_never_trimmed,
+        delayed_never_sample=delayed_never[:SAMPLE],
+        dedup_events=len(published_dedup),
+        republished=len(republished),
+        republished_sample=republished[:SAMPLE],
+        scheduled_left=final.scheduled,
+        trimmed_by_retention=trimmed_by_retention,
+        deleted_pending=deleted_pending,
+        trimmed_pending_by_nemesis=trimmed_by_nemesis,
         faults=dict(sorted(fault_counts.items())),
         self_kills=dict(sorted(self_kill_counts.items())),
         worker_exits=dict(sorted(exits.items())),

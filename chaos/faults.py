@@ -11,7 +11,10 @@
     trim_safe       XTRIM MINID below the oldest pending entry and the group's last-delivered id: only
                     acknowledged entries go, so nothing may be missing afterwards
     trim_pending    XTRIM MINID just above some pending entries: an operator deleting data on purpose.
-                    Those entries are reported as `trimmed`, not lost; streamq must survive it
+                    Those entries are reported as `trimmed`, not lost; streamq must survive it. It is the
+                    only way a pending entry may leave the stream: retention (on in every worker) trims
+                    only what the group acknowledged, so streamq's `deleted_pending` counter must stay
+                    within the pending entries this fault removed
 
 Before each worker kill the victim is frozen (SIGSTOP) so the entries it holds can be counted from
 XINFO CONSUMERS; that count (`inflight`) bounds the duplicates the kill may cause. Server restarts and
@@ -41,6 +44,7 @@ from streamq.embedded import EmbeddedServer
 from .fleet import Fleet, Worker
 from .ledger import Ledger
 from .worker import FAILPOINTS
+from .workload import uuid_in
 
 T = TypeVar("T")
 
@@ -56,16 +60,31 @@ DISRUPTIVE = (KILL, STOP, SERVER_RESTART, CLIENT_KILL)
 
 # Trim up to `want` of the oldest pending entries (and every acknowledged entry below them), never an
 # undelivered one: everything up to a pending id has been delivered. MINID keeps ids >= it, so it is set just
-# above the last pending id to trim. Returns {trimmed, minid, trimmed pending ids...}, or {0} if none.
+# above the last pending id to trim. Returns {trimmed, minid, n, n pending ids, n payloads} ('' for an entry
+# already gone), or {0} if none. The payloads name the events (their uuid): a delayed event's entry id is
+# known to the ledger only from its handlers, and one trimmed before any handler saw it has none.
 _TRIM_PENDING = """
 local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[2]))
 if #rows == 0 then return {0} end
 local last = rows[#rows][1]
 local dash = string.find(last, '-', 1, true)
 local minid = string.sub(last, 1, dash) .. string.format('%d', tonumber(string.sub(last, dash + 1)) + 1)
+local payloads = {}
+for i = 1, #rows do
+    local found = redis.call('XRANGE', KEYS[1], rows[i][1], rows[i][1])
+    local payload = ''
+    if #found > 0 then
+        local fields = found[1][2]
+        for j = 1, #fields, 2 do
+            if fields[j] == 'd' then payload = fields[j + 1] end
+        end
+    end
+    payloads[i] = payload
+end
 local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', minid)
-local out = {trimmed, minid}
+local out = {trimmed, minid, #rows}
 for i = 1, #rows do out[#out + 1] = rows[i][1] end
+for i = 1, #rows do out[#out + 1] = payloads[i] end
 return out
 """
 
@@ -385,7 +404,9 @@ class Nemesis:
                 lambda: self.admin.eval(_TRIM_PENDING, 1, self.stream, self.group, self.pending_trim_size)
             )
             if len(reply) > 1:
-                ids = [_s(i) for i in reply[2:]]
+                n = int(reply[2])
+                ids = [_s(i) for i in reply[3 : 3 + n]]
+                uuids = [u for p in reply[3 + n :] if p and (u := uuid_in(bytes(p))) is not None]
                 self.ledger.add_fault(
                     TRIM_PENDING,
                     self.stream,
@@ -393,6 +414,7 @@ class Nemesis:
                     minid=_s(reply[1]),
                     trimmed=int(reply[0]),
                     pending_ids=ids,
+                    pending_uuids=uuids,
                 )
                 return True
             await asyncio.sleep(0.1)

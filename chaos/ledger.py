@@ -9,6 +9,13 @@ Two halves, because writers die differently:
   (`published`, with its entry id), every chunk whose call raised (`ambiguous`: it may or may not be in the
   stream, Jepsen's "recovered" class when it shows up), malformed entries, faults with what was in flight,
   the final dead-letter stream, and at the end the workers' files merged in.
+
+How each event was published rides along: `delayed` (a delay_ms publish: the call returned a schedule id,
+kept in `schedule_id`; its stream entry id is only known from the handlers' `origin_id`), `dedup` (published
+with its uuid as dedup key), `publish_calls` (calls that carried it: a failed call retried with the same
+dedup keys, or a deliberate second publish of a chunk that had succeeded, counts twice), `duplicate` (the
+last call said its key was already known) and `dedup_ok` (False when a deliberate second publish did not
+come back as a duplicate of the first, with the first's id).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ WORKER_LOG_GLOB = "worker-*.tsv"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     uuid TEXT PRIMARY KEY, seq INTEGER, kind TEXT, fail_times INTEGER, status TEXT,
-    entry_id TEXT, signature BLOB, t_ms INTEGER
+    entry_id TEXT, signature BLOB, t_ms INTEGER,
+    delayed INTEGER, schedule_id TEXT, dedup INTEGER, publish_calls INTEGER, duplicate INTEGER,
+    dedup_ok INTEGER
 );
 CREATE TABLE IF NOT EXISTS invocations (
     uuid TEXT, seq INTEGER, pid INTEGER, consumer TEXT, attempt INTEGER, key TEXT,
@@ -60,8 +69,14 @@ class EventRow:
     kind: str
     fail_times: int
     status: str  # published | ambiguous
-    entry_id: str | None  # known for published events only
+    entry_id: str | None  # known for published events only, and not for delayed ones (see schedule_id)
     signature: bytes
+    delayed: bool = False  # published with delay_ms: it entered the stream later, moved by a worker
+    schedule_id: str | None = None  # what the delayed publish returned (`sched-...`)
+    dedup: bool = False  # published with its uuid as dedup key
+    publish_calls: int = 1  # calls that carried it (failed ones retried, deliberate second publishes)
+    duplicate: bool = False  # the last call found its dedup key known (the first call had written it)
+    dedup_ok: bool = True  # a deliberate second publish came back as a duplicate with the first's id
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,19 +187,34 @@ class Ledger:
     # -- writing
 
     def add_events(
-        self, rows: Iterable[tuple[str, int, str, int, bytes]], status: str, entry_ids: Sequence[str] | None
+        self,
+        rows: Iterable[tuple[str, int, str, int, bytes]],
+        status: str,
+        entry_ids: Sequence[str] | None,
+        *,
+        delayed: bool = False,
+        dedup: bool = False,
+        publish_calls: int = 1,
+        duplicates: Sequence[bool] | None = None,
+        dedup_ok: Sequence[bool] | None = None,
     ) -> None:
-        """Rows of (uuid, seq, kind, fail_times, signature); entry ids as acknowledged, when known."""
+        """Rows of (uuid, seq, kind, fail_times, signature); ids as acknowledged, when known: entry ids, or
+        schedule ids for a delayed publish."""
         t = now_ms()
         items = list(rows)
         ids: Sequence[str | None] = entry_ids if entry_ids is not None else [None] * len(items)
+        dups: Sequence[bool] = duplicates if duplicates is not None else [False] * len(items)
+        oks: Sequence[bool] = dedup_ok if dedup_ok is not None else [True] * len(items)
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (u, seq, kind, ft, status, eid, sig, t)
-                    for (u, seq, kind, ft, sig), eid in zip(items, ids, strict=True)
+                    (
+                        u, seq, kind, ft, status, None if delayed else eid, sig, t, int(delayed),
+                        eid if delayed else None, int(dedup), publish_calls, int(dup), int(ok),
+                    )
+                    for (u, seq, kind, ft, sig), eid, dup, ok in zip(items, ids, dups, oks, strict=True)
                 ],
             )
 
@@ -249,10 +279,15 @@ class Ledger:
 
     def events(self) -> list[EventRow]:
         rows = self.db.execute(
-            "SELECT uuid, seq, kind, fail_times, status, entry_id, signature FROM events ORDER BY seq"
+            "SELECT uuid, seq, kind, fail_times, status, entry_id, signature, delayed, schedule_id, dedup,"
+            " publish_calls, duplicate, dedup_ok FROM events ORDER BY seq"
         )
         return [
-            EventRow(u, seq, kind, ft, status, eid, bytes(sig)) for u, seq, kind, ft, status, eid, sig in rows
+            EventRow(
+                u, seq, kind, ft, status, eid, bytes(sig), bool(delayed), sid, bool(dedup), calls,
+                bool(dup), bool(ok),
+            )
+            for u, seq, kind, ft, status, eid, sig, delayed, sid, dedup, calls, dup, ok in rows
         ]
 
     def invocations(self) -> list[Invocation]:

@@ -25,6 +25,7 @@ def _pairs(mapping: dict[str, int]) -> str:
 def render(report: RunReport) -> str:
     c: CheckReport = report.check
     f = c.final
+    p = report.publishing
     lines = [
         f"streamq chaos run: {'PASS' if report.ok else 'FAIL'}",
         f"  command      {report.command}",
@@ -38,6 +39,14 @@ def render(report: RunReport) -> str:
         f"  ambiguous    {c.ambiguous} in {report.failed_publish_calls} failed calls;"
         f" recovered {c.recovered}, never seen {c.unresolved_ambiguous}",
         f"  invocations  {c.invocations} handler invocations by {report.workers_spawned} worker processes",
+        f"  delayed      {p.get('delayed_events', 0)} events in {p.get('delayed_chunks', 0)} chunks"
+        f" (delay_ms 0..{report.config.get('max_delay_ms')})",
+        f"  dedup keys   {p.get('dedup_events', 0)} events in {p.get('dedup_chunks', 0)} chunks;"
+        f" failed calls retried for {p.get('dedup_retried_chunks', 0)} chunks"
+        f" ({p.get('dedup_retry_calls', 0)} retries): already written {p.get('dedup_retry_duplicates', 0)},"
+        f" new {p.get('dedup_retry_new', 0)}, given up {p.get('dedup_given_up_events', 0)};"
+        f" published twice on purpose {p.get('republished_chunks', 0)} chunks:"
+        f" duplicates {p.get('republish_duplicates', 0)}, mismatches {p.get('republish_mismatches', 0)}",
         "",
         "faults",
         f"  planned      {_pairs(report.schedule)}",
@@ -61,7 +70,15 @@ def render(report: RunReport) -> str:
         f"  final state  pending {f.stream_pending}+{f.retry_pending}, undelivered"
         f" {f.stream_undelivered}+{f.retry_undelivered}, lag {f.stream_lag}/{f.retry_lag},"
         f" delayed {f.delayed}, stream length {f.stream_length}, consumers left {f.consumers}",
+        f"  delayed      {c.delayed} published delayed: entered the stream once {c.delayed_once},"
+        f" twice or more {c.delayed_twice}, never {c.delayed_never}"
+        f" (trimmed while pending by the nemesis {c.delayed_never_trimmed}); ambiguous {c.delayed_ambiguous}",
+        f"  republished  {c.republished} of {c.dedup_events} dedup-keyed events",
+        f"  retention    trimmed {c.trimmed_by_retention}; deleted_pending {c.deleted_pending}"
+        f" (pending entries trimmed by trim_pending {c.trimmed_pending_by_nemesis});"
+        f" left scheduled {c.scheduled_left}",
         f"  stats        {_pairs(c.stats)}",
+        f"  totals       {_pairs(f.totals)}",
         "",
         "invariants",
     ]
@@ -76,6 +93,9 @@ def render(report: RunReport) -> str:
         "dlq bytes mismatch": c.dlq_bytes_mismatch,
         "dlq reason mismatch": c.dlq_reason_mismatch,
         "unexplained exits": c.unexplained_exits,
+        "delayed twice": c.delayed_twice_sample,
+        "delayed never": c.delayed_never_sample,
+        "republished": c.republished_sample,
     }
     for name, sample in samples.items():
         if sample:

@@ -32,7 +32,8 @@ from .checker import CheckReport, FinalState, check
 from .faults import WORKER_EXIT, Nemesis, Plan, build_schedule, retrying
 from .fleet import Exit, Fleet, WorkerSettings
 from .ledger import DeadLetterRow, Ledger
-from .publisher import Publisher
+from .publisher import PUBLISHER_SABOTAGES, Publisher
+from .worker import SABOTAGES
 from .workload import MALFORMED_KINDS, malformed, plan_events
 
 GROUP = "chaos"
@@ -67,7 +68,16 @@ class ChaosConfig:
     pending_trim_size: int = 20
     drain_timeout_s: float = 120.0
     fsync: bool = False
-    sabotage: str = ""  # break the workers on purpose (worker.SABOTAGES): the run must then FAIL
+    # Scheduling and dedup keys (see publisher.py): the share of chunks published with delay_ms (drawn from
+    # 0..max_delay_ms), the share published with dedup keys, and the share of those published again on
+    # purpose once they succeeded.
+    delayed_rate: float = 0.2
+    max_delay_ms: int = 3000
+    dedup_rate: float = 0.3
+    republish_rate: float = 0.25
+    # Break streamq on purpose, comma-separated (worker.SABOTAGES, publisher.PUBLISHER_SABOTAGES): the run
+    # must then FAIL.
+    sabotage: str = ""
 
 
 LONG = ChaosConfig()
@@ -102,6 +112,7 @@ class RunReport(msgspec.Struct, kw_only=True):
     faults_skipped: dict[str, int]
     workers_spawned: int
     failed_publish_calls: int
+    publishing: dict[str, int]  # what the publisher did with delays and dedup keys (Publisher.stats)
     check: CheckReport
 
 
@@ -113,6 +124,11 @@ def pick_binary(path: str | None) -> ServerBinary:
         if binary.path == wanted or os.path.realpath(binary.path) == os.path.realpath(wanted):
             return binary
     raise SystemExit(f"no usable server binary at {path}; found: {[b.path for b in find_server_binaries()]}")
+
+
+def _only(spec: str, known: tuple[str, ...]) -> str:
+    """The sabotages of `spec` (comma-separated) that are among `known`: the workers' or the publisher's."""
+    return ",".join(name for name in spec.split(",") if name in known)
 
 
 def _named(url: str, name: str) -> str:
@@ -180,7 +196,7 @@ async def run(
                 batch_size=config.batch_size, lease_ms=config.lease_ms, max_attempts=config.max_attempts,
                 retry_base_ms=config.retry_base_ms, retry_max_ms=config.retry_max_ms,
                 max_event_bytes=config.max_event_bytes, work_ms=config.work_ms, seed=config.seed,
-                fsync=config.fsync, sabotage=config.sabotage,
+                fsync=config.fsync, sabotage=_only(config.sabotage, SABOTAGES),
             ),
             size=config.workers,
         )  # fmt: skip
@@ -193,6 +209,8 @@ async def run(
         publisher = Publisher(
             url=_named(url, f"{run_id}-producer"), stream=stream, ledger=ledger, events=events,
             malformed=bad, chunk_size=config.chunk_size, duration_s=config.window_s, rng=rng,
+            delayed_rate=config.delayed_rate, max_delay_ms=config.max_delay_ms, dedup_rate=config.dedup_rate,
+            republish_rate=config.republish_rate, sabotage=_only(config.sabotage, PUBLISHER_SABOTAGES),
         )  # fmt: skip
 
         def on_exit(gone: Exit) -> None:
@@ -220,7 +238,9 @@ async def run(
             nemesis.heal()
             publish_s = time.monotonic() - window_started
             say(f"faults over after {publish_s:.1f} s: {nemesis.done}; draining")
-            drained, drain_s = await drain(admin, stream, retry_key, config.drain_timeout_s)
+            drained, drain_s = await drain(
+                admin, stream, retry_key, config.drain_timeout_s, config.max_delay_ms
+            )
             say(f"drained={drained} in {drain_s:.1f} s; stopping workers")
         finally:
             supervising.set()
@@ -254,6 +274,7 @@ async def run(
             faults_skipped=dict(sorted(nemesis.skipped.items())),
             workers_spawned=fleet.spawned,
             failed_publish_calls=publisher.failed_calls,
+            publishing=publisher.stats,
             check=report,
         )
     finally:
@@ -298,8 +319,23 @@ async def backlog(admin: aioredis.Redis, key: str) -> Backlog:
     return Backlog(int(info["pending"]), len(newer), int(lag) if lag is not None else None)
 
 
-async def drain(admin: aioredis.Redis, stream: str, retry_key: str, timeout_s: float) -> tuple[bool, float]:
-    """Wait until nothing is pending, undelivered or waiting for a retry (twice in a row)."""
+async def scheduled_soon(admin: aioredis.Redis, stream: str, within_ms: int) -> int:
+    """Delayed events in the stream's scheduled set due within `within_ms` of the server's now.
+
+    The drain waits for those (every delay the publisher draws is at most max_delay_ms, and the window is
+    over), not for one scheduled far later: that one is the checker's to report (scheduled_drained), not
+    a reason to wait out the drain timeout.
+    """
+    seconds, micros = await admin.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    return int(await admin.zcount(keys.scheduled_key(stream), "-inf", now_ms + within_ms))
+
+
+async def drain(
+    admin: aioredis.Redis, stream: str, retry_key: str, timeout_s: float, max_delay_ms: int = 0
+) -> tuple[bool, float]:
+    """Wait until nothing is pending, undelivered, waiting for a retry or due to be moved in (twice in a
+    row)."""
     started = time.monotonic()
     delayed_key = keys.delayed_key(stream, GROUP)
     quiet = 0
@@ -307,7 +343,8 @@ async def drain(admin: aioredis.Redis, stream: str, retry_key: str, timeout_s: f
         main = await retrying(lambda: backlog(admin, stream))
         retry = await retrying(lambda: backlog(admin, retry_key))
         delayed = int(await retrying(lambda: admin.zcard(delayed_key)))
-        busy = main.pending + main.undelivered + retry.pending + retry.undelivered + delayed
+        scheduled = await retrying(lambda: scheduled_soon(admin, stream, max_delay_ms))
+        busy = main.pending + main.undelivered + retry.pending + retry.undelivered + delayed + scheduled
         quiet = quiet + 1 if busy == 0 else 0
         if quiet >= 2:
             return True, time.monotonic() - started
@@ -341,6 +378,7 @@ async def final_state(
         rows = await admin.xpending_range(stream, GROUP, min="-", max="+", count=1000)
         pending_ids = [_s(row["message_id"]) for row in rows]
     stats = {_s(k): int(v) for k, v in (await admin.hgetall(keys.stats_key(stream, GROUP))).items()}
+    totals = {_s(k): int(v) for k, v in (await admin.hgetall(keys.totals_key(stream))).items()}
     return FinalState(
         drained=drained,
         drain_s=round(drain_s, 2),
@@ -351,6 +389,9 @@ async def final_state(
         stream_lag=main.lag,
         retry_lag=retry.lag,
         delayed=int(await admin.zcard(keys.delayed_key(stream, GROUP))),
+        scheduled=int(await admin.zcard(keys.scheduled_key(stream))),
+        scheduled_events=int(await admin.hlen(keys.scheduled_events_key(stream))),
+        totals=dict(sorted(totals.items())),
         stream_length=int(await admin.xlen(stream)),
         retry_length=int(await admin.xlen(retry_key)) if await admin.exists(retry_key) else 0,
         dlq_length=int(await admin.xlen(keys.dlq_key(stream))),

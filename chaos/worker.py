@@ -33,11 +33,14 @@ from typing import Any
 
 import structlog
 
-from streamq import App, Batch, Message, _wire
+from streamq import App, Batch, Message, _wire, keys
+from streamq._wire import publishing
+from streamq._wire.retention import TrimReply
 from streamq._worker import consumer as consumer_module
 from streamq._worker.consumer import Consumer
 from streamq._worker.reclaiming import Deliveries
 from streamq._worker.settling import Settlement
+from streamq._worker.trimming import Trimmer
 from streamq.app import run_app
 
 from .ledger import WorkerLog
@@ -45,7 +48,8 @@ from .workload import ChaosEvent, handler_succeeds
 
 FAILPOINTS_ENV = "STREAMQ_CHAOS_FAILPOINTS"
 FAILPOINTS = ("after_read", "mid_handler", "after_handler", "after_settle")
-SABOTAGES = ("drop_retries",)
+DROP_RETRIES, DOUBLE_MOVE, GREEDY_TRIM = "drop_retries", "double_move", "greedy_trim"
+SABOTAGES = (DROP_RETRIES, DOUBLE_MOVE, GREEDY_TRIM)
 CONSUMER_PREFIX = "chaos"
 LOG_FILE_PREFIX = "worker-"
 
@@ -137,28 +141,89 @@ def install_settle_failpoints(failpoints: Failpoints) -> None:
     Consumer._settled = settled_with_failpoint  # type: ignore[method-assign]
 
 
-def install_sabotage(name: str) -> None:
+# double_move: append every due delayed event to the stream once, leaving it scheduled, so that the real
+# mover, called right after, appends it a second time. Non-atomic on purpose: a copy outside the script.
+_COPY_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for i = 1, #due do
+    local payload = redis.call('HGET', KEYS[3], due[i])
+    if payload then redis.call('XADD', KEYS[1], '*', 'd', payload) end
+end
+return #due
+"""
+
+# greedy_trim: trim below the group's last-delivered id, pending entries or not, without counting.
+_GREEDY_TRIM = """
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local last = nil
+for j = 1, #groups[1], 2 do
+    if groups[1][j] == 'last-delivered-id' then last = groups[1][j + 1] end
+end
+if last == nil or last == '0-0' then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', last)
+"""
+
+
+def _drop_retries() -> None:
+    def ack_instead(
+        self: Settlement,
+        message: Message[Any],
+        now_ms: int,
+        error: BaseException | None,
+        *,
+        delay_ms: int | None = None,
+        reason: str = "",
+    ) -> None:
+        self.ack(message)
+
+    Settlement.fail = ack_instead  # type: ignore[method-assign]  # the sabotage itself
+
+
+def _double_move() -> None:
+    move = publishing.move_scheduled
+
+    async def move_twice(link: _wire.Link, stream: str, limit: int) -> tuple[int, int]:
+        script_keys = (stream, keys.scheduled_key(stream), keys.scheduled_events_key(stream))
+        await link.call("EVAL", _COPY_DUE, len(script_keys), *script_keys, limit)
+        return await move(link, stream, limit)
+
+    publishing.move_scheduled = move_twice  # the sabotage: ScheduledMover calls it by this name
+
+
+def _greedy_trim() -> None:
+    async def trim_greedily(self: Trimmer) -> TrimReply:
+        removed = int(await self.client.eval(_GREEDY_TRIM, 1, self.settings.stream))
+        return TrimReply(removed, 0, 0, None, None, None, None, None, 0, 0, 1, False)
+
+    Trimmer.trim_once = trim_greedily  # type: ignore[method-assign]  # the sabotage itself
+
+
+_SABOTAGE_INSTALLERS: dict[str, Callable[[], None]] = {
+    DROP_RETRIES: _drop_retries,
+    DOUBLE_MOVE: _double_move,
+    GREEDY_TRIM: _greedy_trim,
+}
+
+
+def install_sabotage(spec: str) -> None:
     """Break streamq on purpose in this process: a self-test proving the checker notices a broken consumer.
+    `spec` is a comma-separated list of:
 
     drop_retries: a failed event is acknowledged instead of retried or dead-lettered (flaky events are
     then lost, and poison events never reach the dead-letter stream).
+    double_move: the scheduled mover appends each due delayed event twice (a copy, then the real move), as
+    a mover that is not atomic would when two workers race: delayed events enter the stream twice.
+    greedy_trim: the trimmer is replaced by one that trims everything the group was delivered, pending or
+    not, and counts nothing: pending entries vanish (deleted_pending with no fault to explain it) and the
+    stream's `trimmed` counter stays 0.
     """
-    if name == "drop_retries":
-
-        def ack_instead(
-            self: Settlement,
-            message: Message[Any],
-            now_ms: int,
-            error: BaseException | None,
-            *,
-            delay_ms: int | None = None,
-            reason: str = "",
-        ) -> None:
-            self.ack(message)
-
-        Settlement.fail = ack_instead  # type: ignore[method-assign]  # the sabotage itself
-    elif name:
-        raise ValueError(f"unknown sabotage {name!r}; known: {', '.join(SABOTAGES)}")
+    for name in filter(None, spec.split(",")):
+        if name not in _SABOTAGE_INSTALLERS:
+            raise ValueError(f"unknown sabotage {name!r}; known: {', '.join(SABOTAGES)}")
+        _SABOTAGE_INSTALLERS[name]()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -185,7 +250,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the failpoint dice (with the pid)")
     parser.add_argument("--fsync", action="store_true", help="fsync the ledger file after every batch")
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--sabotage", default="", choices=("", *SABOTAGES), help="break streamq on purpose")
+    parser.add_argument(
+        "--sabotage", default="", help=f"break streamq on purpose: comma-separated of {', '.join(SABOTAGES)}"
+    )
     return parser.parse_args(argv)
 
 
