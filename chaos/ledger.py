@@ -211,8 +211,20 @@ class Ledger:
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        u, seq, kind, ft, status, None if delayed else eid, sig, t, int(delayed),
-                        eid if delayed else None, int(dedup), publish_calls, int(dup), int(ok),
+                        u,
+                        seq,
+                        kind,
+                        ft,
+                        status,
+                        None if delayed else eid,
+                        sig,
+                        t,
+                        int(delayed),
+                        eid if delayed else None,
+                        int(dedup),
+                        publish_calls,
+                        int(dup),
+                        int(ok),
                     )
                     for (u, seq, kind, ft, sig), eid, dup, ok in zip(items, ids, dups, oks, strict=True)
                 ],
@@ -284,8 +296,19 @@ class Ledger:
         )
         return [
             EventRow(
-                u, seq, kind, ft, status, eid, bytes(sig), bool(delayed), sid, bool(dedup), calls,
-                bool(dup), bool(ok),
+                u,
+                seq,
+                kind,
+                ft,
+                status,
+                eid,
+                bytes(sig),
+                bool(delayed),
+                sid,
+                bool(dedup),
+                calls,
+                bool(dup),
+                bool(ok),
             )
             for u, seq, kind, ft, status, eid, sig, delayed, sid, dedup, calls, dup, ok in rows
         ]

@@ -73,7 +73,7 @@ class ChaosConfig:
     # purpose once they succeeded.
     delayed_rate: float = 0.2
     max_delay_ms: int = 3000
-    dedup_rate: float = 0.3
+    dedup_rate: float = 0.5
     republish_rate: float = 0.25
     # Break streamq on purpose, comma-separated (worker.SABOTAGES, publisher.PUBLISHER_SABOTAGES): the run
     # must then FAIL.

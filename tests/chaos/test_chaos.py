@@ -2,7 +2,9 @@
 
 The quick run (`python -m chaos --quick --seed 1`) is slow (about a minute per server) but runs in
 CI: it is the only test that kills workers at every failpoint, freezes one past its lease, kills -9 the
-server and trims pending entries, all while events flow, and then checks every event's fate.
+server and trims pending entries, all while events flow (delayed and dedup-keyed ones among them, with
+retention on), and then checks every event's fate. Tiny sabotaged runs (3000 events, a 10 s window, about
+15 s each) prove that the checks can fail: each breaks streamq, or the publisher, on purpose.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _final(**changes: Any) -> FinalState:
         "drained": True, "drain_s": 1.0, "stream_pending": 0, "retry_pending": 0, "stream_undelivered": 0,
         "retry_undelivered": 0, "stream_lag": 0, "retry_lag": 0, "delayed": 0, "stream_length": 0,
         "retry_length": 0, "dlq_length": 0, "stats": {"reclaimed": 0, "lease_lost": 0},
-        "consumers": 0, "consumers_holding": {}, "pending_ids": [], "worker_exit_codes": {},
+        "totals": {"trimmed": 1}, "consumers": 0, "consumers_holding": {}, "pending_ids": [],
+        "worker_exit_codes": {},
     }  # fmt: skip
     values.update(changes)
     return FinalState(**values)
@@ -53,9 +56,23 @@ class Scenario:
         self.log = WorkerLog(tmp_path / "worker-1.tsv")
         self.dead: list[DeadLetterRow] = []
 
-    def publish(self, uid: str, kind: str = OK, entry_id: str = "1-0", status: str = PUBLISHED) -> None:
-        ids = [entry_id] if status == PUBLISHED else None
-        self.ledger.add_events([(uid, 0, kind, 1 if kind == FLAKY else 0, uid.encode())], status, ids)
+    def publish(
+        self,
+        uid: str,
+        kind: str = OK,
+        entry_id: str = "1-0",
+        status: str = PUBLISHED,
+        *,
+        delayed: bool = False,
+        dedup: bool = False,
+        dedup_ok: bool = True,
+    ) -> None:
+        """A delayed publish returns a schedule id: `entry_id` is then ignored."""
+        ids = [f"sched-{uid}" if delayed else entry_id] if status == PUBLISHED else None
+        self.ledger.add_events(
+            [(uid, 0, kind, 1 if kind == FLAKY else 0, uid.encode())], status, ids, delayed=delayed,
+            dedup=dedup, dedup_ok=[dedup_ok],
+        )  # fmt: skip
 
     def handled(self, uid: str, *, ok: bool = True, attempt: int = 1, entry_id: str = "1-0") -> None:
         self.log.invocations([(uid, 0, "c1", attempt, "stream", entry_id, entry_id, ok)])
@@ -212,6 +229,83 @@ def test_unexplained_worker_exits_fail(tmp_path: Path) -> None:
     assert "workers_healthy" in _failed(report)
 
 
+def test_a_delayed_event_handled_once_passes(tmp_path: Path) -> None:
+    """A delayed event is known by its schedule id until a handler sees its stream entry: one entry, acked."""
+    s = Scenario(tmp_path)
+    s.publish("d", delayed=True)
+    s.handled("d", entry_id="7-0")
+    s.handled("d", entry_id="7-0", attempt=2)  # a duplicate delivery of the same entry is not a second entry
+    s.ledger.add_fault("kill", "slot0/pid1", 1)
+    report = s.check(_final(stats={"reclaimed": 1, "lease_lost": 0}))
+    assert report.ok, report.checks
+    assert (report.delayed, report.delayed_once, report.acked) == (1, 1, 1)
+
+
+def test_a_delayed_event_that_entered_the_stream_twice_fails(tmp_path: Path) -> None:
+    """Two stream entry ids for one delayed event: the mover appended it twice."""
+    s = Scenario(tmp_path)
+    s.publish("d", delayed=True)
+    s.handled("d", entry_id="7-0")
+    s.handled("d", entry_id="8-0")
+    report = s.check()
+    assert report.delayed_twice == 1
+    assert "delayed_entered_once" in _failed(report)
+
+
+def test_a_delayed_event_never_seen_fails_unless_trimmed_on_purpose(tmp_path: Path) -> None:
+    """A delayed event no handler and no dead letter ever saw is lost and never entered the stream, unless
+    trim_pending removed it while pending (named by its uuid: its entry id was never logged)."""
+    s = Scenario(tmp_path)
+    s.publish("never", delayed=True)
+    s.publish("cut", delayed=True)
+    s.ledger.add_fault("trim_pending", "stream", 1, minid="5-1", trimmed=1, pending_ids=["5-0"],
+                       pending_uuids=["cut"])  # fmt: skip
+    report = s.check(_final(stats={"deleted_pending": 1}))
+    assert (report.delayed_never, report.delayed_never_trimmed, report.lost, report.trimmed) == (1, 1, 1, 1)
+    assert _failed(report) == {"delayed_entered_once", "no_loss"}
+
+
+def test_a_dedup_keyed_event_with_a_second_entry_is_republished(tmp_path: Path) -> None:
+    """A dedup-keyed event seen under an entry other than the one its publish returned, and one whose
+    deliberate second publish did not come back as a duplicate: both republished."""
+    s = Scenario(tmp_path)
+    s.publish("a", entry_id="1-0", dedup=True)
+    s.handled("a", entry_id="1-0")
+    s.handled("a", entry_id="2-0")
+    s.publish("b", entry_id="3-0", dedup=True, dedup_ok=False)
+    s.handled("b", entry_id="3-0")
+    s.publish("c", entry_id="4-0", dedup=True)
+    s.handled("c", entry_id="4-0")
+    report = s.check()
+    assert report.republished == 2
+    assert "no_republished" in _failed(report)
+
+
+def test_scheduled_leftovers_fail(tmp_path: Path) -> None:
+    """Anything left in the stream's scheduled set at the end (its events never entered the stream)."""
+    s = Scenario(tmp_path)
+    report = s.check(_final(scheduled=1, scheduled_events=1))
+    assert _failed(report) == {"scheduled_drained"}
+
+
+def test_retention_must_have_run(tmp_path: Path) -> None:
+    """The stream's `trimmed` total: 0 means no worker's trimmer removed anything."""
+    s = Scenario(tmp_path)
+    report = s.check(_final(totals={}))
+    assert _failed(report) == {"retention_ran"}
+
+
+def test_deleted_pending_must_be_the_nemesis_alone(tmp_path: Path) -> None:
+    """streamq's deleted_pending counter may not exceed the pending entries trim_pending removed: retention
+    never trims an entry some group has pending."""
+    s = Scenario(tmp_path)
+    s.publish("t", entry_id="2-0")
+    s.ledger.add_fault("trim_pending", "stream", 1, minid="2-1", trimmed=1, pending_ids=["2-0"])
+    report = s.check(_final(stats={"deleted_pending": 2}))
+    assert _failed(report) == {"deleted_pending_explained"}
+    assert (report.deleted_pending, report.trimmed_pending_by_nemesis) == (2, 1)
+
+
 # --------------------------------------------------------------------------------------------- the nemesis
 
 
@@ -294,6 +388,16 @@ def test_quick_chaos_run_keeps_every_invariant(server_binary: ServerBinary | Non
     # ended in the dead-letter stream.
     assert check_["bystanders_dead_lettered"] == 0, context
     assert check_["unexplained_exits"] == [], context
+    # Scheduling, dedup keys and retention: every delayed event entered the stream once, no dedup-keyed
+    # event twice, the scheduled set drained, retention trimmed, and only the nemesis removed pending entries.
+    assert check_["delayed"] > 0, context
+    assert check_["delayed_once"] + check_["delayed_never_trimmed"] == check_["delayed"], context
+    assert check_["delayed_twice"] == check_["delayed_never"] == 0, context
+    assert check_["dedup_events"] > 0 and check_["republished"] == 0, context
+    assert report["publishing"]["republish_duplicates"] > 0, context
+    assert check_["scheduled_left"] == 0 and final["scheduled_events"] == 0, context
+    assert check_["trimmed_by_retention"] > 0, context
+    assert check_["deleted_pending"] <= check_["trimmed_pending_by_nemesis"], context
     assert all(c["ok"] for c in check_["checks"]), context
     assert report["ok"] and done.returncode == 0, context
 
@@ -320,3 +424,51 @@ def test_the_harness_catches_a_consumer_that_drops_retries(tmp_path: Path) -> No
     assert done.returncode == 1 and not report["ok"], context
     assert {"no_loss", "dlq_exact"} <= failed, context
     assert report["check"]["lost"] > 0 and report["check"]["dlq_missing"], context
+
+
+def _sabotaged_run(tmp_path: Path, sabotage: str) -> tuple[dict[str, Any], set[str], str]:
+    """A tiny run (3000 events, a 10 s window) with `sabotage`; returns (report, failed checks, context)."""
+    out = tmp_path / "report.json"
+    args = [
+        sys.executable, "-m", "chaos", "--quick", "--seed", "2",
+        "--events", "3000", "--window-s", "10", "--sabotage", sabotage,
+        "--json", str(out), "--workdir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    if url := os.environ.get("STREAMQ_TEST_REDIS_URL"):
+        args += ["--redis-url", url]
+    done = subprocess.run(
+        args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=QUICK_TIMEOUT_S, check=False
+    )
+    context = f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert out.exists(), context
+    report = json.loads(out.read_text())
+    assert done.returncode == 1 and not report["ok"], context
+    return report, {c["name"] for c in report["check"]["checks"] if not c["ok"]}, context
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_TIMEOUT_S + 30)
+def test_the_harness_catches_double_moves_republishes_and_leftover_schedules(tmp_path: Path) -> None:
+    """Self-test of the scheduling and dedup checks, three sabotages in one run (each breaks one thing):
+    double_move (workers append each due delayed event twice), republish_without_dedup (the publisher's
+    second publish of a dedup-keyed chunk goes out without its keys) and late_delay (one chunk is delayed
+    past the end of the run)."""
+    report, failed, context = _sabotaged_run(tmp_path, "double_move,republish_without_dedup,late_delay")
+    check_ = report["check"]
+    assert {"delayed_entered_once", "no_republished", "scheduled_drained"} <= failed, context
+    assert check_["delayed_twice"] > 0, context  # double_move
+    assert check_["republished"] > 0, context  # republish_without_dedup
+    assert check_["scheduled_left"] > 0 and check_["delayed_never"] > 0, context  # late_delay
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_TIMEOUT_S + 30)
+def test_the_harness_catches_a_trimmer_that_trims_pending_entries(tmp_path: Path) -> None:
+    """Self-test of the retention checks: greedy_trim replaces the workers' trimmer with one that trims
+    everything delivered, pending or not, and counts nothing. Pending entries vanish with no nemesis fault
+    to explain them, and the stream's `trimmed` total stays 0."""
+    report, failed, context = _sabotaged_run(tmp_path, "greedy_trim")
+    check_ = report["check"]
+    assert {"retention_ran", "deleted_pending_explained"} <= failed, context
+    assert check_["trimmed_by_retention"] == 0, context
+    assert check_["deleted_pending"] > check_["trimmed_pending_by_nemesis"], context
