@@ -123,7 +123,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def run(url: str, *, rate: int, phases: Sequence[tuple[str, float]], stream: str) -> Report:
+async def run(
+    url: str, *, rate: int, phases: Sequence[tuple[str, float]], stream: str, drain_s: float = 120.0
+) -> Report:
     report = Report(rate=rate)
     client = aioredis.Redis.from_url(url)
     info = await client.info("server")
@@ -201,7 +203,7 @@ async def run(url: str, *, rate: int, phases: Sequence[tuple[str, float]], strea
         await producer_task
         report.published = published
         # Drain: both groups handle everything that was published (bounded wait).
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline and any(  # noqa: ASYNC110 - polls counts the handlers keep
             sum(seen[g][:published]) < published for g in (FAST, SLOW)
         ):
