@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--json", action="store_true", help="print what was done as JSON")
 
     # Retention (trim, group delete), delayed events (scheduled list|cancel), pause and resume.
-    _cli_retention.add_commands(commands, command)
+    _cli_retention.add_commands(commands, command, common)
     _cli_scheduled.add_commands(commands, command)
     _cli_control.add_commands(commands, command)
 

@@ -12,6 +12,8 @@ StreamqError
 │   └── Reject              dead-letter this event (or batch) now
 ├── HandlerTimeout          a handler call ran past handler_timeout_ms (a failed attempt)
 ├── WorkerFailed            a part of the worker failed for good (a background loop could not recover)
+├── BacklogFull             a producer's max_backlog is exceeded past backlog_timeout_ms
+├── GroupInUse              `group delete` refused: the group has live consumers
 └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
 
 describe_error(exc) renders any exception for a log line.

@@ -42,6 +42,8 @@ DEMO_TIMEOUT_S = 90.0  # the demo takes a few seconds; this only stops a hung on
 COMMANDS = [
     [], ["worker"], ["status"], ["dlq"], ["demo"],
     ["dlq", "list"], ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"],
+    ["trim"], ["group"], ["group", "delete"], ["scheduled"], ["scheduled", "list"], ["scheduled", "cancel"],
+    ["pause"], ["resume"],
 ]  # fmt: skip
 
 
