@@ -37,6 +37,10 @@ from tls_certificates import make_self_signed_tls, supports_tls
 import streamq
 from streamq import _wire, keys
 from streamq._connection import redact
+from streamq import retention as retention_module
+from streamq._wire import control as wire_control
+from streamq._wire import publishing as wire_publishing
+from streamq._wire import retention as wire_retention
 from streamq._wire import scripts as _scripts
 from streamq._worker import consumer as consumer_module
 from streamq.cli import FAILURE, OK, main
@@ -243,11 +247,71 @@ async def test_documented_users_run_the_whole_path_and_nothing_is_denied(
     assert acl_denials(redis.Redis.from_url(acl_server.url), users.names) == []
 
 
+async def test_documented_users_run_retention_scheduling_and_control_and_nothing_is_denied(
+    users: Users, admin: redis.asyncio.Redis, acl_server: EmbeddedServer, unique: str
+) -> None:
+    """With SECURITY.md's users only: the producer publishes with dedup keys, a delay and maxlen, lists and
+    cancels a delayed event; a worker with a rate limit moves the due one in, handles everything once,
+    polls the pause state and trims what it acknowledged; the operator pauses and resumes, reads status,
+    trims (dry run too), lists and cancels delayed events and deletes an idle group. The ACL LOG has no
+    denial for any of them."""
+    from streamq import control, retention
+    from streamq.scheduling import cancel_sync, list_scheduled_sync
+
+    stream = f"app1:{unique}"
+    await admin.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await admin.xgroup_create(stream, "old", id="$")  # an abandoned group the operator removes
+    async with streamq.Producer(users.producer) as producer:
+        first = await producer.publish(stream, Note(0), dedup_key="note-0")
+        assert await producer.publish(stream, Note(0), dedup_key="note-0") == first
+        await producer.publish(stream, Note(1), delay_ms=0)
+        later = await producer.publish(stream, Note(2), delay_ms=3_600_000)
+        assert [s.schedule_id for s in await producer.scheduled(stream)][-1] == later
+        assert await producer.cancel(stream, later)
+        await producer.publish(stream, Note(3), maxlen=1_000)
+    with streamq.SyncProducer(users.producer) as sync_producer:
+        sync_producer.publish(stream, Note(4), dedup_key="note-4", delay_ms=3_600_000)
+
+    operator_url = users.operator
+    await retention.delete_group(operator_url, stream, "old")
+    await control.pause(operator_url, stream, GROUP, reason="deploy")
+    await control.resume(operator_url, stream, GROUP)
+
+    seen: list[int] = []
+    app = streamq.App(users.worker)
+
+    @app.consumer(stream, group=GROUP, block_ms=50, rate_limit=1_000, scheduled_poll_ms=20,
+                  trim_interval_ms=50)  # fmt: skip
+    async def handle(batch: streamq.Batch[Note]) -> None:
+        seen.extend(message.event.n for message in batch)
+
+    task = asyncio.create_task(app.run())
+    try:
+
+        async def trimmed() -> bool:
+            return bool(await admin.hget(keys.totals_key(stream), "trimmed"))
+
+        await async_wait_until(lambda: len(seen) >= 3, message="the events handled")
+        await async_wait_until(trimmed, message="a trim by the worker")
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 15)
+    assert sorted(seen) == [0, 1, 3]
+
+    (state,) = await status(operator_url, [stream])
+    assert state.scheduled == 1 and state.totals["deduplicated"] == 1 and state.paused == {}
+    assert retention.trim_sync(operator_url, stream, dry_run=True).dry_run
+    retention.trim_sync(operator_url, stream)
+    (waiting,) = list_scheduled_sync(operator_url, stream)
+    assert cancel_sync(operator_url, stream, [waiting.schedule_id]) == [True]
+    assert acl_denials(redis.Redis.from_url(acl_server.url), users.names) == []
+
+
 DENIED_TO_WORKER = [
     ("XADD", "app2:orders", "*", "d", "x"),  # another application's stream
     ("XREADGROUP", "GROUP", "g", "c", "STREAMS", "app2:orders", ">"),
     ("HINCRBY", "streamq:{app2:orders}:g:stats", "acked", "1"),  # another application's companions
-    ("GET", "app1:anything"),  # a command no worker needs
+    ("LPUSH", "app1:anything", "x"),  # a command no worker needs
     ("SMEMBERS", keys.REGISTRY_KEY),
     ("FLUSHALL",),
     ("FLUSHDB",),
@@ -351,8 +415,15 @@ def test_documented_rules_allow_every_command_in_streamqs_scripts(acl_server: Em
     allowed = {
         role: {r[1:] for rule in documented_rules(role) for r in rule if r[0] == "+"} for role in ROLES
     }
-    runs = {"worker": [_scripts.SETTLE, _scripts.RENEW, _scripts.MOVE_DUE, _scripts.REAP],
-            "operator": [_scripts.REPLAY]}  # fmt: skip
+    runs = {
+        "worker": [_scripts.SETTLE, _scripts.RENEW, _scripts.MOVE_DUE, _scripts.REAP, _scripts.RENEW_HELD,
+                   _scripts.RELEASE, _scripts.ENSURE_GROUP_AT, _scripts.SET_DELIVERIES,
+                   wire_publishing.MOVE_SCHEDULED_SOURCE, wire_retention.TRIM_SOURCE,
+                   wire_control.RESERVE_SOURCE],
+        "operator": [_scripts.REPLAY, wire_retention.TRIM_SOURCE, wire_retention.DELETE_GROUP_SOURCE,
+                     wire_publishing.CANCEL_SOURCE, retention_module._COUNT_RANGE],
+        "producer": [wire_publishing.PUBLISH_SOURCE, wire_publishing.CANCEL_SOURCE],
+    }  # fmt: skip
     client = redis.Redis.from_url(acl_server.url)
     conn = client.connection_pool.get_connection()
     try:
