@@ -115,6 +115,10 @@ def _stream_status(stream: str) -> Steps[StreamStatus]:
         stats = dict.fromkeys(STAT_COUNTERS, 0)
         stats.update({_s(k): int(v) for k, v in checked([stats_raw])[0].items()})
         lag = info.get("lag")
+        # Redis and Valkey overstate lag once entries past a group's position were trimmed (its read counter
+        # is not corrected, valkey-io/valkey#1952): no more entries can be undelivered than the stream holds.
+        if lag is not None:
+            lag = min(int(lag), int(length))
         groups.append(
             GroupStatus(
                 name=name,

@@ -189,7 +189,8 @@ return out
 # The largest backlog over the stream's groups: entries not delivered yet (lag) plus delivered and not
 # settled (pending). XINFO GROUPS gives lag from Redis 7.0 on, but not always (nil after deletions inside
 # the group's range, and absent before 7.0): then the entries after the group's last-delivered id are
-# counted, at most ARGV[1] of them, which is all a "more than max_backlog?" question needs.
+# counted, at most ARGV[1] of them, which is all a "more than max_backlog?" question needs. A lag above the
+# stream's length (a server's miscount after trimming) is taken as the length.
 # KEYS: stream. ARGV: count cap. Returns {group, backlog, lag, pending}; {'', 0, 0, 0} without groups.
 BACKLOG_SOURCE = (
     _PRELUDE
@@ -197,6 +198,7 @@ BACKLOG_SOURCE = (
 local stream, cap = KEYS[1], tonumber(ARGV[1])
 if stream_type(stream) ~= 'stream' then return {'', 0, 0, 0} end
 local worst = {'', 0, 0, 0}
+local length = redis.call('XLEN', stream)
 local groups = redis.call('XINFO', 'GROUPS', stream)
 for i = 1, #groups do
     local info = {}
@@ -205,6 +207,10 @@ for i = 1, #groups do
     local lag = info['lag']
     if type(lag) ~= 'number' then
         lag = #redis.call('XRANGE', stream, '(' .. info['last-delivered-id'], '+', 'COUNT', cap)
+    elseif lag > length then
+        -- The server's lag overstates once entries past the group's position were trimmed (its read
+        -- counter is not corrected; valkey-io/valkey#1952): no more can be undelivered than are there.
+        lag = length
     end
     local pending = tonumber(info['pending']) or 0
     if lag + pending > worst[2] or worst[1] == '' then
