@@ -22,7 +22,8 @@ class Invoice(streamq.Event, tag="test.deadletter.invoice"):
     n: int
 
 
-FAST: dict[str, Any] = {"lease_ms": 1_000, "block_ms": 100, "retry_base_ms": 0}
+# retention=False: these tests look at the stream's entries after the workers acknowledged them.
+FAST: dict[str, Any] = {"lease_ms": 1_000, "block_ms": 100, "retry_base_ms": 0, "retention": False}
 GARBAGE = b"\xc1\x00\xff\xfe not msgpack \x80"
 
 

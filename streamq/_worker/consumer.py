@@ -132,11 +132,12 @@ class Consumer:
             poll_ms=settings.retry_poll_ms,
             log=self.log,
             paused=lambda: self.control.paused,
+            wait_resumed=self.control.wait_resumed,
         )
         self.trimmer = Trimmer(client, settings, log=self.log, counts=self.counts)
         self.scheduler = ScheduledMover(
             client, self.stream, poll_ms=settings.scheduled_poll_ms, log=self.log, counts=self.counts,
-            paused=lambda: self.control.stream_paused,
+            paused=lambda: self.control.stream_paused, wait_resumed=self.control.wait_resumed,
         )  # fmt: skip
         self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
         self._on_batch = on_batch

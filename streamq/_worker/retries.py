@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,6 +36,7 @@ class RetryMover:
         poll_ms: int,
         log: Any,
         paused: Callable[[], bool] = lambda: False,
+        wait_resumed: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.delayed_key = delayed_key
@@ -43,6 +44,7 @@ class RetryMover:
         self.poll_s = poll_ms / 1000
         self.log = log
         self.paused = paused  # the group is paused: retries wait in the delayed set
+        self.wait_resumed = wait_resumed
         self.done = asyncio.Event()
         self._wakeup = asyncio.Event()
         self.wake_at = 0.0  # when it next looks for due retries (monotonic)
@@ -63,7 +65,12 @@ class RetryMover:
             while not self.done.is_set():
                 wait_s = self.poll_s
                 if self.paused():
-                    await self._sleep(wait_s)
+                    # Until resumed (or the pause state is first known, a moment after start), at most a
+                    # poll interval.
+                    if self.wait_resumed is not None:
+                        await self.wait_resumed(wait_s)
+                    else:
+                        await self._sleep(wait_s)
                     continue
                 try:
                     moved, next_ms = await _wire.move_due(link, self.delayed_key, self.retry_key, MOVE_LIMIT)

@@ -15,7 +15,7 @@ the worker. While the whole stream is paused it moves nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,12 +42,14 @@ class ScheduledMover:
         log: Any,
         counts: dict[str, int],
         paused: Callable[[], bool] = lambda: False,
+        wait_resumed: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.stream = stream
         # The whole stream is paused (`streamq pause STREAM`): delayed events wait in the scheduled set. A
         # pause of one group does not hold them back: the other groups need them.
         self.paused = paused
+        self.wait_resumed = wait_resumed
         self.poll_s = poll_ms / 1000
         self.log = log
         self.counts = counts  # the consumer's: "scheduled_moved" counts what this worker moved
@@ -62,7 +64,12 @@ class ScheduledMover:
             while not self.done.is_set():
                 wait_s = self.poll_s
                 if self.paused():
-                    await self._sleep(wait_s)
+                    # Until resumed (or the pause state is first known, a moment after start), at most a
+                    # poll interval.
+                    if self.wait_resumed is not None:
+                        await self.wait_resumed(wait_s)
+                    else:
+                        await self._sleep(wait_s)
                     continue
                 try:
                     moved, next_ms = await publishing.move_scheduled(link, self.stream, MOVE_LIMIT)
