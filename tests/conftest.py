@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import structlog
 from worker_proc import SpawnWorker, WorkerProcess
 
 from streamq.embedded import EmbeddedServer, ServerBinary, default_server_binary, find_server_binaries
@@ -129,3 +130,11 @@ def spawn_worker(tmp_path: Path, redis_url: str) -> Iterator[SpawnWorker]:
     yield spawn
     for worker in started:
         worker.close()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """`streamq.cli.main` configures structlog for the whole process (as a command should): give every
+    later test the defaults back, or its `structlog.testing.capture_logs()` would see nothing."""
+    yield
+    structlog.reset_defaults()

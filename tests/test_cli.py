@@ -47,13 +47,6 @@ COMMANDS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """main() configures structlog for the whole process; give other test modules the defaults back."""
-    yield
-    structlog.reset_defaults()
-
-
 class Names:
     """This test's stream, group and app module names."""
 

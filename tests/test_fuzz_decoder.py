@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 import streamq
 from streamq import keys
+from streamq._worker.records import RetryRecord, decode_record, encode_record
 from streamq.deadletter import DeadLetter, DeadLetters
 from streamq.events import PAYLOAD_FIELD, DecodeFailure, Decoder, Encoder
-from streamq._worker.records import RetryRecord, decode_record, encode_record
 
 CAP = 4096  # bytes: a small max_event_bytes, so that payloads over it are cheap to make
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 import redis.asyncio
-import structlog
 from helpers import async_wait_until, wait_until
 
 import streamq
@@ -24,13 +22,6 @@ from streamq._wire import retention as wire
 from streamq.cli import FAILURE, OK, USAGE, main
 from streamq.errors import GroupInUse
 from streamq.retention import delete_group, delete_group_sync, holdback, holdback_sync, trim, trim_sync
-
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """main() configures structlog for the whole process; give other test modules the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 def _fill(client: redis.Redis, stream: str, n: int) -> list[bytes]:

@@ -36,8 +36,8 @@ from tls_certificates import make_self_signed_tls, supports_tls
 
 import streamq
 from streamq import _wire, keys
-from streamq._connection import redact
 from streamq import retention as retention_module
+from streamq._connection import redact
 from streamq._wire import control as wire_control
 from streamq._wire import publishing as wire_publishing
 from streamq._wire import retention as wire_retention
@@ -704,14 +704,6 @@ async def handle(batch: streamq.Batch[Note]) -> None:
 """
 
 
-@pytest.fixture
-def _structlog_defaults() -> Iterator[None]:
-    """main() configures structlog for the whole process; give later tests the defaults back."""
-    yield
-    structlog.reset_defaults()
-
-
-@pytest.mark.usefixtures("_structlog_defaults")
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_cli_never_prints_the_password(
     password_server: PasswordServer, unique: str, transport: str, tmp_path: Path,

@@ -17,9 +17,9 @@ from helpers import async_wait_until, wait_until
 from worker_proc import Job, SpawnWorker, read_ledger
 
 import streamq
-from streamq.exit_codes import ABANDONED
 import streamq.app
 from streamq import keys
+from streamq.exit_codes import ABANDONED
 
 
 def _publish(url: str, stream: str, count: int) -> list[str]:

@@ -68,6 +68,7 @@ class RetryMover:
                     # Until resumed (or the pause state is first known, a moment after start), at most a
                     # poll interval.
                     if self.wait_resumed is not None:
+                        self.wake_at = time.monotonic() + wait_s
                         await self.wait_resumed(wait_s)
                     else:
                         await self._sleep(wait_s)
