@@ -1,0 +1,158 @@
+"""Planning one publish call: its arguments checked, its events encoded and cut into chunks.
+
+Producer and SyncProducer differ only in how they send; what they send is decided here, once, before any
+write. A call is refused whole (ConfigurationError, EventTooLarge, a wrong type) rather than half
+published, so every check and every encoding happens before the first chunk leaves.
+
+The plan also picks the path. A plain publish (no dedup key, no delay, no trimming) becomes pipelined XADD
+chunks and costs nothing beyond encoding; anything else becomes PUBLISH script chunks
+(streamq/_wire/publishing.py), one atomic step per chunk.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+from ._wire import publishing
+from .errors import ConfigurationError
+from .events import Encoder, Event
+from .keys import validate_name
+from .settings import DAY_MS, ProducerSettings
+
+MAX_DELAY_MS = 3650 * DAY_MS  # ten years: a larger delay is a unit mistake (seconds given as ms * 1000)
+MAX_DEDUP_KEY_CHARS = 1_024
+MAX_DEDUP_TTL_MS = 365 * DAY_MS  # the same bound ProducerSettings puts on the producer's default
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# publish_many's dedup_key: a callable (event -> key or None) or a sequence of keys aligned with the events.
+DedupKeys = Callable[[Event], "str | None"] | Sequence["str | None"] | None
+
+
+class PublishPlan(NamedTuple):
+    """One publish call, checked and encoded: the fast path's chunks, or the script's."""
+
+    stream: str
+    fast: list[list[bytes]] | None  # payloads for plain XADDs, when nothing asks for the script
+    scripted: list[list[publishing.Planned]]  # empty on the fast path
+    trim: int | None  # MAXLEN for the script; the fast path never trims
+    approximate: bool  # MAXLEN ~ rather than =
+    due_mode: str  # '' now, 'd' delay from the server's now, 'a' at an absolute time
+    due_value: int
+    ttl_ms: int
+
+    def packed(self) -> Iterator[bytes]:
+        """The PUBLISH call of each scripted chunk, packed as it is about to be sent: only the chunk in
+        flight is held twice (planned and packed), not the whole call."""
+        for chunk in self.scripted:
+            yield publishing.pack_publish(
+                self.stream, chunk, ttl_ms=self.ttl_ms, maxlen=self.trim, approximate=self.approximate,
+                due_mode=self.due_mode, due_value=self.due_value,
+            )  # fmt: skip
+
+
+class Planner:
+    """Plans the calls of one producer: its checked settings and the encoder built from them, once."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.settings = settings
+        self.encoder = Encoder(settings.max_event_bytes)
+
+    def plan(
+        self,
+        stream: str,
+        events: Iterable[Event],
+        chunk_size: int | None,
+        maxlen: int | None,
+        *,
+        delay_ms: int | None = None,
+        at: datetime | None = None,
+        dedup_keys: DedupKeys = None,
+        dedup_ttl_ms: int | None = None,
+    ) -> PublishPlan:
+        """The payloads of one publish call cut into chunks, and how to send them; raises before any write."""
+        validate_name("stream", stream)
+        settings = self.settings
+        size, trim = settings.for_call(chunk_size, maxlen)
+        due_mode, due_value = check_due(delay_ms, at)
+        ttl_ms = settings.dedup_ttl_ms if dedup_ttl_ms is None else check_ttl(dedup_ttl_ms)
+        if not isinstance(events, list):
+            events = list(events)
+        keys = dedup_keys_for(events, dedup_keys)
+        # Encode everything first: an event that is too large or of the wrong type fails the call before
+        # anything of it is written, instead of leaving half a batch published.
+        payloads = self.encoder.encode_many(events)
+        approximate = settings.approximate_trim
+        if keys is None and not due_mode and trim is None:
+            # The fast path: no per-event work beyond encoding, and no script.
+            chunks = [payloads[start : start + size] for start in range(0, len(payloads), size)]
+            return PublishPlan(stream, chunks, [], None, approximate, "", 0, ttl_ms)
+        if keys is None:
+            keys = [None] * len(payloads)
+        planned = [
+            publishing.Planned(
+                key or "", publishing.SCHEDULE_ID_PREFIX + uuid.uuid4().hex if due_mode else "", payload
+            )
+            for key, payload in zip(keys, payloads, strict=True)
+        ]
+        scripted = [planned[start : start + size] for start in range(0, len(planned), size)]
+        return PublishPlan(stream, None, scripted, trim, approximate, due_mode, due_value, ttl_ms)
+
+
+def check_due(delay_ms: int | None, at: datetime | None) -> tuple[str, int]:
+    """The script's due mode and value for `delay_ms=` or `at=`: ('', 0) when neither delays the call."""
+    if delay_ms is not None and at is not None:
+        raise ConfigurationError("give delay_ms or at, not both")
+    if delay_ms is not None:
+        if not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or not 0 <= delay_ms <= MAX_DELAY_MS:
+            raise ConfigurationError(f"delay_ms must be an integer from 0 to {MAX_DELAY_MS}, got {delay_ms}")
+        return "d", delay_ms
+    if at is not None:
+        if not isinstance(at, datetime):
+            raise ConfigurationError(f"at must be a datetime, got {type(at).__name__}")
+        if at.tzinfo is None or at.utcoffset() is None:
+            # A naive datetime is local time to one machine and UTC to another: refuse to guess.
+            raise ConfigurationError(
+                f"at must be an aware datetime (with a timezone, e.g. datetime.now(UTC)), got naive {at!r}"
+            )
+        # Epoch ms, which the script compares with the server's clock (TIME), never the caller's.
+        return "a", (at - _EPOCH) // timedelta(milliseconds=1)
+    return "", 0
+
+
+def check_ttl(ttl_ms: int) -> int:
+    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or not 1 <= ttl_ms <= MAX_DEDUP_TTL_MS:
+        raise ConfigurationError(
+            f"dedup_ttl_ms must be an integer from 1 to {MAX_DEDUP_TTL_MS}, got {ttl_ms!r}"
+        )
+    return ttl_ms
+
+
+def dedup_keys_for(events: list[Event], given: DedupKeys) -> list[str | None] | None:
+    """One dedup key (or None) per event, from a callable or an aligned sequence; None when none has one,
+    so a call whose keys are all None stays on the fast path."""
+    if given is None:
+        return None
+    if isinstance(given, str | bytes):
+        raise ConfigurationError(
+            "publish_many's dedup_key is a callable (event -> key or None) or a sequence of keys aligned"
+            " with the events, not one string"
+        )
+    if callable(given):
+        found = [given(event) for event in events]
+    else:
+        found = list(given)
+        if len(found) != len(events):
+            raise ConfigurationError(f"dedup_key has {len(found)} keys for {len(events)} events")
+    for key in found:
+        check_dedup_key(key)
+    return found if any(key is not None for key in found) else None
+
+
+def check_dedup_key(key: object) -> None:
+    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_DEDUP_KEY_CHARS):
+        raise ConfigurationError(
+            f"a dedup key must be None or a string of 1 to {MAX_DEDUP_KEY_CHARS} characters, got {key!r}"
+        )
