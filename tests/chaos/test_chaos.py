@@ -469,6 +469,7 @@ def test_the_harness_catches_a_trimmer_that_trims_pending_entries(tmp_path: Path
     to explain them, and the stream's `trimmed` total stays 0."""
     report, failed, context = _sabotaged_run(tmp_path, "greedy_trim")
     check_ = report["check"]
-    assert {"retention_ran", "deleted_pending_explained"} <= failed, context
-    assert check_["trimmed_by_retention"] == 0, context
-    assert check_["deleted_pending"] > check_["trimmed_pending_by_nemesis"], context
+    assert "retention_ran" in failed and check_["trimmed_by_retention"] == 0, context
+    # What the greedy trims cost depends on timing: pending entries vanish unexplained (counted by the
+    # workers as deleted_pending), or entries not yet delivered are gone before any worker read them (lost).
+    assert {"deleted_pending_explained", "no_loss"} & failed, context
