@@ -129,7 +129,9 @@ async def run(
     report = Report(rate=rate)
     client = aioredis.Redis.from_url(url)
     info = await client.info("server")
-    report.server = f"{'valkey' if 'valkey_version' in info else 'redis'} {info['redis_version']}"
+    report.server = (
+        f"valkey {info['valkey_version']}" if "valkey_version" in info else f"redis {info['redis_version']}"
+    )
     await client.delete(stream, keys.dlq_key(stream), keys.totals_key(stream))
     seen: dict[str, bytearray] = {}
     counts: dict[str, int] = {FAST: 0, SLOW: 0}
