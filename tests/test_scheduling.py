@@ -27,6 +27,7 @@ import streamq
 from streamq import keys, scheduling
 from streamq._wire import Link, publishing
 from streamq.cli import main as cli_main
+from streamq.embedded import EmbeddedServer
 from streamq.events import PAYLOAD_FIELD
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -354,3 +355,39 @@ def test_cli_lists_and_cancels(
     assert out == {"stream": unique, "cancelled": [ids[1]], "not_found": [ids[0]]}
     assert [m.decode() for m in sync_client.zrange(keys.scheduled_key(unique), 0, -1)] == [ids[2]]
     assert cli_main(["scheduled", "cancel", unique, "not-an-id", "--redis-url", redis_url]) == 2
+
+
+async def test_delayed_events_and_dedup_keys_survive_a_server_crash(
+    own_server: EmbeddedServer, unique: str
+) -> None:
+    """Scheduled events and dedup keys are plain Redis data: with AOF (fsync always), a kill -9 of the
+    server loses neither. After the restart a repeated key is still a duplicate of the first publish, the
+    due event reaches a worker, and the one due in an hour still waits."""
+    url = own_server.url
+    async with streamq.Producer(url) as producer:
+        first = await producer.publish(unique, Reminder(1), delay_ms=0, dedup_key="r1")
+        later = await producer.publish(unique, Reminder(2), at=datetime.now(UTC) + timedelta(hours=1))
+    own_server.kill()
+    await asyncio.to_thread(own_server.start)
+    async with streamq.Producer(url) as producer:
+        again = await producer.publish_result(unique, Reminder(1), delay_ms=0, dedup_key="r1")
+    assert again.duplicate and again.id == first
+
+    handled: list[int] = []
+    app = streamq.App(url)
+
+    @app.consumer(unique, group="g", block_ms=50, scheduled_poll_ms=20)
+    async def handle(batch: streamq.Batch[Reminder]) -> None:
+        handled.extend(event.n for event in batch.events)
+
+    task = asyncio.create_task(app.run())
+    try:
+        await async_wait_until(lambda: handled == [1], message="the due event after the restart")
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 15)
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        assert await client.zrange(keys.scheduled_key(unique), 0, -1) == [later.encode()]
+    finally:
+        await client.aclose()
