@@ -177,8 +177,12 @@ async def test_a_stream_wide_pause_holds_every_group_and_a_group_pause_only_its_
         assert handled["a"] == []
 
         await pause(redis_url, unique)  # every group
-        await async_wait_until(lambda: by_group["b"].control.paused, message="group b to see the pause")
-        assert by_group["b"].control.stream_paused and by_group["a"].control.stream_paused
+        # Each worker polls on its own: wait for both to have seen the stream's pause.
+        await async_wait_until(
+            lambda: by_group["b"].control.stream_paused and by_group["a"].control.stream_paused,
+            message="both groups to see the stream's pause",
+        )
+        assert by_group["b"].control.paused
         await _paused_ticks(by_group["b"], 1)
         await _publish(redis_url, unique, [2])
         await _paused_ticks(by_group["b"])
