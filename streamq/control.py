@@ -28,7 +28,7 @@ import redis
 
 from . import keys
 from ._connection import RedisLike
-from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from ._wire import Steps, T, checked, run_steps_on, run_steps_on_sync
 from .errors import ConfigurationError
 
 __all__ = [
@@ -109,21 +109,11 @@ def _resume(stream: str, group: str | None) -> Steps[bool]:
 
 
 async def _run(client: RedisLike, steps: Steps[T], user: str) -> T:
-    connection, owned = adopt_async(client, user, f"streamq.control.{user}_sync")
-    try:
-        return await run_steps(connection, steps)
-    finally:
-        if owned:
-            await connection.aclose()
+    return await run_steps_on(client, steps, user, __name__)
 
 
 def _run_sync(client: str | redis.Redis | None, steps: Steps[T], user: str) -> T:
-    connection, owned = adopt_sync(client, f"{user}_sync", f"streamq.control.{user}")
-    try:
-        return run_steps_sync(connection, steps)
-    finally:
-        if owned:
-            connection.close()
+    return run_steps_on_sync(client, steps, user, __name__)
 
 
 async def pause(client: RedisLike, stream: str, group: str | None = None, reason: str = "") -> PauseInfo:

@@ -17,7 +17,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from . import keys
 from ._connection import RedisLike
-from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from ._wire import Steps, T, checked, run_steps_on, run_steps_on_sync
 from .control import PauseInfo, pause_steps
 from .retention import Holdback, holdback_steps
 from .scheduling import scheduled_steps
@@ -173,21 +173,11 @@ def _status(streams: Sequence[str] | None) -> Steps[list[StreamStatus]]:
 
 
 async def _run(client: RedisLike, steps: Steps[T], user: str) -> T:
-    connection, owned = adopt_async(client, user, f"streamq.inspect.{user}_sync")
-    try:
-        return await run_steps(connection, steps)
-    finally:
-        if owned:
-            await connection.aclose()
+    return await run_steps_on(client, steps, user, __name__)
 
 
 def _run_sync(client: str | redis.Redis | None, steps: Steps[T], user: str) -> T:
-    connection, owned = adopt_sync(client, f"{user}_sync", f"streamq.inspect.{user}")
-    try:
-        return run_steps_sync(connection, steps)
-    finally:
-        if owned:
-            connection.close()
+    return run_steps_on_sync(client, steps, user, __name__)
 
 
 async def stream_status(client: RedisLike, stream: str) -> StreamStatus:

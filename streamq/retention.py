@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from . import keys
 from ._connection import RedisLike
-from ._wire import Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from ._wire import Steps, T, borrowed_async, borrowed_sync, checked, run_steps_on, run_steps_on_sync
 from ._wire import retention as wire
 from .errors import ConfigurationError, GroupInUse
 from .settings import ConsumerSettings
@@ -119,15 +119,11 @@ async def trim(
 ) -> TrimResult:
     """Trim `stream` below what every group has acknowledged (see the module docstring)."""
     _check(stream, keep_acked_ms, max_len, dlq_max_age_ms, dlq_max_len)
-    connection, owned = adopt_async(client, "trim", "streamq.retention.trim_sync")
-    try:
+    async with borrowed_async(client, "trim", __name__) as connection:
         reply = await wire.trim(
             connection, stream, keep_acked_ms=keep_acked_ms, max_len=max_len, dlq_max_age_ms=dlq_max_age_ms,
             dlq_max_len=dlq_max_len, dry_run=dry_run,
         )  # fmt: skip
-    finally:
-        if owned:
-            await connection.aclose()
     return _result(stream, reply, dry_run)
 
 
@@ -143,15 +139,11 @@ def trim_sync(
 ) -> TrimResult:
     """trim() for blocking code."""
     _check(stream, keep_acked_ms, max_len, dlq_max_age_ms, dlq_max_len)
-    connection, owned = adopt_sync(client, "trim_sync", "streamq.retention.trim")
-    try:
+    with borrowed_sync(client, "trim", __name__) as connection:
         reply = wire.trim_sync(
             connection, stream, keep_acked_ms=keep_acked_ms, max_len=max_len, dlq_max_age_ms=dlq_max_age_ms,
             dlq_max_len=dlq_max_len, dry_run=dry_run,
         )  # fmt: skip
-    finally:
-        if owned:
-            connection.close()
     return _result(stream, reply, dry_run)
 
 
@@ -189,12 +181,8 @@ async def delete_group(
     pending entries are dropped with it, and trimming no longer waits for it.
     """
     _check_group(stream, group, live_idle_ms)
-    connection, owned = adopt_async(client, "delete_group", "streamq.retention.delete_group_sync")
-    try:
+    async with borrowed_async(client, "delete_group", __name__) as connection:
         reply = await wire.delete_group(connection, stream, group, live_idle_ms=live_idle_ms, force=force)
-    finally:
-        if owned:
-            await connection.aclose()
     return _deleted(stream, group, reply, force)
 
 
@@ -208,12 +196,8 @@ def delete_group_sync(
 ) -> GroupDeleted:
     """delete_group() for blocking code."""
     _check_group(stream, group, live_idle_ms)
-    connection, owned = adopt_sync(client, "delete_group_sync", "streamq.retention.delete_group")
-    try:
+    with borrowed_sync(client, "delete_group", __name__) as connection:
         reply = wire.delete_group_sync(connection, stream, group, live_idle_ms=live_idle_ms, force=force)
-    finally:
-        if owned:
-            connection.close()
     return _deleted(stream, group, reply, force)
 
 
@@ -294,21 +278,11 @@ def holdback_steps(stream: str, *, keep_acked_ms: int = 0) -> Steps[Holdback | N
 
 
 async def _run(client: RedisLike, steps: Steps[T], user: str) -> T:
-    connection, owned = adopt_async(client, user, f"streamq.retention.{user}_sync")
-    try:
-        return await run_steps(connection, steps)
-    finally:
-        if owned:
-            await connection.aclose()
+    return await run_steps_on(client, steps, user, __name__)
 
 
 def _run_sync(client: str | redis.Redis | None, steps: Steps[T], user: str) -> T:
-    connection, owned = adopt_sync(client, f"{user}_sync", f"streamq.retention.{user}")
-    try:
-        return run_steps_sync(connection, steps)
-    finally:
-        if owned:
-            connection.close()
+    return run_steps_on_sync(client, steps, user, __name__)
 
 
 async def holdback(client: RedisLike, stream: str, *, keep_acked_ms: int = 0) -> Holdback | None:

@@ -20,7 +20,7 @@ import redis
 
 from . import keys
 from ._connection import RedisLike
-from ._wire import Steps, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from ._wire import Steps, checked, run_steps_on, run_steps_on_sync
 from ._wire.publishing import SCHEDULE_ID_PREFIX, cancel_command
 from .errors import ConfigurationError
 
@@ -163,56 +163,26 @@ def scheduled_steps(stream: str) -> Steps[ScheduledSummary]:
 async def list_scheduled(
     client: RedisLike, stream: str, *, limit: int = DEFAULT_LIST_LIMIT
 ) -> list[ScheduledEvent]:
-    connection, owned = adopt_async(client, "list_scheduled", "streamq.scheduling.list_scheduled_sync")
-    try:
-        return await run_steps(connection, list_steps(stream, limit))
-    finally:
-        if owned:
-            await connection.aclose()
+    return await run_steps_on(client, list_steps(stream, limit), "list_scheduled", __name__)
 
 
 def list_scheduled_sync(
     client: str | redis.Redis | None, stream: str, *, limit: int = DEFAULT_LIST_LIMIT
 ) -> list[ScheduledEvent]:
-    connection, owned = adopt_sync(client, "list_scheduled_sync", "streamq.scheduling.list_scheduled")
-    try:
-        return run_steps_sync(connection, list_steps(stream, limit))
-    finally:
-        if owned:
-            connection.close()
+    return run_steps_on_sync(client, list_steps(stream, limit), "list_scheduled", __name__)
 
 
 async def cancel(client: RedisLike, stream: str, schedule_ids: Sequence[str]) -> list[bool]:
-    connection, owned = adopt_async(client, "cancel", "streamq.scheduling.cancel_sync")
-    try:
-        return await run_steps(connection, cancel_steps(stream, schedule_ids))
-    finally:
-        if owned:
-            await connection.aclose()
+    return await run_steps_on(client, cancel_steps(stream, schedule_ids), "cancel", __name__)
 
 
 def cancel_sync(client: str | redis.Redis | None, stream: str, schedule_ids: Sequence[str]) -> list[bool]:
-    connection, owned = adopt_sync(client, "cancel_sync", "streamq.scheduling.cancel")
-    try:
-        return run_steps_sync(connection, cancel_steps(stream, schedule_ids))
-    finally:
-        if owned:
-            connection.close()
+    return run_steps_on_sync(client, cancel_steps(stream, schedule_ids), "cancel", __name__)
 
 
 async def scheduled_summary(client: RedisLike, stream: str) -> ScheduledSummary:
-    connection, owned = adopt_async(client, "scheduled_summary", "streamq.scheduling.scheduled_summary_sync")
-    try:
-        return await run_steps(connection, scheduled_steps(stream))
-    finally:
-        if owned:
-            await connection.aclose()
+    return await run_steps_on(client, scheduled_steps(stream), "scheduled_summary", __name__)
 
 
 def scheduled_summary_sync(client: str | redis.Redis | None, stream: str) -> ScheduledSummary:
-    connection, owned = adopt_sync(client, "scheduled_summary_sync", "streamq.scheduling.scheduled_summary")
-    try:
-        return run_steps_sync(connection, scheduled_steps(stream))
-    finally:
-        if owned:
-            connection.close()
+    return run_steps_on_sync(client, scheduled_steps(stream), "scheduled_summary", __name__)

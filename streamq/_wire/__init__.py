@@ -73,7 +73,20 @@ from .replies import (
     settled,
     xadd_ids,
 )
-from .steps import Command, Steps, T, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
+from .steps import (
+    Command,
+    Steps,
+    T,
+    adopt_async,
+    adopt_sync,
+    borrowed_async,
+    borrowed_sync,
+    checked,
+    run_steps,
+    run_steps_on,
+    run_steps_on_sync,
+    run_steps_sync,
+)
 from .transport import Arg, Link, Script, pack, pack_with_ids, roundtrip_sync
 
 _id_key = id_key  # the name tests/test_recovery.py uses
@@ -104,6 +117,8 @@ __all__ = [
     "adopt_async",
     "adopt_sync",
     "autoclaim",
+    "borrowed_async",
+    "borrowed_sync",
     "check_server",
     "checked",
     "consumers",
@@ -139,6 +154,8 @@ __all__ = [
     "replay",
     "roundtrip_sync",
     "run_steps",
+    "run_steps_on",
+    "run_steps_on_sync",
     "run_steps_sync",
     "set_deliveries",
     "settle",

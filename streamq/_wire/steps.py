@@ -9,7 +9,8 @@ kind (or a URL) and say which class to use instead.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import contextlib
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -85,3 +86,38 @@ def adopt_sync(target: object, user: str, instead: str) -> tuple[redis.Redis, bo
     if target is not None and not isinstance(target, str):
         raise ConfigurationError(f"{user} needs a redis.Redis or a URL, got {type(target).__name__}")
     return sync_client(target), True
+
+
+@contextlib.asynccontextmanager
+async def borrowed_async(target: object, user: str, module: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client for one call of `module`.`user`: the caller's, or one built from a URL (or the
+    default) and closed afterwards. A blocking client is refused, naming `user`_sync, its twin."""
+    connection, owned = adopt_async(target, user, f"{module}.{user}_sync")
+    try:
+        yield connection
+    finally:
+        if owned:
+            await connection.aclose()
+
+
+@contextlib.contextmanager
+def borrowed_sync(target: object, user: str, module: str) -> Iterator[redis.Redis]:
+    """borrowed_async for `module`.`user`_sync, the blocking twin of `user`."""
+    connection, owned = adopt_sync(target, f"{user}_sync", f"{module}.{user}")
+    try:
+        yield connection
+    finally:
+        if owned:
+            connection.close()
+
+
+async def run_steps_on(target: object, steps: Steps[T], user: str, module: str) -> T:
+    """Run `steps` on a client borrowed for `module`.`user` (see borrowed_async)."""
+    async with borrowed_async(target, user, module) as connection:
+        return await run_steps(connection, steps)
+
+
+def run_steps_on_sync(target: object, steps: Steps[T], user: str, module: str) -> T:
+    """Run `steps` on a blocking client borrowed for `module`.`user`_sync (see borrowed_sync)."""
+    with borrowed_sync(target, user, module) as connection:
+        return run_steps_sync(connection, steps)
