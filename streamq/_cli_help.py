@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._cli_output import SHOW_FIELD_BYTES
 from ._connection import ENV_URL
+from ._pool import CRASH_LOOP_DEATHS, HEALTHY_AFTER_MS, RESTART_BASE_MS, RESTART_MAX_MS
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 
 EPILOG = f"""\
@@ -25,22 +26,31 @@ exit codes: {OK} ok, {FAILURE} failure, {USAGE} usage error, {INTERRUPTED} inter
   {ABANDONED} the worker's shutdown grace period ran out (see `streamq worker --help`)
 """
 
+_RESTART_BACKOFF = f"{RESTART_BASE_MS / 1000:g} s, doubling up to {RESTART_MAX_MS / 1000:g} s"
+_HEALTHY_S = f"{HEALTHY_AFTER_MS / 1000:g}"
+
 WORKER_EPILOG = f"""\
 APP_PATH is module:attribute naming a streamq.App; the current directory is on the import path.
 The app's own Redis URL wins; an app built without one (streamq.App()) uses --redis-url.
 A server unreachable at start is waited for: --connect-timeout-ms long, by default the app's own
 connect_timeout_ms, else 30 s with --burst and for ever without (a worker outlives a server restart).
+With --processes N (auto: one per core), a supervisor runs N such workers as child processes and
+forwards SIGTERM/SIGINT to each. One that dies is restarted after a backoff ({_RESTART_BACKOFF});
+when workers keep dying before running {_HEALTHY_S} s ({CRASH_LOOP_DEATHS} in a row), or one fails
+at start, it stops them all and exits {FAILURE}.
 
 examples:
   streamq worker myapp.workers:app
   streamq worker myapp.workers:app --redis-url rediss://:secret@redis.internal:6380/0
   streamq worker myapp.workers:app --burst --log-level debug
   streamq worker myapp.workers:app --connect-timeout-ms 120000
+  streamq worker myapp.workers:app --processes auto  one worker per core, restarted if one dies
   streamq worker streamq._demo_app:app             the demo's billing consumer
 
 exit codes:
   {OK}: stopped cleanly (SIGTERM, Ctrl-C, or drained with --burst)
   {FAILURE}: failed: the server unreachable or unusable, the app failed on import, a part failed for good
+     (--processes: a worker failed at start, or the workers kept dying: a crash loop)
   {USAGE}: bad arguments, or an APP_PATH that does not load
   {ABANDONED}: the shutdown grace period ran out with batches in flight (they stay pending and are reclaimed)
   {INTERRUPTED}: stopped at once by a second signal (in-flight batches stay pending and are reclaimed)

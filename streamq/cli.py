@@ -52,6 +52,7 @@ from ._cli_output import (
 )
 from ._connection import ENV_URL, redact, resolve_url
 from ._logs import DEFAULT_LEVEL, LEVELS, configure_logging
+from ._pool import run_pool
 from .app import App, run_app
 from .deadletter import DEFAULT_LIMIT, DeadLetterResult, SyncDeadLetters, check_id
 from .errors import AppLoadError, ConfigurationError, StreamqError
@@ -127,6 +128,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _processes(text: str) -> int:
+    """`--processes`: a whole number of at least 1, or `auto` (one per core)."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _dlq_id(text: str) -> str:
     try:
         return check_id(text)
@@ -164,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect-timeout-ms", metavar="N", type=_positive_int, default=None,
         help="how long to wait for an unreachable server at start"
         " (default: the app's setting, else 30000 with --burst and for ever without)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--processes", metavar="N", type=_processes, default=1,
+        help="run N worker processes under a supervisor that restarts them; auto: one per core"
+        " (default: 1, this process alone, no supervisor)",
     )  # fmt: skip
 
     about = "show streams, groups, lag, pending and dead letters"
@@ -302,6 +321,10 @@ def load_app(path: str) -> App:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        # The supervisor loads no user code: each child loads the app itself, as a single worker does.
+        log.info("worker pool starting", app=args.app, processes=args.processes, burst=args.burst)
+        return run_pool(_pool_child_argv(args), args.processes, burst=args.burst)
     try:
         app = load_app(args.app)
     except AppLoadError as exc:
@@ -323,6 +346,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach Redis at {shown}: {exc}")
     log.info("worker stopped", app=args.app, **app.counts())
     return code  # OK, ABANDONED or INTERRUPTED
+
+
+def _pool_child_argv(args: argparse.Namespace) -> list[str]:
+    """The command each child of a pool runs: this worker command with the options given, --processes
+    left out. Built from the parsed options, not by editing argv, which may say `--proc 2` or
+    `--processes=2`. A URL taken from the environment stays there (children inherit it), out of `ps`."""
+    argv = [sys.executable, "-m", "streamq", "worker", args.app, "--log-level", args.log_level]
+    if args.redis_url is not None:
+        argv += ["--redis-url", args.redis_url]
+    if args.log_json is not None:
+        argv.append("--log-json" if args.log_json else "--log-console")
+    if args.burst:
+        argv.append("--burst")
+    if args.no_uvloop:
+        argv.append("--no-uvloop")
+    if args.connect_timeout_ms is not None:
+        argv += ["--connect-timeout-ms", str(args.connect_timeout_ms)]
+    return argv
 
 
 # ---------------------------------------------------------------------------------------------- status
