@@ -35,6 +35,7 @@ SCENARIO_MODULES = (
     "benchmarks.peer_faststream",
     "benchmarks.scenarios_system",
     "benchmarks.scenarios_flow",
+    "benchmarks.scenarios_concurrency",
 )
 
 EPILOG = """\

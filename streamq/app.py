@@ -6,6 +6,12 @@ signal handlers only when asked (the CLI does) and, when it returns, puts back t
 Shutdown: the first SIGTERM/SIGINT stops reading; every batch in hand is handled and settled within the
 grace period, then run() returns. A second signal stops at once. Either way nothing read is lost: an entry
 not settled stays pending and another worker reclaims it once its lease runs out.
+
+Concurrency: a consumer with concurrency=N runs as N lanes (consumer.py), N Consumers of its stream and group,
+each its own task with its own consumer name, sharing the app's client, handler thread pool and lease keeper.
+Every lane is one of the tasks that stop(), a signal, the grace period and cancellation act on, exactly as a
+consumer of one lane: each settles or gives back its own batch. Batches of lanes are handled at the same time,
+so there is no order between them; each lane reads ahead on its own.
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire
-from ._connection import RedisLike, async_client, redact, resolve_url, sync_client
+from ._connection import DEFAULT_MAX_CONNECTIONS, RedisLike, async_client, redact, resolve_url, sync_client
 from ._worker.consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from ._worker.handlers import HandlerSet, HandlerSpec
 from ._worker.leases import LeaseKeeper
 from .errors import ConfigurationError, ServerError, describe_error
 from .events import Event
 from .exit_codes import ABANDONED, INTERRUPTED, OK
-from .settings import DEFAULT_SHUTDOWN_GRACE_MS, AppSettings, ConsumerSettings
+from .settings import DEFAULT_SHUTDOWN_GRACE_MS, MAX_EXECUTOR_WORKERS, AppSettings, ConsumerSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What signal.getsignal returns: a callable, SIG_DFL / SIG_IGN, or None for a handler set outside Python.
@@ -168,6 +174,7 @@ class App:
 
         replaced: dict[signal.Signals, SignalHandler] = {}
         client, owned = async_client(self.redis)
+        self._size_pool(client, owned)
         # The lease keeper's thread needs its own (synchronous) client to the same server.
         target = self.redis
         keeper = LeaseKeeper(
@@ -175,7 +182,7 @@ class App:
             on_fatal,
         )
         executor = ThreadPoolExecutor(
-            max_workers=self.settings.executor_workers, thread_name_prefix=HANDLER_THREAD_PREFIX
+            max_workers=self._executor_workers(), thread_name_prefix=HANDLER_THREAD_PREFIX
         )
         try:
             # Signals first: a SIGTERM while waiting for the server must stop the wait, not kill the process.
@@ -195,7 +202,9 @@ class App:
                     maxmemory_policy=server["maxmemory_policy"],
                 )
             keeper.start()
-            self.consumers = [Consumer(cfg, hs, client, keeper, executor) for cfg, hs in self.specs]
+            self.consumers = [
+                lane for cfg, hs in self.specs for lane in _lanes(cfg, hs, client, keeper, executor)
+            ]
             if self.settings.freeze_gc:
                 gc.collect()
                 gc.freeze()
@@ -219,6 +228,35 @@ class App:
             self._stopping = None
             self._loop = None
             self._stop_requested = False
+
+    def _extra_lanes(self) -> int:
+        """Lanes beyond the first of every consumer (0 when no consumer asks for concurrency)."""
+        return sum(cfg.concurrency - 1 for cfg, _ in self.specs)
+
+    def _executor_workers(self) -> int | None:
+        """Threads for plain `def` handlers: as set; else the pool's default, raised to one per lane so that
+        lanes of a plain handler do not queue for threads (and time out there, with handler_timeout_ms)."""
+        if self.settings.executor_workers is not None or not self._extra_lanes():
+            return self.settings.executor_workers
+        lanes = sum(cfg.concurrency for cfg, _ in self.specs)
+        return min(max(min(32, (os.cpu_count() or 1) + 4), lanes), MAX_EXECUTOR_WORKERS)
+
+    def _size_pool(self, client: aioredis.Redis, owned: bool) -> None:
+        """Every lane keeps a pooled connection for its reads: a pool built here grows by one per extra lane;
+        a client given whose pool may be too small is warned about (lanes would wait for connections)."""
+        extra = self._extra_lanes()
+        if not extra:
+            return
+        pool = client.connection_pool
+        needed = DEFAULT_MAX_CONNECTIONS + extra
+        if owned:
+            pool.max_connections = max(pool.max_connections, needed)
+        elif pool.max_connections < needed:
+            log.warning(
+                "the client's pool may be too small for the consumers' lanes: they would wait for it",
+                max_connections=pool.max_connections,
+                suggested=needed,
+            )
 
     async def _check_server(
         self, client: aioredis.Redis, stopping: asyncio.Event, timeout_ms: int | None
@@ -351,6 +389,24 @@ class App:
             keeper_restarts = self.consumers[0].lease_keeper.restarts
             total["loop_restarts"] = total.get("loop_restarts", 0) + keeper_restarts
         return total
+
+
+def _lanes(
+    settings: ConsumerSettings,
+    handlers: HandlerSet,
+    client: aioredis.Redis,
+    keeper: LeaseKeeper,
+    executor: ThreadPoolExecutor,
+) -> list[Consumer]:
+    """The lanes of one consumer: a lead, and concurrency - 1 lanes that share its background loops."""
+    lead = Consumer(settings, handlers, client, keeper, executor)
+    return [
+        lead,
+        *(
+            Consumer(settings, handlers, client, keeper, executor, lead=lead, lane=lane)
+            for lane in range(1, settings.concurrency)
+        ),
+    ]
 
 
 def _restore_signal_handlers(

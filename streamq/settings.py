@@ -36,6 +36,7 @@ DEFAULT_DLQ_MAX_LEN = 1_000_000  # and the dead-letter stream is capped at about
 DEFAULT_SCHEDULED_POLL_MS = 200  # how often delayed events are looked for when none is known to be due
 MAX_RATE_LIMIT = 10_000_000.0  # events per second
 MAX_BATCH_SIZE = 10_000
+MAX_CONCURRENCY = 1_000  # batches of one consumer in flight at once in one process (its lanes)
 MIN_EVENT_BYTES = 16  # bytes; the smallest max_event_bytes
 MAX_EVENT_BYTES = 512 * 1024 * 1024  # bytes; the largest max_event_bytes (Redis's default proto-max-bulk-len)
 
@@ -61,6 +62,10 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     stream: str
     group: str
     batch_size: int = DEFAULT_BATCH_SIZE
+    # Batches handled at once in one process: the consumer runs as this many lanes, each a consumer of the
+    # group with its own name, its own leases and its own read-ahead, settling on its own. With more than
+    # one, batches of the group are handled concurrently: no order between them (see app.py).
+    concurrency: int = 1
     # Failures only: the handler raised, timed out or asked to retry. Deliveries that never settled are
     # counted against max_deliveries instead, and deferrals against max_defer_ms.
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -99,6 +104,7 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         validate_name("group", self.group)
         validate_name("consumer prefix", self.consumer_prefix)
         _check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_range("concurrency", self.concurrency, 1, MAX_CONCURRENCY)
         _check_range("max_attempts", self.max_attempts, 1, 1_000)
         # At least 2: one delivery lost to a worker's crash or restart is routine, not a poison event.
         _check_range("max_deliveries", self.max_deliveries, 2, 1_000)

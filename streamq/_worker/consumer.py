@@ -21,6 +21,14 @@ batch that turns slow cannot expose the next one to a rival worker. There is no 
 first batch has shown that handling is quick, while handling is slow (READ_AHEAD_MAX_HANDLE_S), and when
 stopping. A read-ahead that finds nothing ends the flow: the next read blocks as usual.
 
+Lanes (concurrency=N). A consumer with concurrency N runs as N Consumers of the same stream and group, each
+with its own consumer name: Redis keeps each lane's pending entries apart, its leases are renewed and its
+batches settled on their own, and a lane that loses a lease or is cancelled touches only its own batch.
+What a process needs once per consumer rather than per lane (pause state and rate limiter, retry mover,
+scheduled mover, trimmer, reaping idle consumers) belongs to the first lane, the lead, and is shared through
+Lanes: those loops start with the first lane to run and stop with the last one to end, so a lane that
+finishes early (a burst run drained, a shutdown) does not take the retry mover from lanes still working.
+
 Cancellation (a task running App.run cancelled, or the grace period over): the consumer stops reading,
 settles a batch already handled, and gives back the entries it holds unhandled (they are marked idle, so
 any worker reclaims them at once), then re-raises.
@@ -83,8 +91,63 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Lanes:
+    """The background loops one copy of which serves every lane of a consumer, and the lanes running.
+
+    Started by the first lane that enters, stopped (and awaited) by the last one that leaves. A loop that
+    fails for good stops every lane running with its error.
+    """
+
+    def __init__(self, chores: Sequence[tuple[str, Chore]], *, log: Any, counts: dict[str, int]) -> None:
+        self.chores = list(chores)
+        self.running: list[Consumer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self._log = log
+        self._counts = counts
+
+    def enter(self, lane: Consumer) -> None:
+        self.running.append(lane)
+        if self.tasks:
+            return
+        self.tasks = [
+            asyncio.create_task(
+                supervise(
+                    name, chore.run, done=chore.done, log=self._log, counts=self._counts, on_fatal=self.fail
+                ),
+                name=f"streamq-{name.replace(' ', '-')}-{lane.name}",
+            )
+            for name, chore in self.chores
+        ]
+
+    def fail(self, error: BaseException) -> None:
+        for lane in self.running:
+            lane.fail(error)
+
+    async def leave(self, lane: Consumer) -> None:
+        self.running.remove(lane)
+        if self.running:
+            return
+        tasks, self.tasks = self.tasks, []
+        # Tell the background loops to stop as well as cancelling them: on Python 3.11 asyncio.wait_for
+        # (which redis-py awaits inside its commands) can swallow a cancel that lands just as its inner
+        # await completes (CPython gh-86296), and the wait below would never end.
+        for _, chore in self.chores:
+            chore.stop()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 class Consumer:
-    """Runs the handlers of one stream and group."""
+    """Runs the handlers of one stream and group (one lane of them, with concurrency above 1)."""
+
+    # Built by a lead lane (_own_chores), shared by its other lanes.
+    control: Control
+    mover: RetryMover
+    trimmer: Trimmer
+    scheduler: ScheduledMover
+    lanes: Lanes
 
     def __init__(
         self,
@@ -95,7 +158,11 @@ class Consumer:
         executor: Executor | None = None,
         *,
         on_batch: Callable[[dict[str, int]], None] | None = None,
+        lead: Consumer | None = None,
+        lane: int = 0,
     ) -> None:
+        """`lead`: the first lane of this consumer, whose pause state, rate limiter and background loops
+        this lane shares (None: this consumer is a lead, or has one lane)."""
         self.settings = settings
         self.handlers = handlers
         self.client = client
@@ -107,9 +174,12 @@ class Consumer:
         self.retry_key = keys.retry_key(settings.stream, settings.group)
         self.keys = [self.stream, self.retry_key]
         self.decoder: Decoder | None = None
+        self.lane = lane
         self.log = structlog.get_logger("streamq.consumer").bind(
             stream=self.stream, group=self.group, consumer=self.name
         )
+        if settings.concurrency > 1:
+            self.log = self.log.bind(lane=lane)
         # A rate limit caps what one read takes: a read is admitted whole before it is handled.
         batch_size = settings.batch_size
         if settings.rate_limit is not None:
@@ -124,6 +194,29 @@ class Consumer:
             "lease_lost": 0, "deleted": 0, "batches": 0, "loop_restarts": 0, "given_back": 0,
             "scheduled_moved": 0, "trimmed": 0, "dropped_over_max_len": 0, "dead_letters_expired": 0,
         }  # fmt: skip
+        if lead is not None:
+            self.control, self.mover = lead.control, lead.mover
+            self.trimmer, self.scheduler, self.lanes = lead.trimmer, lead.scheduler, lead.lanes
+        else:
+            self._own_chores(client, settings)
+        self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
+        self._on_batch = on_batch
+        self._stopping = asyncio.Event()
+        # How long the last batch took to decode and handle; unknown at first, so the first batch is not
+        # read ahead of (a slow handler would hold two batches for its first call).
+        self._last_work_s = math.inf
+        self._idle_reads = 0  # reads in a row that found nothing
+        # Idle consumers of the group are looked for by the lead lane only: once per process is enough.
+        self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S if lead is None else math.inf
+        self.holdings = Holdings(
+            lease_keeper, client, self.group, self.name, renew_every_ms=settings.renew_every_ms, log=self.log
+        )
+        # The last id of the stream up to which everything this consumer read is settled (confirmed):
+        # where a group deleted under it is recreated.
+        self._settled_through: bytes | None = None
+
+    def _own_chores(self, client: aioredis.Redis, settings: ConsumerSettings) -> None:
+        """The pause state, rate limiter and background loops of a lead lane, shared with its other lanes."""
         self.control = Control(client, settings, log=self.log, counts=self.counts)
         self.mover = RetryMover(
             client,
@@ -139,20 +232,14 @@ class Consumer:
             client, self.stream, poll_ms=settings.scheduled_poll_ms, log=self.log, counts=self.counts,
             paused=lambda: self.control.stream_paused, wait_resumed=self.control.wait_resumed,
         )  # fmt: skip
-        self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
-        self._on_batch = on_batch
-        self._stopping = asyncio.Event()
-        # How long the last batch took to decode and handle; unknown at first, so the first batch is not
-        # read ahead of (a slow handler would hold two batches for its first call).
-        self._last_work_s = math.inf
-        self._idle_reads = 0  # reads in a row that found nothing
-        self._next_reap_check = time.monotonic() + REAP_CHECK_EVERY_S
-        self.holdings = Holdings(
-            lease_keeper, client, self.group, self.name, renew_every_ms=settings.renew_every_ms, log=self.log
-        )
-        # The last id of the stream up to which everything this consumer read is settled (confirmed):
-        # where a group deleted under it is recreated.
-        self._settled_through: bytes | None = None
+        self.lanes = Lanes(
+            [
+                ("retry mover", self.mover), ("control", self.control), ("scheduled mover", self.scheduler),
+                ("trimmer", self.trimmer),
+            ],
+            log=self.log,
+            counts=self.counts,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -179,19 +266,7 @@ class Consumer:
         self._stopping = stopping
         self.control.stopping = stopping  # a rate-limit wait ends when the consumer is told to stop
         link = _wire.Link(self.client)
-        chores: list[tuple[str, Chore]] = [
-            ("retry mover", self.mover), ("control", self.control), ("scheduled mover", self.scheduler),
-            ("trimmer", self.trimmer),
-        ]  # fmt: skip
-        tasks = [
-            asyncio.create_task(
-                supervise(
-                    name, chore.run, done=chore.done, log=self.log, counts=self.counts, on_fatal=self.fail
-                ),
-                name=f"streamq-{name.replace(' ', '-')}-{self.name}",
-            )
-            for name, chore in chores
-        ]
+        self.lanes.enter(self)
         self.log.info(
             "consumer started",
             batch_size=self.settings.batch_size,
@@ -199,6 +274,7 @@ class Consumer:
             max_attempts=self.settings.max_attempts,
             max_deliveries=self.settings.max_deliveries,
             burst=burst,
+            concurrency=self.settings.concurrency,
         )
         delay_s = 0.05
         try:
@@ -226,14 +302,7 @@ class Consumer:
             self.counts["given_back"] += await self.holdings.give_back()
             raise
         finally:
-            # Tell the background loops to stop as well as cancelling them: on Python 3.11
-            # asyncio.wait_for (which redis-py awaits inside its commands) can swallow a cancel that lands
-            # just as its inner await completes (CPython gh-86296), and the wait below would never end.
-            for _, chore in chores:
-                chore.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
+            await self.lanes.leave(self)
             await link.close()
             await reap_self(self.client, self.keys, self.group, self.name, self.log)
             self.log.info("consumer stopped", **self.counts)
