@@ -5,6 +5,7 @@ act on every lane."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +15,7 @@ import redis.asyncio
 from helpers import async_wait_until
 
 import streamq
+from streamq._connection import DEFAULT_MAX_CONNECTIONS
 from streamq.control import pause, resume
 from streamq.errors import ConfigurationError
 from streamq.settings import MAX_CONCURRENCY, ConsumerSettings
@@ -343,3 +345,48 @@ async def test_one_copy_of_the_background_loops_serves_every_lane(redis_url: str
         await _finish(app, run)
     for loop in ("retry-mover", "scheduled-mover", "trimmer", "control"):
         assert tasks_named(f"streamq-{loop}-") == 0, loop
+
+
+async def test_plain_def_handlers_get_a_thread_per_lane(redis_url: str, unique: str) -> None:
+    """With executor_workers unset, the handler thread pool has a thread for every lane: eight lanes of a
+    plain `def` handler are all in their threads at once (more than the pool's default on a small machine),
+    so no lane queues for a thread."""
+    lanes = 8
+    await _publish(redis_url, unique, lanes)
+    barrier = threading.Barrier(lanes)
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=1, concurrency=lanes, block_ms=100, max_attempts=1)
+    def handle(batch: streamq.Batch[Job]) -> None:
+        barrier.wait(timeout=10)  # BrokenBarrierError (the call fails) unless all eight are in at once
+
+    await asyncio.wait_for(app.run_until_idle(), 60)
+    counts = app.counts()
+    assert counts["acked"] == lanes and counts["dead"] == 0
+
+
+async def test_lanes_beyond_the_default_pool_size_each_get_a_connection(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Every lane keeps a connection for its reads: with more lanes than the pool of an app built from a URL
+    holds by default, the pool grows, and all of them have a batch in their handler at once."""
+    lanes = DEFAULT_MAX_CONNECTIONS + 16
+    await _publish(redis_url, unique, lanes)
+    gate = Gate(lanes)
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", batch_size=1, concurrency=lanes, block_ms=100)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        if not gate.all_in.is_set():
+            await gate.enter(batch.consumer)
+
+    gate.release.set()
+    run = asyncio.create_task(app.run_until_idle())
+    try:
+        await async_wait_until(gate.all_in.is_set, timeout_s=20, message="a batch in every lane at once")
+        await asyncio.wait_for(asyncio.shield(run), 30)
+    finally:
+        await _finish(app, run)
+    assert len(set(gate.entered)) == lanes
+    assert app.counts()["acked"] == lanes
+    assert await _pending_by_consumer(client, unique, "g") == {}
