@@ -169,6 +169,10 @@ async def test_racing_trimmers_never_remove_what_a_slow_group_still_needs(
         await asyncio.gather(*trimmers)
     assert delivered == ids
     assert missing == []
+    # Everything is acknowledged by both groups now: trimming frees it. (Whether the racing trims freed
+    # whole nodes before this point depends on where the slow group stood when they ran; on Valkey, in a
+    # loaded full run, they once freed none.)
+    removed += (await trim(client, unique)).removed
     assert removed > 0
 
 

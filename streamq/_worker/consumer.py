@@ -10,6 +10,7 @@
     scheduling.py   the mover of delayed events into the stream, beside the loop (any group's worker)
     trimming.py     retention: trims what every group has acknowledged, beside the loop
     control.py      pause and resume, and the group-wide rate limit
+    lanes.py        concurrency=N: the lanes of one consumer, and the one copy of the loops above they share
     reaping.py      consumers that hold nothing leave the group
 
 Read-ahead. While entries keep coming, the consumer keeps the server busy during handling: as soon as
@@ -61,6 +62,7 @@ from .decoding import decode
 from .handlers import HandlerSet
 from .handling import handle
 from .holding import GIVE_BACK_TIMEOUT_S, Holdings
+from .lanes import Lanes
 from .leases import Hold, LeaseKeeper
 from .reading import Reader
 from .reaping import reap_idle, reap_self
@@ -68,7 +70,6 @@ from .reclaiming import Deliveries, Reclaimer, sort_claimed
 from .retries import RetryMover
 from .scheduling import ScheduledMover
 from .settling import Settlement
-from .supervision import Chore, supervise
 from .trimming import Trimmer
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
@@ -89,54 +90,6 @@ def consumer_name(prefix: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Lanes:
-    """The background loops one copy of which serves every lane of a consumer, and the lanes running.
-
-    Started by the first lane that enters, stopped (and awaited) by the last one that leaves. A loop that
-    fails for good stops every lane running with its error.
-    """
-
-    def __init__(self, chores: Sequence[tuple[str, Chore]], *, log: Any, counts: dict[str, int]) -> None:
-        self.chores = list(chores)
-        self.running: list[Consumer] = []
-        self.tasks: list[asyncio.Task[None]] = []
-        self._log = log
-        self._counts = counts
-
-    def enter(self, lane: Consumer) -> None:
-        self.running.append(lane)
-        if self.tasks:
-            return
-        self.tasks = [
-            asyncio.create_task(
-                supervise(
-                    name, chore.run, done=chore.done, log=self._log, counts=self._counts, on_fatal=self.fail
-                ),
-                name=f"streamq-{name.replace(' ', '-')}-{lane.name}",
-            )
-            for name, chore in self.chores
-        ]
-
-    def fail(self, error: BaseException) -> None:
-        for lane in self.running:
-            lane.fail(error)
-
-    async def leave(self, lane: Consumer) -> None:
-        self.running.remove(lane)
-        if self.running:
-            return
-        tasks, self.tasks = self.tasks, []
-        # Tell the background loops to stop as well as cancelling them: on Python 3.11 asyncio.wait_for
-        # (which redis-py awaits inside its commands) can swallow a cancel that lands just as its inner
-        # await completes (CPython gh-86296), and the wait below would never end.
-        for _, chore in self.chores:
-            chore.stop()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
 
 
 class Consumer:

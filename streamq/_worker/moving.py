@@ -84,7 +84,9 @@ class DueMover:
                     self.wake_at = time.monotonic() + wait_s
                     if self.wait_resumed is not None:
                         await self.wait_resumed(wait_s)
-                    else:
+                    if self.paused():
+                        # Still paused: wait_resumed returns at once while the consumer stops (before
+                        # this loop is told to), and looping on it would never give the event loop back.
                         await self._sleep(wait_s)
                     continue
                 try:
