@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from ._cli_args import non_negative_int, positive_int
 from ._cli_output import print_json
 from ._connection import resolve_url
 from .exit_codes import FAILURE, OK
@@ -53,23 +54,6 @@ examples:
 """
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_commands(commands: Any, command: Any, common: argparse.ArgumentParser | None = None) -> None:
     """Add this module's commands to the `streamq` parser: `command(commands, name, help, epilog, run)`.
 
@@ -81,11 +65,11 @@ def add_commands(commands: Any, command: Any, common: argparse.ArgumentParser | 
     trim.add_argument("stream", metavar="STREAM")
     trim.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     trim.add_argument(
-        "--keep-acked-ms", metavar="N", type=_non_negative_int, default=0,
+        "--keep-acked-ms", metavar="N", type=non_negative_int, default=0,
         help="keep acknowledged entries younger than N ms (default: 0)",
     )  # fmt: skip
     trim.add_argument(
-        "--max-len", metavar="N", type=_positive_int, default=None,
+        "--max-len", metavar="N", type=positive_int, default=None,
         help="then drop the oldest entries beyond N, acknowledged or not (default: no cap)",
     )  # fmt: skip
     trim.add_argument("--json", action="store_true", help="print JSON instead of text")

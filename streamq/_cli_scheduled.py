@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._cli_args import whole_number
 from ._cli_output import format_table, format_timestamp, print_json
 from ._connection import resolve_url
 from .errors import ConfigurationError
@@ -51,13 +52,7 @@ examples:
 
 
 def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_LIST_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIST_LIMIT}, got {value}")
-    return value
+    return whole_number(text, 1, MAX_LIST_LIMIT)
 
 
 def _schedule_id(text: str) -> str:

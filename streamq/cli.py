@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__, _cli_control, _cli_retention, _cli_scheduled
+from ._cli_args import positive_int
 from ._cli_help import (
     DEMO_EPILOG,
     DLQ_EPILOG,
@@ -118,16 +119,6 @@ def _global_options(parser: argparse.ArgumentParser, *, on_command: bool) -> Non
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _processes(text: str) -> int:
     """`--processes`: a whole number of at least 1, or `auto` (one per core)."""
     if text == "auto":
@@ -175,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit once drained and nothing is pending")
     worker.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop, not uvloop")
     worker.add_argument(
-        "--connect-timeout-ms", metavar="N", type=_positive_int, default=None,
+        "--connect-timeout-ms", metavar="N", type=positive_int, default=None,
         help="how long to wait for an unreachable server at start"
         " (default: the app's setting, else 30000 with --burst and for ever without)",
     )  # fmt: skip
@@ -204,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("stream", metavar="STREAM")
     listing.add_argument("--group", metavar="G", help="only this group's dead letters")
     listing.add_argument(
-        "--limit", metavar="N", type=_positive_int, default=DEFAULT_LIMIT,
+        "--limit", metavar="N", type=positive_int, default=DEFAULT_LIMIT,
         help=f"show at most N (default: {DEFAULT_LIMIT})",
     )  # fmt: skip
     # --limit's former name, kept so that scripts written for it still work.
-    listing.add_argument("--count", dest="limit", type=_positive_int, default=argparse.SUPPRESS,
+    listing.add_argument("--count", dest="limit", type=positive_int, default=argparse.SUPPRESS,
                          help=argparse.SUPPRESS)  # fmt: skip
     listing.add_argument(
         "--after", metavar="DLQ_ID", type=_dlq_id,
@@ -249,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--events",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_DEMO_EVENTS,
         help=f"order events to publish (default: {DEFAULT_DEMO_EVENTS})",
     )

@@ -57,6 +57,7 @@ from .commands import (
     xadd_many_sync,
 )
 from .replies import (
+    TRANSIENT,
     Claimed,
     ConsumerInfo,
     Settled,
@@ -103,6 +104,7 @@ __all__ = [
     "REPLAY",
     "SAFE_SERVER_VERSION",
     "SETTLE",
+    "TRANSIENT",
     "Arg",
     "Claimed",
     "Command",

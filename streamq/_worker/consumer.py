@@ -49,9 +49,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import _wire, keys
 from ..errors import describe_error
@@ -72,7 +70,7 @@ from .scheduling import ScheduledMover
 from .settling import Settlement
 from .trimming import Trimmer
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+TRANSIENT = _wire.TRANSIENT
 MAX_RECONNECT_DELAY_S = 5.0
 REAP_CHECK_EVERY_S = 60.0  # how often a consumer looks for idle, empty consumers of its group to delete
 # Read ahead only while handling a batch takes less than this: far below any lease (>= 100 ms), and a

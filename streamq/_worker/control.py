@@ -26,18 +26,15 @@ import asyncio
 from typing import Any, NoReturn
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys
+from .._wire import TRANSIENT, is_denied
 from .._wire import control as wire
-from .._wire import is_denied
 from ..control import EVERY_GROUP, PauseInfo, decode_pause
 from ..errors import ConfigurationError, describe_error
 from ..settings import ConsumerSettings
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 # While the pause state is still unknown (no reading has answered yet), wait_resumed waits for the first
 # answer up to this long, whatever the consumer's block_ms: returning sooner would let a burst run take
 # "unknown" for "paused" and end before it began.

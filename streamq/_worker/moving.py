@@ -16,13 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from .. import _wire
 from ..errors import ServerError, describe_error
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+TRANSIENT = _wire.TRANSIENT
 MOVE_LIMIT = 1000  # moved per script call: bounds how long one call holds the server
 SERVER_ERROR_WAIT_S = 1.0
 

@@ -15,14 +15,12 @@ import random
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._wire import TRANSIENT
 from .._wire import retention as wire
 from ..errors import ConfigurationError, ServerError, describe_error
 from ..settings import ConsumerSettings
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 JITTER = 0.25  # each wait is the interval give or take this fraction of it
 MAX_ERROR_WAIT_S = 5.0
 
