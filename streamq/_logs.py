@@ -79,8 +79,11 @@ def configure_logging(level: str = DEFAULT_LEVEL, json: bool | None = None) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[name.upper()]),
-        # PrintLogger only calls write() and flush(), which _Stderr has, hence the ignore: it is no TextIO.
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        # WriteLogger, not PrintLogger: print() writes a line and its newline in two writes, so the
+        # children of a process pool, sharing one stderr, interleaved their lines when they logged at
+        # the same instant (as they do when the pool forwards a signal), and a log shipper lost both.
+        # WriteLogger only calls write() and flush(), which _Stderr has, hence the ignore: it is no TextIO.
+        logger_factory=structlog.WriteLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         # Not cached: a cached logger keeps the level it was first used with, and main() may run several
         # times in one process (the tests do). Workers log per batch, not per event, so this costs nothing.
         cache_logger_on_first_use=False,

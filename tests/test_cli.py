@@ -7,6 +7,7 @@ subprocess, the way people run it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -210,6 +211,33 @@ def test_json_logs_have_iso_timestamps_levels_and_redacted_urls(capsys: pytest.C
     assert line["redis"] == "rediss://app:***@cache:6380/0"
     assert line["level"] == "info"
     assert line["timestamp"].endswith("Z") and "T" in line["timestamp"]
+
+
+class _RecordingStderr(io.StringIO):
+    """A stderr that remembers each write() call, as the OS would see it with PYTHONUNBUFFERED."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_log_line_reaches_stderr_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line and its newline go out in one write(), so the children of a process pool, sharing one
+    stderr, cannot interleave halves of their lines when they log at the same instant (print() wrote the
+    newline separately, and two children's lines became one unparseable line)."""
+    recording = _RecordingStderr()
+    monkeypatch.setattr(sys, "stderr", recording)
+    configure_logging("info", json=True)
+    log = structlog.get_logger("test")
+    for n in range(3):
+        log.info("stopping", n=n)
+    assert len(recording.calls) == 3
+    assert all(call.endswith("\n") and call.count("\n") == 1 for call in recording.calls)
+    assert [json.loads(call)["n"] for call in recording.calls] == [0, 1, 2]
 
 
 def test_console_logs_are_text_redacted_and_filtered_by_level(capsys: pytest.CaptureFixture[str]) -> None:
