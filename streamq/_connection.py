@@ -1,4 +1,11 @@
-"""Building redis-py clients from a URL (redis://, rediss://, unix://) or adopting the user's own."""
+"""Building redis-py clients from a URL (redis://, rediss://, unix://, redis+cluster://) or adopting the
+user's own.
+
+A standalone server gives one client. A cluster gives per-slot clients (_cluster.py): code that works on
+one stream asks `for_key(client, stream)` for the client of the stream's slot, which on a standalone
+server is the client itself; code that runs steps over several streams passes the whole thing to
+_wire.run_steps, which routes each command to its slot.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,10 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 
+from . import _cluster
+from ._cluster import AsyncSlotClients, SyncSlotClients
 from .errors import ConfigurationError
 
 ENV_URL = "STREAMQ_REDIS_URL"
@@ -18,7 +28,9 @@ DEFAULT_SOCKET_TIMEOUT_S = (
 )
 DEFAULT_MAX_CONNECTIONS = 64  # per client; callers wait for a free one instead of failing (redis-py#2517)
 
-RedisLike = str | aioredis.Redis | None
+RedisLike = str | aioredis.Redis | aioredis.RedisCluster | None
+AsyncClient = aioredis.Redis | AsyncSlotClients  # what async_client gives
+SyncClient = redis.Redis | SyncSlotClients  # what sync_client gives
 
 
 def resolve_url(url: str | None) -> str:
@@ -42,15 +54,36 @@ def redact(text: str) -> str:
     return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(_hide_userinfo, text))
 
 
-def async_client(target: RedisLike) -> tuple[aioredis.Redis, bool]:
-    """(client, owned): a client built here from a URL is ours to close; the user's own is not."""
+def for_key(client: AsyncClient, key: str) -> aioredis.Redis:
+    """The plain client that serves `key`: the client itself, or on a cluster the client of its slot."""
+    return client if isinstance(client, aioredis.Redis) else client.for_key(key)
+
+
+def for_key_sync(client: SyncClient, key: str) -> redis.Redis:
+    return client if isinstance(client, redis.Redis) else client.for_key(key)
+
+
+def async_client(target: RedisLike) -> tuple[AsyncClient, bool]:
+    """(client, owned): a client built here from a URL is ours to close; the user's own is not (on a
+    cluster, the per-slot clients are always ours: closing them leaves the user's cluster client open)."""
     if isinstance(target, aioredis.Redis):
         return target, False
+    if isinstance(target, aioredis.RedisCluster):
+        return AsyncSlotClients(target, max_connections=DEFAULT_MAX_CONNECTIONS, owns_cluster=False), True
     if target is not None and not isinstance(target, str):
         raise ConfigurationError(
-            f"expected a Redis URL or a redis.asyncio.Redis, got {type(target).__name__}"
+            "expected a Redis URL, a redis.asyncio.Redis or a redis.asyncio.RedisCluster, "
+            f"got {type(target).__name__}"
         )
     url = resolve_url(target)
+    if _cluster.is_cluster_url(url):
+        try:
+            cluster = aioredis.RedisCluster.from_url(
+                _cluster.node_url(url), socket_timeout=DEFAULT_SOCKET_TIMEOUT_S, socket_connect_timeout=5.0
+            )
+        except (ValueError, redis.RedisError) as exc:
+            raise ConfigurationError(f"bad Redis Cluster URL {redact(url)!r}: {exc}") from None
+        return AsyncSlotClients(cluster, max_connections=DEFAULT_MAX_CONNECTIONS, owns_cluster=True), True
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=DEFAULT_MAX_CONNECTIONS, timeout=30,
@@ -63,10 +96,19 @@ def async_client(target: RedisLike) -> tuple[aioredis.Redis, bool]:
     return aioredis.Redis.from_pool(pool), True
 
 
-def sync_client(target: str | aioredis.Redis | redis.Redis | None) -> redis.Redis:
-    """A synchronous client to the same server: for the lease keeper thread and for sync producers."""
-    if isinstance(target, redis.Redis):
+def sync_client(
+    target: str | aioredis.Redis | redis.Redis | AsyncSlotClients | SyncSlotClients | Any | None,
+) -> SyncClient:
+    """A synchronous client to the same server or cluster: for the lease keeper thread and for sync
+    producers."""
+    if isinstance(target, redis.Redis | SyncSlotClients):
         return target
+    if isinstance(target, redis.cluster.RedisCluster):
+        return SyncSlotClients(target, owns_cluster=False)
+    if isinstance(target, AsyncSlotClients):
+        return SyncSlotClients(_cluster.sync_twin(target.cluster), owns_cluster=True)
+    if isinstance(target, aioredis.RedisCluster):
+        return SyncSlotClients(_cluster.sync_twin(target), owns_cluster=True)
     if isinstance(target, aioredis.Redis):
         pool = target.connection_pool
         kwargs: dict[str, Any] = {
@@ -85,6 +127,14 @@ def sync_client(target: str | aioredis.Redis | redis.Redis | None) -> redis.Redi
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_S)
         return redis.Redis.from_pool(redis.ConnectionPool(connection_class=connection_class, **kwargs))
     url = resolve_url(target)
+    if _cluster.is_cluster_url(url):
+        try:
+            cluster = redis.cluster.RedisCluster.from_url(
+                _cluster.node_url(url), socket_timeout=DEFAULT_SOCKET_TIMEOUT_S, socket_connect_timeout=5.0
+            )
+        except ValueError as exc:  # a RedisError (no node answers) is the caller's to retry
+            raise ConfigurationError(f"bad Redis Cluster URL {redact(url)!r}: {exc}") from None
+        return SyncSlotClients(cluster, owns_cluster=True)
     try:
         return redis.Redis.from_url(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT_S, socket_connect_timeout=5.0)
     except ValueError as exc:

@@ -33,7 +33,7 @@ import msgspec
 import redis
 
 from . import _wire, keys
-from ._connection import ENV_URL, async_client, redact, sync_client
+from ._connection import ENV_URL, for_key_sync, redact, sync_client
 from ._demo_app import GROUP, SLOW_ENV, STREAM, STREAM_ENV, OrderPlaced, app
 from .cli import format_dead_letters
 from .deadletter import DeadLetter, DeadLetters
@@ -78,7 +78,8 @@ def run(url: str | None, *, events: int, producer_only: bool = False, say: Say =
 
 def _run_on(url: str, events: int, producer_only: bool, say: Say) -> bool:
     started = time.monotonic()
-    client = sync_client(url)
+    whole = sync_client(url)
+    client = for_key_sync(whole, STREAM)  # on a cluster, the client of the demo stream's slot
     try:
         if not producer_only:
             # Start from nothing so the accounting at the end is exact; only the demo stream's keys go.
@@ -99,7 +100,7 @@ def _run_on(url: str, events: int, producer_only: bool, say: Say) -> bool:
             code = _burst_worker(url, Path(logs, "worker2.log"), say)
         return _summary(url, published, events, code, time.monotonic() - started, say)
     finally:
-        client.close()
+        whole.close()
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -223,13 +224,12 @@ def _quote_log(path: Path, say: Say) -> None:
 
 
 async def _outcome(url: str) -> tuple[StreamStatus, list[DeadLetter]]:
-    client, _ = async_client(url)
+    state = await stream_status(url, STREAM)
+    letters = DeadLetters(url)
     try:
-        state = await stream_status(client, STREAM)
-        letters = await DeadLetters(client).list(STREAM, count=10_000)
-        return state, letters
+        return state, await letters.list(STREAM, count=10_000)
     finally:
-        await client.aclose()
+        await letters.aclose()
 
 
 def _summary(url: str, published: int, events: int, worker_code: int, seconds: float, say: Say) -> bool:

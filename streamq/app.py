@@ -34,8 +34,18 @@ import structlog
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import _wire
-from ._connection import DEFAULT_MAX_CONNECTIONS, RedisLike, async_client, redact, resolve_url, sync_client
+from . import _wire, keys
+from ._cluster import AsyncSlotClients
+from ._connection import (
+    DEFAULT_MAX_CONNECTIONS,
+    AsyncClient,
+    RedisLike,
+    async_client,
+    for_key,
+    redact,
+    resolve_url,
+    sync_client,
+)
 from ._worker.consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from ._worker.handlers import HandlerSet, HandlerSpec
 from ._worker.leases import LeaseKeeper
@@ -175,10 +185,10 @@ class App:
         replaced: dict[signal.Signals, SignalHandler] = {}
         client, owned = async_client(self.redis)
         self._size_pool(client, owned)
-        # The lease keeper's thread needs its own (synchronous) client to the same server.
+        # The lease keeper's thread needs its own (synchronous) client to the same server or cluster.
         target = self.redis
         keeper = LeaseKeeper(
-            lambda: sync_client(target if isinstance(target, aioredis.Redis) else resolve_url(target)),
+            lambda: sync_client(client if not isinstance(target, str | None) else resolve_url(target)),
             on_fatal,
         )
         executor = ThreadPoolExecutor(
@@ -191,10 +201,13 @@ class App:
                     found = signal.getsignal(sig)
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     replaced[sig] = found
-            server = await self._check_server(client, stopping, connect_timeout_ms)
+            # On a cluster, the node of the registry stands for all: they run one version, one config.
+            server = await self._check_server(
+                for_key(client, keys.REGISTRY_KEY), stopping, connect_timeout_ms
+            )
             if server is None:
                 return  # stopped while waiting for the server
-            shown = redact(resolve_url(target)) if not isinstance(target, aioredis.Redis) else "client given"
+            shown = redact(resolve_url(target)) if isinstance(target, str | None) else "client given"
             log.info("connected", redis=shown, **server)
             if server.get("maxmemory_policy") not in (None, "", "noeviction"):
                 log.warning(
@@ -241,11 +254,14 @@ class App:
         lanes = sum(cfg.concurrency for cfg, _ in self.specs)
         return min(max(min(32, (os.cpu_count() or 1) + 4), lanes), MAX_EXECUTOR_WORKERS)
 
-    def _size_pool(self, client: aioredis.Redis, owned: bool) -> None:
+    def _size_pool(self, client: AsyncClient, owned: bool) -> None:
         """Every lane keeps a pooled connection for its reads: a pool built here grows by one per extra lane;
         a client given whose pool may be too small is warned about (lanes would wait for connections)."""
         extra = self._extra_lanes()
         if not extra:
+            return
+        if isinstance(client, AsyncSlotClients):  # one pool per slot, built here
+            client.max_connections = max(client.max_connections, DEFAULT_MAX_CONNECTIONS + extra)
             return
         pool = client.connection_pool
         needed = DEFAULT_MAX_CONNECTIONS + extra
@@ -394,16 +410,27 @@ class App:
 def _lanes(
     settings: ConsumerSettings,
     handlers: HandlerSet,
-    client: aioredis.Redis,
+    client: AsyncClient,
     keeper: LeaseKeeper,
     executor: ThreadPoolExecutor,
 ) -> list[Consumer]:
     """The lanes of one consumer: a lead, and concurrency - 1 lanes that share its background loops."""
-    lead = Consumer(settings, handlers, client, keeper, executor)
+    stream_client = for_key(client, settings.stream)
+    registry_client = for_key(client, keys.REGISTRY_KEY)
+    lead = Consumer(settings, handlers, stream_client, keeper, executor, registry_client=registry_client)
     return [
         lead,
         *(
-            Consumer(settings, handlers, client, keeper, executor, lead=lead, lane=lane)
+            Consumer(
+                settings,
+                handlers,
+                stream_client,
+                keeper,
+                executor,
+                lead=lead,
+                lane=lane,
+                registry_client=registry_client,
+            )
             for lane in range(1, settings.concurrency)
         ),
     ]

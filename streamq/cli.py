@@ -92,7 +92,8 @@ def _global_options(parser: argparse.ArgumentParser, *, on_command: bool) -> Non
     default: Any = argparse.SUPPRESS if on_command else None
     parser.add_argument(
         "--redis-url", metavar="URL", default=default,
-        help=f"Redis URL: redis://, rediss:// or unix:// (default: ${ENV_URL}, else redis://localhost:6379/0)",
+        help=f"Redis URL: redis://, rediss://, unix://, or redis+cluster://host:port for a Redis Cluster "
+        f"(default: ${ENV_URL}, else redis://localhost:6379/0)",
     )  # fmt: skip
     parser.add_argument(
         "--log-level",

@@ -39,7 +39,7 @@ import redis
 
 from . import _wire
 from ._backpressure import AsyncBacklogGate, SyncBacklogGate
-from ._connection import RedisLike, async_client, sync_client
+from ._connection import RedisLike, async_client, for_key, for_key_sync, sync_client
 from ._publish_plan import MAX_DEDUP_KEY_CHARS as MAX_DEDUP_KEY_CHARS
 from ._publish_plan import MAX_DELAY_MS as MAX_DELAY_MS
 from ._publish_plan import DedupKeys as DedupKeys
@@ -219,7 +219,7 @@ class Producer:
     async def _fast(self, stream: str, chunks: list[list[bytes]]) -> list[str]:
         # Never trims (maxlen=None): a trimmed publish counts what it drops, so it takes the script.
         ids: list[str] = []
-        link = _wire.Link(self.client)
+        link = _wire.Link(for_key(self.client, stream))
         try:
             if chunks and self._gate is not None:
                 await self._gate.wait_for_room(link, stream)
@@ -232,7 +232,7 @@ class Producer:
     async def _scripted(self, plan: PublishPlan) -> list[PublishResult]:
         stream = plan.stream
         replies: list[publishing.PublishReply] = []
-        link = _wire.Link(self.client)
+        link = _wire.Link(for_key(self.client, stream))
         try:
             if plan.scripted and self._gate is not None:
                 await self._gate.wait_for_room(link, stream)
@@ -379,19 +379,19 @@ class SyncProducer:
     def _fast(self, stream: str, chunks: list[list[bytes]]) -> list[str]:
         # Never trims, as in Producer._fast.
         if chunks and self._gate is not None:
-            self._gate.wait_for_room(self.client, stream)
+            self._gate.wait_for_room(for_key_sync(self.client, stream), stream)
         ids: list[str] = []
         for chunk in chunks:
-            ids += _wire.xadd_many_sync(self.client, stream, chunk, maxlen=None, approximate=False)
+            ids += _wire.xadd_many_sync(for_key_sync(self.client, stream), stream, chunk, maxlen=None, approximate=False)
         return ids
 
     def _scripted(self, plan: PublishPlan) -> list[PublishResult]:
         stream = plan.stream
         if plan.scripted and self._gate is not None:
-            self._gate.wait_for_room(self.client, stream)
+            self._gate.wait_for_room(for_key_sync(self.client, stream), stream)
         replies: list[publishing.PublishReply] = []
         for call in plan.packed():
-            reply = publishing.publish_sync(self.client, stream, call)
+            reply = publishing.publish_sync(for_key_sync(self.client, stream), stream, call)
             replies.append(reply)
             self._drops.add(stream, reply.dropped_by_maxlen)
         results = _results(replies)

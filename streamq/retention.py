@@ -31,7 +31,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from . import keys
-from ._connection import RedisLike
+from ._connection import RedisLike, for_key, for_key_sync
 from ._wire import Steps, T, borrowed_async, borrowed_sync, checked, run_steps_on, run_steps_on_sync
 from ._wire import retention as wire
 from .errors import ConfigurationError, GroupInUse
@@ -121,8 +121,8 @@ async def trim(
     _check(stream, keep_acked_ms, max_len, dlq_max_age_ms, dlq_max_len)
     async with borrowed_async(client, "trim", __name__) as connection:
         reply = await wire.trim(
-            connection, stream, keep_acked_ms=keep_acked_ms, max_len=max_len, dlq_max_age_ms=dlq_max_age_ms,
-            dlq_max_len=dlq_max_len, dry_run=dry_run,
+            for_key(connection, stream), stream, keep_acked_ms=keep_acked_ms, max_len=max_len,
+            dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
         )  # fmt: skip
     return _result(stream, reply, dry_run)
 
@@ -141,8 +141,8 @@ def trim_sync(
     _check(stream, keep_acked_ms, max_len, dlq_max_age_ms, dlq_max_len)
     with borrowed_sync(client, "trim", __name__) as connection:
         reply = wire.trim_sync(
-            connection, stream, keep_acked_ms=keep_acked_ms, max_len=max_len, dlq_max_age_ms=dlq_max_age_ms,
-            dlq_max_len=dlq_max_len, dry_run=dry_run,
+            for_key_sync(connection, stream), stream, keep_acked_ms=keep_acked_ms, max_len=max_len,
+            dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
         )  # fmt: skip
     return _result(stream, reply, dry_run)
 
@@ -182,7 +182,9 @@ async def delete_group(
     """
     _check_group(stream, group, live_idle_ms)
     async with borrowed_async(client, "delete_group", __name__) as connection:
-        reply = await wire.delete_group(connection, stream, group, live_idle_ms=live_idle_ms, force=force)
+        reply = await wire.delete_group(
+            for_key(connection, stream), stream, group, live_idle_ms=live_idle_ms, force=force
+        )
     return _deleted(stream, group, reply, force)
 
 
@@ -197,7 +199,9 @@ def delete_group_sync(
     """delete_group() for blocking code."""
     _check_group(stream, group, live_idle_ms)
     with borrowed_sync(client, "delete_group", __name__) as connection:
-        reply = wire.delete_group_sync(connection, stream, group, live_idle_ms=live_idle_ms, force=force)
+        reply = wire.delete_group_sync(
+            for_key_sync(connection, stream), stream, group, live_idle_ms=live_idle_ms, force=force
+        )
     return _deleted(stream, group, reply, force)
 
 

@@ -14,10 +14,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._cluster import REDIRECTIONS
 from ..errors import ConfigurationError, ServerError
 
-# Errors that pass: the server is unreachable or slow for now. Whoever sees one waits and tries again.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+# Errors that pass: the server is unreachable or slow for now, or (on a cluster) the slot is moving to
+# another node (REDIRECTIONS: the command was not run). Whoever sees one waits and tries again.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError, *REDIRECTIONS)
 
 
 class StreamBatch(NamedTuple):

@@ -18,6 +18,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from .._cluster import REDIRECTIONS
+
 Arg = bytes | str | int | float
 
 
@@ -109,6 +111,8 @@ async def _read_replies(conn: Any, count: int) -> list[Any]:
             raise reply
         if type(reply).__name__ == "PushNotification":
             continue  # out-of-band RESP3 push (client tracking); not a reply to our commands
+        if isinstance(reply, REDIRECTIONS) and (mark := getattr(conn, "mark_redirected", None)):
+            mark()  # a slot connection of a cluster: the next command goes to the slot's node of then
         out.append(reply)
     return out
 

@@ -111,12 +111,15 @@ class Consumer:
         on_batch: Callable[[dict[str, int]], None] | None = None,
         lead: Consumer | None = None,
         lane: int = 0,
+        registry_client: aioredis.Redis | None = None,
     ) -> None:
         """`lead`: the first lane of this consumer, whose pause state, rate limiter and background loops
-        this lane shares (None: this consumer is a lead, or has one lane)."""
+        this lane shares (None: this consumer is a lead, or has one lane). `client` serves the stream's
+        keys; `registry_client` the registry's (on a cluster, another slot; None: `client`)."""
         self.settings = settings
         self.handlers = handlers
         self.client = client
+        self.registry_client = registry_client if registry_client is not None else client
         self.lease_keeper = lease_keeper
         self.executor = executor
         self.name = consumer_name(settings.consumer_prefix)
@@ -198,7 +201,7 @@ class Consumer:
         for key in self.keys:
             if await _wire.ensure_group(self.client, key, self.group):
                 self.log.info("group created", key=key)
-        await _wire.register_stream(self.client, keys.REGISTRY_KEY, self.stream)
+        await _wire.register_stream(self.registry_client, keys.REGISTRY_KEY, self.stream)
         if self.decoder is None:
             self.decoder = Decoder(self.handlers.resolve_event_types(), self.settings.max_event_bytes)
 

@@ -27,6 +27,7 @@ import redis
 import structlog
 
 from .. import _wire
+from .._connection import SyncClient, for_key_sync
 from ..errors import WorkerFailed, describe_error
 
 log = structlog.get_logger("streamq.leases")
@@ -72,7 +73,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        make_client: Callable[[], redis.Redis],
+        make_client: Callable[[], SyncClient],
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._make_client = make_client
@@ -118,7 +119,7 @@ class LeaseKeeper:
             self._holds.discard(held)
 
     def _run(self) -> None:
-        client: redis.Redis | None = None
+        client: SyncClient | None = None
         failures_in_a_row = 0
         try:
             while not self._stop.wait(POLL_S):
@@ -163,7 +164,8 @@ class LeaseKeeper:
         if self._on_fatal is not None:
             self._on_fatal(self.fatal)
 
-    def _renew(self, client: redis.Redis, held: Hold) -> None:
+    def _renew(self, whole: SyncClient, held: Hold) -> None:
+        client = for_key_sync(whole, held.key)  # on a cluster, the client of the stream's slot
         try:
             if held.ids is None:
                 _wire.renew_held_sync(
@@ -200,7 +202,7 @@ class LeaseKeeper:
                 )
 
 
-def _close_quietly(client: redis.Redis | None) -> None:
+def _close_quietly(client: SyncClient | None) -> None:
     if client is not None:
         try:
             client.close()
