@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -49,6 +50,7 @@ from ._connection import (
 from ._worker.consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from ._worker.handlers import HandlerSet, HandlerSpec
 from ._worker.leases import LeaseKeeper
+from ._worker.partitioned import PartitionedConsumer
 from .errors import ConfigurationError, ServerError, describe_error
 from .events import Event
 from .exit_codes import ABANDONED, INTERRUPTED, OK
@@ -95,7 +97,7 @@ class App:
             connect_timeout_ms=connect_timeout_ms,
         )
         self.specs: list[tuple[ConsumerSettings, HandlerSet]] = []
-        self.consumers: list[Consumer] = []
+        self.consumers: list[Consumer | PartitionedConsumer] = []
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False  # stop() before run() started: the next run() returns at once
@@ -138,6 +140,11 @@ class App:
             config = ConsumerSettings(stream=stream, group=group, **settings)
         except TypeError as exc:
             raise ConfigurationError(f"unknown consumer setting: {exc}") from None
+        if config.ordered and config.partitions is None:
+            raise ConfigurationError(
+                "ordered=True needs partitions=N: each partition has one worker at a time, a plain stream"
+                " is shared by all of them"
+            )
         spec = HandlerSpec(fn, events)
         for index, (known, handlers) in enumerate(self.specs):
             if (known.stream, known.group) != (stream, group):
@@ -216,7 +223,9 @@ class App:
                 )
             keeper.start()
             self.consumers = [
-                lane for cfg, hs in self.specs for lane in _lanes(cfg, hs, client, keeper, executor)
+                consumer
+                for cfg, hs in self.specs
+                for consumer in _consumers(cfg, hs, client, keeper, executor)
             ]
             if self.settings.freeze_gc:
                 gc.collect()
@@ -405,6 +414,21 @@ class App:
             keeper_restarts = self.consumers[0].lease_keeper.restarts
             total["loop_restarts"] = total.get("loop_restarts", 0) + keeper_restarts
         return total
+
+
+def _consumers(
+    settings: ConsumerSettings,
+    handlers: HandlerSet,
+    client: AsyncClient,
+    keeper: LeaseKeeper,
+    executor: ThreadPoolExecutor,
+) -> list[Consumer] | list[PartitionedConsumer]:
+    """What runs one registered consumer: its lanes, or for a partitioned stream the part that runs lanes
+    on each partition this worker owns."""
+    if settings.partitions is None:
+        return _lanes(settings, handlers, client, keeper, executor)
+    make_lanes = functools.partial(_lanes, handlers=handlers, client=client, keeper=keeper, executor=executor)
+    return [PartitionedConsumer(settings, for_key(client, settings.stream), make_lanes, keeper)]
 
 
 def _lanes(

@@ -12,10 +12,13 @@ hash tag, so a Lua script may touch the stream and its companions together on Re
     streamq:{orders}:dedup-expiry        sorted set: dedup key scored by when it expires
     streamq:{orders}:paused              hash: `*` (every group) or a group name -> who paused it, when
     streamq:{orders}:totals              hash of the stream's own counters (trimmed, scheduled, ...)
+    streamq:{orders}:partitions          string: the partition count of a partitioned stream (partitions.py)
     streamq:{orders}:billing:retry       redeliveries for group `billing` only (retries, replays)
     streamq:{orders}:billing:delayed     sorted set: retries waiting for their backoff, scored by due time
     streamq:{orders}:billing:stats       hash of counters (acked, retried, dead, reclaimed, ...)
     streamq:{orders}:billing:rate        string: the group's rate limiter state (next free slot, in ms)
+    streamq:{orders}:billing:members     sorted set: a partitioned group's live workers, by lease expiry
+    streamq:{orders}:billing:owners      hash: partition -> the worker that owns it and until when
     streamq:registry                     set of streams that have had a worker (for `streamq status`)
 
 A stream that already has a hash tag (`{app}orders`, `app1:{eu}orders`) keeps its name as it is:
@@ -34,8 +37,9 @@ Names that could make two keys collide, or put a companion in another slot than 
 
 Why no two keys collide, for names that pass: a companion is `streamq:` + P + [`:` + group] + `:` + kind,
 where P is `{stream}` for a stream without braces and the stream itself for one with a tag. The kinds
-(stream-level `dlq`, `scheduled`, `scheduled-events`, `dedup`, `dedup-expiry`, `paused`, `totals`;
-group-level `retry`, `delayed`, `stats`, `rate`) end differently, so a key tells its kind; the group
+(stream-level `dlq`, `scheduled`, `scheduled-events`, `dedup`, `dedup-expiry`, `paused`, `totals`,
+`partitions`; group-level `retry`, `delayed`, `stats`, `rate`, `members`, `owners`) end differently, so a
+key tells its kind; the group
 holds no `:`, so it is the field before the kind; P tells the stream, since a tagged stream is never
 `{` + brace-free + `}`.
 No stream name starts with `streamq:`, so no stream is another's companion or the registry.
@@ -158,3 +162,18 @@ def totals_key(stream: str) -> str:
 
 def rate_key(stream: str, group: str) -> str:
     return f"{_companion_prefix(stream)}:{_group(group)}:rate"
+
+
+# A partitioned stream's own keys (beside its partitions, which are streams of their own: partitions.py).
+
+
+def partitions_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:partitions"
+
+
+def members_key(stream: str, group: str) -> str:
+    return f"{_companion_prefix(stream)}:{_group(group)}:members"
+
+
+def owners_key(stream: str, group: str) -> str:
+    return f"{_companion_prefix(stream)}:{_group(group)}:owners"

@@ -14,6 +14,7 @@ import msgspec
 from .errors import ConfigurationError
 from .events import DEFAULT_MAX_EVENT_BYTES
 from .keys import validate_name
+from .partitions import check_partitioning
 
 DAY_MS = 86_400_000
 
@@ -24,6 +25,7 @@ DEFAULT_MAX_DELIVERIES = 10  # deliveries that never settled (worker died, lease
 DEFAULT_MAX_DEFER_MS = DAY_MS  # an event deferred this long since its first deferral is dead-lettered
 DEFAULT_LEASE_MS = 30_000  # an entry unrenewed this long may be reclaimed by another worker
 DEFAULT_BLOCK_MS = 1_000  # how long one XREADGROUP waits for new entries; also bounds shutdown latency
+DEFAULT_PARTITION_LEASE_MS = 5_000  # a partitioned group rebalances within about this
 DEFAULT_RETRY_BASE_MS = 1_000  # first retry's backoff ceiling; doubles per attempt
 DEFAULT_RETRY_MAX_MS = 300_000  # backoff ceiling
 DEFAULT_RETRY_POLL_MS = 500  # how often due retries are looked for when none is known to be due sooner
@@ -98,6 +100,14 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     scheduled_poll_ms: int = DEFAULT_SCHEDULED_POLL_MS
     # Events per second for the whole group, across every worker and process (None: unlimited).
     rate_limit: float | None = None
+    # A partitioned stream (partitions.py): spread over this many partition streams, which the group's
+    # workers share by leases of partition_lease_ms (a joining or leaving worker rebalances within about
+    # one). None: a plain stream.
+    partitions: int | None = None
+    partition_lease_ms: int = DEFAULT_PARTITION_LEASE_MS
+    # Events of a partition handled in publish order, a failed one holding back those after it (see
+    # README, "Partitioned streams"). Needs partitions, and one lane (concurrency=1).
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         validate_name("stream", self.stream)
@@ -127,6 +137,14 @@ class ConsumerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _check_optional_range("dlq_max_age_ms", self.dlq_max_age_ms, 1, 3650 * DAY_MS)
         _check_optional_range("dlq_max_len", self.dlq_max_len, 1, MAX_MAXLEN)
         _check_range("scheduled_poll_ms", self.scheduled_poll_ms, 10, 60_000)
+        if self.partitions is not None:
+            check_partitioning(self.stream, self.partitions)
+            if self.rate_limit is not None:
+                raise ConfigurationError("rate_limit is not supported on a partitioned stream yet")
+        _check_range("partition_lease_ms", self.partition_lease_ms, 300, DAY_MS)
+        _check_bool("ordered", self.ordered)
+        if self.ordered and self.concurrency != 1:
+            raise ConfigurationError("ordered=True handles a partition one batch at a time: concurrency=1")
         if self.rate_limit is not None and not (
             isinstance(self.rate_limit, int | float)
             and not isinstance(self.rate_limit, bool)

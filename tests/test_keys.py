@@ -23,6 +23,8 @@ GROUP_KINDS: dict[str, Callable[[str, str], str]] = {
     "delayed": keys.delayed_key,
     "stats": keys.stats_key,
     "rate": keys.rate_key,
+    "members": keys.members_key,
+    "owners": keys.owners_key,
 }
 STREAM_KINDS: dict[str, Callable[[str], str]] = {
     "dlq": keys.dlq_key,
@@ -32,6 +34,7 @@ STREAM_KINDS: dict[str, Callable[[str], str]] = {
     "dedup-expiry": keys.dedup_expiry_key,
     "paused": keys.paused_key,
     "totals": keys.totals_key,
+    "partitions": keys.partitions_key,
 }
 
 

@@ -52,6 +52,8 @@ import structlog
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .. import _wire, keys
+from .._wire import partitioning
+from ..batch import Message
 from ..errors import describe_error
 from ..events import Decoder
 from ..settings import ConsumerSettings
@@ -139,12 +141,14 @@ class Consumer:
         if settings.rate_limit is not None:
             batch_size = max(1, min(batch_size, int(settings.rate_limit)))
         self.reader = Reader(self.group, self.name, self.keys, batch_size=batch_size)
+        # An ordered partition reads only its retries while one waits, so that new events stay behind it.
+        self.retries_reader = Reader(self.group, self.name, [self.retry_key], batch_size=batch_size)
         self.reclaimer = Reclaimer(
             self.keys, self.group, self.name, lease_ms=settings.lease_ms,
             every_ms=settings.reclaim_every_ms, count=settings.batch_size,
         )  # fmt: skip
         self.counts = {
-            "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "reclaimed": 0,
+            "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "held_back": 0, "reclaimed": 0,
             "lease_lost": 0, "deleted": 0, "batches": 0, "loop_restarts": 0, "given_back": 0,
             "scheduled_moved": 0, "trimmed": 0, "dropped_over_max_len": 0, "dead_letters_expired": 0,
         }  # fmt: skip
@@ -330,7 +334,12 @@ class Consumer:
             # Idle as soon as a read that does not wait finds nothing (and nothing is pending); wait briefly
             # after that only while retries are still to come due.
             block_ms = min(block_ms, BURST_BLOCK_MS) if self._idle_reads else 0
-        batches = await self.reader.read(link, block_ms=block_ms)
+        reader = self.reader
+        if self.settings.ordered and not await partitioning.may_read_new(
+            link, self.stream, self.group, self.name
+        ):
+            reader = self.retries_reader
+        batches = await reader.read(link, block_ms=block_ms)
         if not batches:
             self._idle_reads += 1
             return False
@@ -427,6 +436,7 @@ class Consumer:
     def _may_read_ahead(self, batches: list[_wire.StreamBatch]) -> bool:
         return (
             self.settings.read_ahead
+            and not self.settings.ordered  # the next batch may have to wait behind a failure of this one
             and not self._stopping.is_set()
             and self._last_work_s < READ_AHEAD_MAX_HANDLE_S
             and any(b.ids for b in batches)
@@ -553,7 +563,9 @@ class Consumer:
                     raw_fields=rejection.raw_fields,
                 )
         messages = decoded.messages
-        if messages:
+        if messages and self.settings.ordered:
+            await self._handle_in_order(messages, settlement)
+        elif messages:
             if self.control.limited:
                 await self.control.admit(len(messages))
             handled = await handle(
@@ -576,6 +588,53 @@ class Consumer:
                     settlement.apply(message, outcome, now_ms)
         self._last_work_s = time.perf_counter() - started
         return settlement
+
+    async def _handle_in_order(self, messages: list[Message[Any]], settlement: Settlement) -> None:
+        """Handle an ordered partition's read: the first message that fails (or is deferred) is handled
+        again where it is, after its backoff, with the messages after it, which the handler had not reached
+        (an ordered handler stops at the first failure); the partition waits meanwhile, its entries leased.
+        Out of attempts, it is dead-lettered and the rest go on. Told to stop while waiting, the consumer
+        puts them back in order, for the partition's next owner."""
+        remaining = messages
+        while remaining:
+            if self.control.limited:
+                await self.control.admit(len(remaining))
+            handled = await handle(
+                self.handlers, remaining, stream=self.stream, group=self.group, consumer=self.name,
+                executor=self.executor, timeout_ms=self.settings.handler_timeout_ms,
+            )  # fmt: skip
+            if handled.outcomes is None:
+                settlement.ack_all(remaining)
+                return
+            now_ms = _now_ms()
+            head = next(
+                (i for i, o in enumerate(handled.outcomes) if o.kind in ("retry", "fail", "defer")), None
+            )
+            done = len(remaining) if head is None else head
+            for message, outcome in zip(remaining[:done], handled.outcomes[:done], strict=True):
+                settlement.apply(message, outcome, now_ms)
+            if head is None:
+                return
+            message, outcome = remaining[head], handled.outcomes[head]
+            self.log.warning(
+                "ordered partition waits: handling an event again before the ones after it",
+                entry_id=message.id, error=describe_error(outcome.error) if outcome.error else outcome.reason,
+                behind=len(remaining) - head - 1,
+            )  # fmt: skip
+            delay_ms = settlement.again_in_place(message, outcome, now_ms)
+            if delay_ms is None:
+                remaining = remaining[head + 1 :]  # dead-lettered: the others go on
+                continue
+            resume_at = time.monotonic() + delay_ms / 1000
+            if await _stopped_within(self._stopping, delay_ms / 1000):
+                # What is left of its backoff goes with it: a stop does not shorten it.
+                left_ms = max(0, int((resume_at - time.monotonic()) * 1000))
+                settlement.put_back_in_order(remaining[head:], outcome, _now_ms(), left_ms)
+                return
+            if outcome.kind != "defer":
+                message.attempt += 1
+            settlement.counts["retried" if outcome.kind != "defer" else "deferred"] += 1
+            remaining = remaining[head:]
 
     async def _process_held(
         self,
@@ -639,12 +698,18 @@ class Consumer:
                 count=done.lost,
                 entry_ids=_first_ids(done.lost_ids),
             )
-        if settlement.counts["retried"] or settlement.counts["deferred"]:
+        if settlement.counts["retried"] or settlement.counts["deferred"] or settlement.counts["held_back"]:
             self.mover.due_at(time.monotonic() + settlement.min_retry_delay_ms() / 1000)
         if settlement.counts["dead"]:
             self.log.warning("dead-lettered", count=settlement.counts["dead"])
         if self._on_batch is not None:
             self._on_batch(settlement.counts)
+
+
+async def _stopped_within(stopping: asyncio.Event, delay_s: float) -> bool:
+    """Wait delay_s; True if `stopping` was set first (or already)."""
+    await _sleep_or_stop(stopping, delay_s)
+    return stopping.is_set()
 
 
 async def _sleep_or_stop(stopping: asyncio.Event, delay_s: float) -> None:

@@ -56,7 +56,7 @@ class Settlement:
         self.consumer = consumer
         self._plans = {key: _KeyPlan(first, last) for key, (first, last) in bounds.items()}
         self._built: list[SettlePlan] | None = None
-        self.counts = {"acked": 0, "retried": 0, "deferred": 0, "dead": 0}
+        self.counts = {"acked": 0, "retried": 0, "deferred": 0, "dead": 0, "held_back": 0}
 
     def ack(self, message: Message[Any]) -> None:
         self._plans[message.key].acks.append(message.entry_id)
@@ -169,6 +169,65 @@ class Settlement:
                 error_text=str(error) if error is not None else outcome.reason,
                 trace=describe(error)[2] if error is not None and not isinstance(error, Reject) else "",
             )
+
+    def again_in_place(self, message: Message[Any], outcome: Outcome, now_ms: int) -> int | None:
+        """For an ordered partition, which retries a failed event where it is: how long to wait before
+        handling `message` again (its attempt counted, or its deferral), or None when it has used its
+        attempts (or deferred too long) and was dead-lettered here instead."""
+        if outcome.kind == "defer":
+            since_ms = message.deferred_since_ms or now_ms
+            if now_ms - since_ms >= self.settings.max_defer_ms:
+                self.defer(message, now_ms, 0, outcome.reason)  # dead-letters it: deferred too long
+                return None
+            message.deferred_since_ms = since_ms
+            return min(
+                max(outcome.delay_ms or 0, MIN_DEFER_MS), since_ms + self.settings.max_defer_ms - now_ms
+            )
+        if message.attempt >= self.settings.max_attempts:
+            self.apply(message, outcome, now_ms)  # dead-letters it: max_attempts
+            return None
+        error_type, error_text, _ = describe(outcome.error)
+        message.previous_error = f"{error_type}: {error_text}" if error_type else outcome.reason
+        message.first_failure_ms = message.first_failure_ms or now_ms
+        if outcome.delay_ms is not None:
+            return outcome.delay_ms
+        return backoff_ms(
+            message.attempt, base_ms=self.settings.retry_base_ms, max_ms=self.settings.retry_max_ms
+        )
+
+    def put_back_in_order(
+        self, messages: list[Message[Any]], outcome: Outcome, now_ms: int, delay_ms: int
+    ) -> None:
+        """Stopping while an ordered partition waits to retry messages[0]: it goes back as a retry (or a
+        deferral) due after delay_ms, and the others right behind it, one ms apart, in their order, so the
+        partition's next owner handles them first (its reads wait while any retry of the group waits)."""
+        head, *behind = messages
+        retries = self._plans[head.key].retries
+        waiting = len(retries)
+        if outcome.kind == "defer":
+            self.defer(head, now_ms, delay_ms, outcome.reason)
+        else:
+            self.fail(head, now_ms, outcome.error, delay_ms=delay_ms, reason=outcome.reason)
+        due_ms = retries[-1][1] if len(retries) > waiting else delay_ms
+        for message in behind:
+            due_ms += 1
+            self.hold_back(message, now_ms, due_ms)
+
+    def hold_back(self, message: Message[Any], now_ms: int, delay_ms: int) -> None:
+        """Back after delay_ms, behind the failed message before it; no attempt used, and not a deferral
+        (max_defer_ms does not run for it)."""
+        record = RetryRecord(
+            origin_id=message.id,
+            failures=message.attempt - 1,
+            first_failure_ms=message.first_failure_ms,
+            last_failure_ms=message.first_failure_ms or now_ms,
+            error=message.previous_error,
+            payload=message.payload or b"",
+            lost_deliveries=message.lost_deliveries,
+            deferred_since_ms=message.deferred_since_ms,
+        )
+        self._plans[message.key].retries.append((message.entry_id, delay_ms, encode_record(record)))
+        self.counts["held_back"] += 1
 
     def dead(
         self,
