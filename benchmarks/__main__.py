@@ -36,6 +36,7 @@ SCENARIO_MODULES = (
     "benchmarks.scenarios_system",
     "benchmarks.scenarios_flow",
     "benchmarks.scenarios_concurrency",
+    "benchmarks.scenarios_pool",
 )
 
 EPILOG = """\
@@ -46,6 +47,7 @@ examples:
   python -m benchmarks --scenarios 'baseline-consume[500]' --repeats 5
   python -m benchmarks --scenarios streamq-e2e,streamq-scaling,streamq-growth --markdown out/system.md
   python -m benchmarks --scenarios 'streamq-scaling[2-workers]' --repeats 1
+  python -m benchmarks --scenarios streamq-pool --repeats 3   the process pool: --processes 1, 2, auto
   python -m benchmarks --redis-url redis://127.0.0.1:6400/0 --list
 """
 
@@ -140,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         if write_png(args.png, meta, results):
             log.info("chart written", path=str(args.png))
         else:
-            log.warning("chart not written: matplotlib is not installed", hint="pip install -r benchmarks/requirements.txt")
+            log.warning(
+                "chart not written: matplotlib is not installed",
+                hint="pip install -r benchmarks/requirements.txt",
+            )
     return EXIT_CASE_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 

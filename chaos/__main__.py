@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .publisher import PUBLISHER_SABOTAGES
 from .report import render, write_json
-from .run import LONG, QUICK, ChaosConfig, run
+from .run import LONG, POOL_LONG, POOL_QUICK, QUICK, ChaosConfig, run
 from .worker import SABOTAGES
 
 ALL_SABOTAGES = (*SABOTAGES, *PUBLISHER_SABOTAGES)
@@ -31,6 +31,8 @@ examples:
   python -m chaos --quick --redis-url redis://host:6379/0   no server restarts (not our server)
   python -m chaos --quick --events 3000 --window-s 10 --sabotage drop_retries   must FAIL
   python -m chaos --quick --events 3000 --window-s 10 --sabotage double_move,late_delay   must FAIL
+  python -m chaos --quick --pool 3                     workers in a --processes 3 pool, children killed: ~45 s
+  python -m chaos --pool 3                             the same for 180 s, 50k events
 """
 
 
@@ -57,6 +59,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_seconds_range,
         metavar="MIN,MAX",
         help="seconds between worker kills, drawn uniformly (default 2,5); e.g. 0.5,1.5 for a crash storm",
+    )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        metavar="N",
+        help="the workers are one `streamq worker --processes N` pool whose children are killed (only"
+        " healthy ones, every 2-4 s), stopped by SIGTERM with events in flight, then drained by a second"
+        " pool; no other fault (chaos/pool.py). Replaces --workers",
     )
     parser.add_argument(
         "--sabotage",
@@ -91,7 +101,10 @@ def _seconds_range(text: str) -> tuple[float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    config: ChaosConfig = QUICK if args.quick else LONG
+    if args.pool is not None:
+        config: ChaosConfig = dataclasses.replace(POOL_QUICK if args.quick else POOL_LONG, pool=args.pool)
+    else:
+        config = QUICK if args.quick else LONG
     changes = {
         name: value
         for name, value in (
@@ -102,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None
     }  # fmt: skip
     config = dataclasses.replace(config, **changes)
-    if config.events < 1 or config.workers < 1 or config.window_s <= 0:
-        print("events, workers and window must be positive", file=sys.stderr)
+    if config.events < 1 or config.workers < 1 or config.window_s <= 0 or config.pool < 0:
+        print("events, workers, pool and window must be positive", file=sys.stderr)
         return EXIT_USAGE
     temporary = args.workdir is None
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="streamq-chaos-"))

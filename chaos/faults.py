@@ -151,6 +151,45 @@ async def retrying(step: Callable[[], Awaitable[T]], attempts: int = 20, pause_s
     raise AssertionError("unreachable")
 
 
+async def pending_by_consumer(
+    admin: aioredis.Redis, stream_keys: tuple[str, ...], group: str
+) -> dict[str, int]:
+    """{consumer name: entries it holds} over the stream and its retry stream."""
+    out: dict[str, int] = {}
+    for key in stream_keys:
+        try:
+            rows = await retrying(lambda key=key: admin.xinfo_consumers(key, group))  # type: ignore[misc]
+        except ResponseError:
+            continue  # no such key or group yet
+        for row in rows:
+            name = _s(row["name"])
+            out[name] = out.get(name, 0) + int(row["pending"])
+    return out
+
+
+def held_by_pid(pending: dict[str, int]) -> dict[int, int]:
+    """{worker pid: entries its consumers hold}, from pending_by_consumer()'s consumer names."""
+    held: dict[int, int] = {}
+    for name, n in pending.items():
+        if n and (m := _PID.search(name)):
+            held[int(m.group(1))] = held.get(int(m.group(1)), 0) + n
+    return held
+
+
+async def inflight(
+    admin: aioredis.Redis, stream_keys: tuple[str, ...], group: str, pids: list[int] | None = None
+) -> int | None:
+    """Entries pending for the consumers of these worker pids (all consumers if None); None if unknown."""
+    try:
+        pending = await pending_by_consumer(admin, stream_keys, group)
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return None
+    if pids is None:
+        return sum(pending.values())
+    held = held_by_pid(pending)
+    return sum(held.get(pid, 0) for pid in set(pids))
+
+
 def _freeze(worker: Worker) -> bool:
     """SIGSTOP a worker; False when it has died since it was picked.
 
@@ -235,27 +274,11 @@ class Nemesis:
     # ------------------------------------------------------------------------------------------ measuring
 
     async def pending_by_consumer(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for key in (self.stream, self.retry_key):
-            try:
-                rows = await retrying(lambda key=key: self.admin.xinfo_consumers(key, self.group))  # type: ignore[misc]
-            except ResponseError:
-                continue  # no such key or group yet
-            for row in rows:
-                name = _s(row["name"])
-                out[name] = out.get(name, 0) + int(row["pending"])
-        return out
+        return await pending_by_consumer(self.admin, (self.stream, self.retry_key), self.group)
 
     async def inflight(self, pids: list[int] | None = None) -> int | None:
         """Entries pending for the consumers of these worker pids (all consumers if None)."""
-        try:
-            pending = await self.pending_by_consumer()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            return None
-        if pids is None:
-            return sum(pending.values())
-        wanted = set(pids)
-        return sum(n for name, n in pending.items() if (m := _PID.search(name)) and int(m.group(1)) in wanted)
+        return await inflight(self.admin, (self.stream, self.retry_key), self.group, pids)
 
     # ------------------------------------------------------------------------------------------ faults
 
@@ -277,10 +300,7 @@ class Nemesis:
                 pending = await self.pending_by_consumer()
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 pending = {}
-            held: dict[int, int] = {}
-            for name, n in pending.items():
-                if n and (m := _PID.search(name)):
-                    held[int(m.group(1))] = held.get(int(m.group(1)), 0) + n
+            held = held_by_pid(pending)
             most = max((held.get(w.pid, 0) for w in candidates), default=0)
             if most >= self.busy_threshold or time.monotonic() >= deadline:
                 return self.rng.choice([w for w in candidates if held.get(w.pid, 0) == most])

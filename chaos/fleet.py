@@ -166,6 +166,21 @@ class Fleet:
         return codes
 
 
+@dataclass
+class WorkersOutcome:
+    """What running the workers through the fault window and the drain gave, whoever ran them (the fleet,
+    or a process pool: chaos/pool.py)."""
+
+    publish_s: float  # the fault window, publishing included
+    drained: bool
+    drain_s: float
+    exit_codes: dict[int, int | None]  # pid -> exit code on SIGTERM (None: had to be killed)
+    faults_done: dict[str, int]
+    faults_skipped: dict[str, int]
+    spawned: int  # worker processes started
+    pool: dict[str, int] = field(default_factory=dict)  # a pool run's own figures (chaos/pool.py)
+
+
 def _tail(path: str, lines: int = 20) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:

@@ -53,6 +53,7 @@ def render(report: RunReport) -> str:
         f"  done         {_pairs(report.faults_done)}; skipped {_pairs(report.faults_skipped)}",
         f"  self-kills   {_pairs(c.self_kills)}",
         f"  worker exits {_pairs(c.worker_exits)}",
+        *([f"  pool         {_pairs(report.pool)}"] if report.pool else []),
         "",
         "results",
         f"  lost         {c.lost}",

@@ -206,9 +206,11 @@ async def run(
         report.published = published
         # Drain: both groups handle everything that was published (bounded wait).
         deadline = time.monotonic() + drain_s
-        while time.monotonic() < deadline and any(  # noqa: ASYNC110 - polls counts the handlers keep
-            sum(seen[g][:published]) < published for g in (FAST, SLOW)
-        ):
+
+        def behind() -> bool:
+            return any(sum(seen[g][:published]) < published for g in (FAST, SLOW))
+
+        while time.monotonic() < deadline and behind():  # noqa: ASYNC110 - polls counts the handlers keep
             await asyncio.sleep(0.5)
         # One more trim interval, so the final length shows what retention leaves once all is acknowledged.
         await asyncio.sleep(2.5)

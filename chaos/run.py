@@ -5,16 +5,20 @@
    nemesis injects its seeded schedule of faults and the supervisor replaces dead workers
 3. heal (resume stopped workers), let the workers drain until nothing is pending, undelivered or
    waiting for a retry, then stop them with SIGTERM
+   (with `pool` set, steps 2 and 3 are chaos/pool.py's: one `streamq worker --processes N` whose
+   children are killed, stopped by SIGTERM with events in flight, and a second pool that drains)
 4. read the final state and the dead-letter stream, merge the workers' ledger files, and check
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,10 @@ from streamq.deadletter import parse_entry
 from streamq.embedded import EmbeddedServer, ServerBinary, default_server_binary, find_server_binaries
 
 from .checker import CheckReport, FinalState, check
-from .faults import WORKER_EXIT, Nemesis, Plan, build_schedule, retrying
-from .fleet import Exit, Fleet, WorkerSettings
+from .faults import WORKER_EXIT, Nemesis, Plan, Planned, build_schedule, retrying
+from .fleet import Exit, Fleet, WorkerSettings, WorkersOutcome
 from .ledger import DeadLetterRow, Ledger
+from .pool import run_pool
 from .publisher import PUBLISHER_SABOTAGES, Publisher
 from .worker import SABOTAGES
 from .workload import MALFORMED_KINDS, malformed, plan_events
@@ -78,6 +83,9 @@ class ChaosConfig:
     # Break streamq on purpose, comma-separated (worker.SABOTAGES, publisher.PUBLISHER_SABOTAGES): the run
     # must then FAIL.
     sabotage: str = ""
+    # Above 0: the workers are one `streamq worker --processes N` pool of this many children (chaos/pool.py)
+    # instead of `workers` separate processes, and the only faults are kills of its children.
+    pool: int = 0
 
 
 LONG = ChaosConfig()
@@ -93,6 +101,13 @@ QUICK = ChaosConfig(
     pending_trims=1,
     drain_timeout_s=60.0,
 )
+# The pool run (`--pool N`): children killed (only healthy ones: chaos/pool.py), no other fault. Batches
+# take 100 ms of work, so that kills find them in flight.
+POOL_QUICK = dataclasses.replace(
+    QUICK, events=20_000, window_s=30.0, work_ms=100, kill_every_s=(2.0, 4.0), pool=3,
+    stops=0, server_restarts=0, client_kills=0, safe_trims=0, pending_trims=0,
+)  # fmt: skip
+POOL_LONG = dataclasses.replace(POOL_QUICK, events=50_000, window_s=180.0, drain_timeout_s=120.0)
 
 
 class RunReport(msgspec.Struct, kw_only=True):
@@ -112,6 +127,7 @@ class RunReport(msgspec.Struct, kw_only=True):
     faults_skipped: dict[str, int]
     workers_spawned: int
     failed_publish_calls: int
+    pool: dict[str, int] = {}  # a pool run's figures: children killed, restarts, ... (chaos/pool.py)
     publishing: dict[str, int]  # what the publisher did with delays and dedup keys (Publisher.stats)
     check: CheckReport
 
@@ -189,23 +205,15 @@ async def run(
         ledger.set_meta("config", asdict(config))
         ledger.set_meta("schedule", [asdict(p) for p in schedule])
 
-        fleet = Fleet(
-            WorkerSettings(
-                redis_url=_named(url, f"{run_id}-worker"), stream=stream, group=GROUP,
-                ledger_dir=str(run_dir / "ledger"), log_dir=str(run_dir / "logs"),
-                batch_size=config.batch_size, lease_ms=config.lease_ms, max_attempts=config.max_attempts,
-                retry_base_ms=config.retry_base_ms, retry_max_ms=config.retry_max_ms,
-                max_event_bytes=config.max_event_bytes, work_ms=config.work_ms, seed=config.seed,
-                fsync=config.fsync, sabotage=_only(config.sabotage, SABOTAGES),
-            ),
-            size=config.workers,
+        settings = WorkerSettings(
+            redis_url=_named(url, f"{run_id}-worker"), stream=stream, group=GROUP,
+            ledger_dir=str(run_dir / "ledger"), log_dir=str(run_dir / "logs"),
+            batch_size=config.batch_size, lease_ms=config.lease_ms, max_attempts=config.max_attempts,
+            retry_base_ms=config.retry_base_ms, retry_max_ms=config.retry_max_ms,
+            max_event_bytes=config.max_event_bytes, work_ms=config.work_ms, seed=config.seed,
+            fsync=config.fsync, sabotage=_only(config.sabotage, SABOTAGES),
         )  # fmt: skip
-        nemesis = Nemesis(
-            fleet=fleet, server=server, admin=admin, ledger=ledger, stream=stream, retry_key=retry_key,
-            group=GROUP, rng=random.Random(rng.random()), lease_ms=config.lease_ms,
-            failpoint_probability=config.failpoint_probability, client_name_prefix=run_id,
-            pending_trim_size=config.pending_trim_size, busy_threshold=max(1, config.batch_size // 2),
-        )  # fmt: skip
+        nemesis_rng = random.Random(rng.random())  # drawn before the publisher draws its chunk plans
         publisher = Publisher(
             url=_named(url, f"{run_id}-producer"), stream=stream, ledger=ledger, events=events,
             malformed=bad, chunk_size=config.chunk_size, duration_s=config.window_s, rng=rng,
@@ -213,42 +221,29 @@ async def run(
             republish_rate=config.republish_rate, sabotage=_only(config.sabotage, PUBLISHER_SABOTAGES),
         )  # fmt: skip
 
-        def on_exit(gone: Exit) -> None:
-            ledger.add_fault(
-                WORKER_EXIT, f"slot{gone.slot}/pid{gone.pid}", None,
-                pid=gone.pid, returncode=gone.returncode, failpoints=gone.failpoints, log_tail=gone.log_tail,
-            )  # fmt: skip
-
-        supervising = asyncio.Event()
-
-        async def supervise() -> None:
-            while not supervising.is_set():
-                fleet.supervise(on_exit)
-                await asyncio.sleep(0.1)
+        async def drained() -> tuple[bool, float]:
+            return await drain(admin, stream, retry_key, config.drain_timeout_s, config.max_delay_ms)
 
         say(
             f"{len(events)} events + {len(bad)} malformed over {config.window_s:g} s,"
-            f" {config.workers} workers, {len(schedule)} faults planned"
+            + (f" a pool of {config.pool}" if config.pool else f" {config.workers} workers")
+            + f", {len(schedule)} faults planned"
         )
-        fleet.start()
-        supervisor = asyncio.create_task(supervise())
-        window_started = time.monotonic()
-        try:
-            await asyncio.gather(publisher.run(), nemesis.run(schedule, window_started))
-            nemesis.heal()
-            publish_s = time.monotonic() - window_started
-            say(f"faults over after {publish_s:.1f} s: {nemesis.done}; draining")
-            drained, drain_s = await drain(
-                admin, stream, retry_key, config.drain_timeout_s, config.max_delay_ms
-            )
-            say(f"drained={drained} in {drain_s:.1f} s; stopping workers")
-        finally:
-            supervising.set()
-            await supervisor
-            nemesis.heal()
-            exit_codes = fleet.terminate_all()
+        if config.pool:
+            outcome = await run_pool(
+                processes=config.pool, settings=settings, admin=admin, ledger=ledger,
+                stream_keys=(stream, retry_key), group=GROUP, rng=nemesis_rng,
+                busy_threshold=max(1, config.batch_size // 2), schedule=schedule, window_s=config.window_s,
+                publish=publisher.run,
+                drain=drained, say=say,
+            )  # fmt: skip
+        else:
+            outcome = await _run_fleet(config, settings, server, admin, ledger, run_id, stream, retry_key,
+                                       nemesis_rng, schedule, publisher, drained, say)  # fmt: skip
 
-        final = await final_state(admin, stream, retry_key, drained, drain_s, exit_codes)
+        final = await final_state(
+            admin, stream, retry_key, outcome.drained, outcome.drain_s, outcome.exit_codes
+        )
         ledger.set_dead_letters(await dead_letters(admin, stream))
         invocations, kills = ledger.merge_worker_logs(run_dir / "ledger")
         ledger.set_meta("final", msgspec.to_builtins(final))
@@ -266,14 +261,15 @@ async def run(
             stream=stream,
             run_dir=str(run_dir),
             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
-            publish_s=round(publish_s, 1),
-            drain_s=round(drain_s, 1),
+            publish_s=round(outcome.publish_s, 1),
+            drain_s=round(outcome.drain_s, 1),
             total_s=round(time.monotonic() - started, 1),
             schedule=dict(sorted(planned.items())),
-            faults_done=dict(sorted(nemesis.done.items())),
-            faults_skipped=dict(sorted(nemesis.skipped.items())),
-            workers_spawned=fleet.spawned,
+            faults_done=outcome.faults_done,
+            faults_skipped=outcome.faults_skipped,
+            workers_spawned=outcome.spawned,
             failed_publish_calls=publisher.failed_calls,
+            pool=outcome.pool,
             publishing=publisher.stats,
             check=report,
         )
@@ -282,6 +278,69 @@ async def run(
         ledger.close()
         if server is not None:
             server.close()
+
+
+async def _run_fleet(
+    config: ChaosConfig,
+    settings: WorkerSettings,
+    server: EmbeddedServer | None,
+    admin: aioredis.Redis,
+    ledger: Ledger,
+    run_id: str,
+    stream: str,
+    retry_key: str,
+    rng: random.Random,
+    schedule: list[Planned],
+    publisher: Publisher,
+    drained: Callable[[], Awaitable[tuple[bool, float]]],
+    say: Callable[[str], None],
+) -> WorkersOutcome:
+    """Step 2 and 3 of the module docstring with a fleet of `python -m chaos.worker` processes."""
+    fleet = Fleet(settings, size=config.workers)
+    nemesis = Nemesis(
+        fleet=fleet, server=server, admin=admin, ledger=ledger, stream=stream, retry_key=retry_key,
+        group=GROUP, rng=rng, lease_ms=config.lease_ms,
+        failpoint_probability=config.failpoint_probability, client_name_prefix=run_id,
+        pending_trim_size=config.pending_trim_size, busy_threshold=max(1, config.batch_size // 2),
+    )  # fmt: skip
+
+    def on_exit(gone: Exit) -> None:
+        ledger.add_fault(
+            WORKER_EXIT, f"slot{gone.slot}/pid{gone.pid}", None,
+            pid=gone.pid, returncode=gone.returncode, failpoints=gone.failpoints, log_tail=gone.log_tail,
+        )  # fmt: skip
+
+    supervising = asyncio.Event()
+
+    async def supervise() -> None:
+        while not supervising.is_set():
+            fleet.supervise(on_exit)
+            await asyncio.sleep(0.1)
+
+    fleet.start()
+    supervisor = asyncio.create_task(supervise())
+    window_started = time.monotonic()
+    try:
+        await asyncio.gather(publisher.run(), nemesis.run(schedule, window_started))
+        nemesis.heal()
+        publish_s = time.monotonic() - window_started
+        say(f"faults over after {publish_s:.1f} s: {nemesis.done}; draining")
+        is_drained, drain_s = await drained()
+        say(f"drained={is_drained} in {drain_s:.1f} s; stopping workers")
+    finally:
+        supervising.set()
+        await supervisor
+        nemesis.heal()
+        exit_codes = fleet.terminate_all()
+    return WorkersOutcome(
+        publish_s=publish_s,
+        drained=is_drained,
+        drain_s=drain_s,
+        exit_codes=exit_codes,
+        faults_done=dict(sorted(nemesis.done.items())),
+        faults_skipped=dict(sorted(nemesis.skipped.items())),
+        spawned=fleet.spawned,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- state

@@ -47,6 +47,7 @@ from .ledger import WorkerLog
 from .workload import ChaosEvent, handler_succeeds
 
 FAILPOINTS_ENV = "STREAMQ_CHAOS_FAILPOINTS"
+WORKER_ARGS_ENV = "STREAMQ_CHAOS_WORKER_ARGS"  # this module's arguments, for a pool's children (pool_app.py)
 FAILPOINTS = ("after_read", "mid_handler", "after_handler", "after_settle")
 DROP_RETRIES, DOUBLE_MOVE, GREEDY_TRIM = "drop_retries", "double_move", "greedy_trim"
 SABOTAGES = (DROP_RETRIES, DOUBLE_MOVE, GREEDY_TRIM)
@@ -278,6 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         random.Random(args.seed * 100_003 + os.getpid()),
         log,
     )
+    app = build_app(args, log, failpoints)
+    try:
+        return run_app(app)
+    finally:
+        log.close()
+
+
+def build_app(args: argparse.Namespace, log: WorkerLog, failpoints: Failpoints) -> App:
+    """The worker's App, with the failpoint seams and any sabotage installed in this process.
+
+    Also what `chaos.pool_app` builds in each child of a pool (`python -m chaos --pool N`)."""
     install_settle_failpoints(failpoints)
     install_sabotage(args.sabotage)
     # Look for idle consumers to reap every few seconds instead of every minute, so that reaping (an atomic
@@ -301,10 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reap_idle_ms=args.reap_idle_ms,
         consumer_prefix=CONSUMER_PREFIX,
     )
-    try:
-        return run_app(app)
-    finally:
-        log.close()
+    return app
 
 
 if __name__ == "__main__":

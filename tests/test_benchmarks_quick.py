@@ -3,13 +3,14 @@
 It proves the harness, not the speed: no timing thresholds, only that every figure was produced, that the
 counts add up, and that the reports (JSON, Markdown, PNG) are written. One run covers the redis-py
 baselines, one streamq's publish variants, one the system scenarios (end to end, scaling, recovery, failure
-paths, growth), each once in quick mode.
+paths, growth), one the process pool, each once in quick mode.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,24 @@ def test_quick_run_measures_every_system_scenario(tmp_path: Path) -> None:
     assert "| 30k/s |" in text and "`streamq-recovery[500]`" in text and "x streamq-growth[empty]" in text
     if importlib.util.find_spec("matplotlib") is not None:
         assert png.stat().st_size > 0
+
+
+@pytest.mark.skipif(not find_server_binaries(), reason=NO_SERVER)
+def test_quick_run_measures_the_process_pool(tmp_path: Path) -> None:
+    """`streamq worker --processes N` at N = 1, 2 and auto, with a no-op and a CPU-bound handler: every case
+    moves its events through real pools, counts the workers' CPU, and compares N > 1 with N = 1."""
+    report, _ = run_quick(tmp_path, "streamq-pool")
+    results = {r["name"]: r for r in report["results"]}
+    labels = ("1p", "2p", "auto")
+    assert sorted(results) == sorted(f"streamq-pool[{h}-{n}]" for h in ("light", "cpu") for n in labels)
+    cores = os.cpu_count() or 1
+    for name, result in results.items():
+        assert_measured(result)
+        extra = result["extra"]
+        workers = 1 if name.endswith("-1p]") else 2 if name.endswith("-2p]") else cores
+        assert extra["processes"] == workers
+        assert extra["per_process_events_s"] == pytest.approx(result["rate_median"] / workers)
+        assert (extra["work_us_per_event"] > 0) == name.startswith("streamq-pool[cpu")
+        if workers > 1 or name.endswith("-auto]"):
+            assert result["compare_to"] == name.replace("-2p]", "-1p]").replace("-auto]", "-1p]")
+            assert result["rate_ratio"] > 0
