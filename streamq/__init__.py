@@ -3,7 +3,16 @@
 from .app import App
 from .batch import Batch, Message
 from .deadletter import DeadLetter, DeadLetterPage, DeadLetterResult, DeadLetters, SyncDeadLetters
-from .errors import BacklogFull, ConfigurationError, Defer, EventTooLarge, Reject, Retry, StreamqError
+from .errors import (
+    BacklogFull,
+    ConfigurationError,
+    Defer,
+    EventTooLarge,
+    Reject,
+    ReplicationTimeout,
+    Retry,
+    StreamqError,
+)
 from .events import Event
 from .producer import Producer, PublishResult, SyncProducer
 from .settings import ConsumerSettings
@@ -25,6 +34,7 @@ __all__ = [
     "Producer",
     "PublishResult",
     "Reject",
+    "ReplicationTimeout",
     "Retry",
     "StreamqError",
     "SyncDeadLetters",

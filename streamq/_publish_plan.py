@@ -7,6 +7,9 @@ published, so every check and every encoding happens before the first chunk leav
 The plan also picks the path. A plain publish (no dedup key, no delay, no trimming) becomes pipelined XADD
 chunks and costs nothing beyond encoding; anything else becomes PUBLISH script chunks
 (streamq/_wire/publishing.py), one atomic step per chunk.
+
+With min_replicas, either path sends a wait (WAIT, or WAITAOF with replica_aof) behind every chunk, in the
+chunk's round trip; too few replicas in its reply raise ReplicationTimeout (replication_timeout()).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from ._wire import publishing
-from .errors import ConfigurationError
+from ._wire import ReplicaWait, publishing
+from .errors import ConfigurationError, ReplicationTimeout
 from .events import Encoder, Event
 from .keys import validate_name
 from .settings import DAY_MS, ProducerSettings
@@ -59,6 +62,12 @@ class Planner:
     def __init__(self, settings: ProducerSettings) -> None:
         self.settings = settings
         self.encoder = Encoder(settings.max_event_bytes)
+        # What follows every chunk; None: nothing (no min_replicas).
+        self.wait = (
+            None
+            if settings.min_replicas is None
+            else ReplicaWait(settings.min_replicas, settings.replica_timeout_ms, settings.replica_aof)
+        )
 
     def plan(
         self,
@@ -99,6 +108,28 @@ class Planner:
         ]
         scripted = [planned[start : start + size] for start in range(0, len(planned), size)]
         return PublishPlan(stream, None, scripted, trim, approximate, due_mode, due_value, ttl_ms)
+
+
+def replication_timeout(
+    stream: str, wait: ReplicaWait, acknowledged: int, ids: list[str], unsent: int
+) -> ReplicationTimeout:
+    """The error for a chunk fewer than `wait.replicas` replicas confirmed: `ids` is what the call has
+    published so far, `unsent` how many of its events come after that chunk, never sent."""
+    confirmed = "had fsynced it to their AOF (WAITAOF)" if wait.aof else "had it (WAIT)"
+    rest = f"; the call's {unsent} later events were not sent" if unsent else ""
+    return ReplicationTimeout(
+        f"stream {stream!r}: {acknowledged} of {wait.replicas} replicas {confirmed} within"
+        f" {wait.timeout_ms} ms (min_replicas={wait.replicas}, replica_timeout_ms={wait.timeout_ms}). The"
+        f" {len(ids)} events sent WERE published on the primary and stay there (their ids are in .ids);"
+        f" publishing them again appends them again, unless they have dedup keys{rest}",
+        stream=stream, acknowledged=acknowledged, min_replicas=wait.replicas, timeout_ms=wait.timeout_ms,
+        aof=wait.aof, ids=list(ids), unsent=unsent,
+    )  # fmt: skip
+
+
+def events_after(chunks: Sequence[Sequence[object]], sent: int) -> int:
+    """How many events the chunks after the first `sent` hold."""
+    return sum(len(chunk) for chunk in chunks[sent:])
 
 
 def check_due(delay_ms: int | None, at: datetime | None) -> tuple[str, int]:

@@ -13,6 +13,7 @@ StreamqError
 ├── HandlerTimeout          a handler call ran past handler_timeout_ms (a failed attempt)
 ├── WorkerFailed            a part of the worker failed for good (a background loop could not recover)
 ├── BacklogFull             a producer's max_backlog is exceeded past backlog_timeout_ms
+├── ReplicationTimeout      published, but fewer than min_replicas replicas confirmed it in time
 ├── GroupInUse              `group delete` refused: the group has live consumers
 └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
 
@@ -119,6 +120,42 @@ class BacklogFull(StreamqError):
         self.pending = pending
         self.max_backlog = max_backlog
         self.waited_ms = waited_ms
+
+
+class ReplicationTimeout(StreamqError):
+    """Fewer than min_replicas replicas confirmed a publish within replica_timeout_ms.
+
+    The events WERE published: they are on the primary and stay there (nothing is rolled back), and a
+    consumer may already be handling them. Only their copy on the replicas is unconfirmed, so a failover now
+    could lose them. Publishing them again appends them again, unless they carry dedup keys.
+
+    The figures are attributes: `stream`, `acknowledged` (replicas that confirmed), `min_replicas` (asked
+    for), `timeout_ms`, `aof` (True: confirmed means fsynced to the replica's AOF, WAITAOF), `ids` (what the
+    call returned for every event it published, in order: entry ids, or schedule ids when delayed, or the
+    first publish's id for a duplicate), and `unsent` (events of the call after the unconfirmed chunk, not
+    sent at all).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stream: str = "",
+        acknowledged: int = 0,
+        min_replicas: int = 0,
+        timeout_ms: int = 0,
+        aof: bool = False,
+        ids: list[str] | None = None,
+        unsent: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.acknowledged = acknowledged
+        self.min_replicas = min_replicas
+        self.timeout_ms = timeout_ms
+        self.aof = aof
+        self.ids = ids if ids is not None else []
+        self.unsent = unsent
 
 
 class DeadLetterNotFound(StreamqError, LookupError):

@@ -19,6 +19,9 @@ With `max_backlog=N`, a publish first makes sure no group of the stream owes mor
 delivered + pending). It reads that at most once per `backlog_check_ms`; while it is over N it waits, up
 to `backlog_timeout_ms`, then raises BacklogFull with nothing of the call published.
 
+With `min_replicas=N`, every chunk is followed by `WAIT N replica_timeout_ms` (WAITAOF with `replica_aof`)
+in the chunk's own round trip, and too few replicas raise ReplicationTimeout (see Producer).
+
 This module holds the public surface and the sending; each step before a send lives in its own module, so
 Producer and SyncProducer share it instead of each keeping a copy: checking, encoding and chunking a call
 (_publish_plan.py), the backlog gate (_backpressure.py), and the warning of entries trimming dropped
@@ -43,7 +46,7 @@ from ._connection import RedisLike, async_client, for_key, for_key_sync, sync_cl
 from ._publish_plan import MAX_DEDUP_KEY_CHARS as MAX_DEDUP_KEY_CHARS
 from ._publish_plan import MAX_DELAY_MS as MAX_DELAY_MS
 from ._publish_plan import DedupKeys as DedupKeys
-from ._publish_plan import Planner, PublishPlan, check_dedup_key
+from ._publish_plan import Planner, PublishPlan, check_dedup_key, events_after, replication_timeout
 from ._trim_warnings import DROP_WARNING_EVERY_S as DROP_WARNING_EVERY_S
 from ._trim_warnings import DropLog
 from ._wire import publishing
@@ -59,6 +62,7 @@ from .settings import (
     DEFAULT_BACKLOG_TIMEOUT_MS,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DEDUP_TTL_MS,
+    DEFAULT_REPLICA_TIMEOUT_MS,
     ProducerSettings,
 )
 
@@ -83,13 +87,15 @@ def _results(replies: list[publishing.PublishReply]) -> list[PublishResult]:
 
 def _settings(
     max_event_bytes: int, maxlen: int | None, approximate_trim: bool, chunk_size: int, dedup_ttl_ms: int,
-    max_backlog: int | None, backlog_timeout_ms: int, backlog_check_ms: int,
+    max_backlog: int | None, backlog_timeout_ms: int, backlog_check_ms: int, min_replicas: int | None,
+    replica_timeout_ms: int, replica_aof: bool,
 ) -> ProducerSettings:  # fmt: skip
     # Checked here, so a bad value fails when the producer is built, not at its first publish.
     return ProducerSettings(
         max_event_bytes=max_event_bytes, maxlen=maxlen, approximate_trim=approximate_trim,
         chunk_size=chunk_size, dedup_ttl_ms=dedup_ttl_ms, max_backlog=max_backlog,
-        backlog_timeout_ms=backlog_timeout_ms, backlog_check_ms=backlog_check_ms,
+        backlog_timeout_ms=backlog_timeout_ms, backlog_check_ms=backlog_check_ms, min_replicas=min_replicas,
+        replica_timeout_ms=replica_timeout_ms, replica_aof=replica_aof,
     )  # fmt: skip
 
 
@@ -101,6 +107,26 @@ class Producer:
     `dropped_by_maxlen` total, and logged). Size it well above any lag.
 
     `duplicates` counts the publishes this producer found to be duplicates of an earlier dedup key.
+
+    Replication is asynchronous: a publish returns once the primary has the entries, and a failover before
+    a replica got them loses them. `min_replicas=N` narrows that window: each chunk of a call is followed,
+    in the chunk's own round trip, by `WAIT N replica_timeout_ms`, and the call returns only once N
+    replicas have confirmed every chunk. With `replica_aof=True` it is `WAITAOF 0 N replica_timeout_ms`
+    instead: the replicas have also fsynced the entries to their AOF (Redis >= 7.2 or Valkey; replicas
+    without `appendonly yes` never confirm, and with `appendfsync everysec` a confirmation takes up to a
+    second). The first publish checks, once per producer, that the server runs the command, and refuses
+    with ConfigurationError (naming the server's version) before writing anything if not.
+
+    When fewer replicas confirm within replica_timeout_ms, ReplicationTimeout is raised: the entries WERE
+    appended on the primary (its `ids`), the call's later chunks are not sent (`unsent`), and publishing
+    again appends them again unless they carry dedup keys.
+
+    What it does NOT promise: WAIT does not make Redis strongly consistent. A failover can still promote a
+    replica that did not get the write (one that was not among the N, or when whatever drives the failover
+    does not pick the most up-to-date replica), and nothing is undone on a ReplicationTimeout: published
+    entries are never rolled back, and consumers may already be handling them. It makes a loss on failover
+    less likely, not impossible, and adds the replicas' acknowledgement to every chunk's round trip.
+    Delayed events and dedup keys are waited for the same way (they live in keys beside the stream).
     """
 
     def __init__(
@@ -115,14 +141,18 @@ class Producer:
         max_backlog: int | None = None,
         backlog_timeout_ms: int = DEFAULT_BACKLOG_TIMEOUT_MS,
         backlog_check_ms: int = DEFAULT_BACKLOG_CHECK_MS,
+        min_replicas: int | None = None,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
+        replica_aof: bool = False,
     ) -> None:
         settings = _settings(
             max_event_bytes, maxlen, approximate_trim, chunk_size, dedup_ttl_ms, max_backlog,
-            backlog_timeout_ms, backlog_check_ms,
+            backlog_timeout_ms, backlog_check_ms, min_replicas, replica_timeout_ms, replica_aof,
         )  # fmt: skip
         self._planner = Planner(settings)
         self.client, self._owns_client = async_client(redis)
         self._gate = AsyncBacklogGate.for_settings(settings)
+        self._wait_checked = False  # the server runs the replica wait (checked at the first publish)
         self._drops = DropLog()
         self.duplicates = 0
 
@@ -216,32 +246,59 @@ class Producer:
             return [PublishResult(entry_id) for entry_id in await self._fast(stream, plan.fast)]
         return await self._scripted(plan)
 
+    async def _before_writing(self, link: _wire.Link, stream: str) -> None:
+        """What a call checks before its first write: that the server runs the replica wait (once per
+        producer), and that the backlog leaves room."""
+        wait = self._planner.wait
+        if wait is not None and not self._wait_checked:
+            await _wire.check_replica_wait(link, wait)
+            self._wait_checked = True
+        if self._gate is not None:
+            await self._gate.wait_for_room(link, stream)
+
     async def _fast(self, stream: str, chunks: list[list[bytes]]) -> list[str]:
         # Never trims (maxlen=None): a trimmed publish counts what it drops, so it takes the script.
         ids: list[str] = []
+        wait = self._planner.wait
         link = _wire.Link(for_key(self.client, stream))
         try:
-            if chunks and self._gate is not None:
-                await self._gate.wait_for_room(link, stream)
-            for chunk in chunks:
-                ids += await _wire.xadd_many(link, stream, chunk, maxlen=None, approximate=False)
+            if chunks:
+                await self._before_writing(link, stream)
+            for sent, chunk in enumerate(chunks, 1):
+                if wait is None:
+                    ids += await _wire.xadd_many(link, stream, chunk, maxlen=None, approximate=False)
+                    continue
+                appended = await _wire.xadd_many_waiting(link, stream, chunk, wait)
+                ids += appended.ids
+                if appended.replicas < wait.replicas:
+                    unsent = events_after(chunks, sent)
+                    raise replication_timeout(stream, wait, appended.replicas, ids, unsent)
         finally:
             await link.close()
         return ids
 
     async def _scripted(self, plan: PublishPlan) -> list[PublishResult]:
         stream = plan.stream
+        wait = self._planner.wait
         replies: list[publishing.PublishReply] = []
         link = _wire.Link(for_key(self.client, stream))
         try:
-            if plan.scripted and self._gate is not None:
-                await self._gate.wait_for_room(link, stream)
-            for call in plan.packed():
-                reply = await publishing.publish(link, stream, call)
+            if plan.scripted:
+                await self._before_writing(link, stream)
+            for sent, call in enumerate(plan.packed(), 1):
+                reply = await publishing.publish(link, stream, call, wait)
                 replies.append(reply)
                 self._drops.add(stream, reply.dropped_by_maxlen)
+                if wait is not None and reply.replicas is not None and reply.replicas < wait.replicas:
+                    ids = [result.id for result in self._tally(replies)]  # the call ends here
+                    unsent = events_after(plan.scripted, sent)
+                    raise replication_timeout(stream, wait, reply.replicas, ids, unsent)
         finally:
             await link.close()
+        return self._tally(replies)
+
+    def _tally(self, replies: list[publishing.PublishReply]) -> list[PublishResult]:
+        """The results of the chunks published, their duplicates counted: once per call, at its end."""
         results = _results(replies)
         self.duplicates += sum(result.duplicate for result in results)
         return results
@@ -287,15 +344,19 @@ class SyncProducer:
         max_backlog: int | None = None,
         backlog_timeout_ms: int = DEFAULT_BACKLOG_TIMEOUT_MS,
         backlog_check_ms: int = DEFAULT_BACKLOG_CHECK_MS,
+        min_replicas: int | None = None,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
+        replica_aof: bool = False,
     ) -> None:
         settings = _settings(
             max_event_bytes, maxlen, approximate_trim, chunk_size, dedup_ttl_ms, max_backlog,
-            backlog_timeout_ms, backlog_check_ms,
+            backlog_timeout_ms, backlog_check_ms, min_replicas, replica_timeout_ms, replica_aof,
         )  # fmt: skip
         self._planner = Planner(settings)
         self._owns_client = not isinstance(redis, _SyncRedis)
         self.client = sync_client(redis)
         self._gate = SyncBacklogGate.for_settings(settings)
+        self._wait_checked = False  # as in Producer; threads racing to check it both check, harmlessly
         self._count_lock = threading.Lock()
         self._drops = DropLog()
         self.duplicates = 0
@@ -376,24 +437,49 @@ class SyncProducer:
             return [PublishResult(entry_id) for entry_id in self._fast(stream, plan.fast)]
         return self._scripted(plan)
 
+    def _before_writing(self, client: redis.Redis, stream: str) -> None:
+        wait = self._planner.wait
+        if wait is not None and not self._wait_checked:
+            _wire.check_replica_wait_sync(client, wait)
+            self._wait_checked = True
+        if self._gate is not None:
+            self._gate.wait_for_room(client, stream)
+
     def _fast(self, stream: str, chunks: list[list[bytes]]) -> list[str]:
         # Never trims, as in Producer._fast.
-        if chunks and self._gate is not None:
-            self._gate.wait_for_room(for_key_sync(self.client, stream), stream)
+        client = for_key_sync(self.client, stream)
+        if chunks:
+            self._before_writing(client, stream)
+        wait = self._planner.wait
         ids: list[str] = []
-        for chunk in chunks:
-            ids += _wire.xadd_many_sync(for_key_sync(self.client, stream), stream, chunk, maxlen=None, approximate=False)
+        for sent, chunk in enumerate(chunks, 1):
+            if wait is None:
+                ids += _wire.xadd_many_sync(client, stream, chunk, maxlen=None, approximate=False)
+                continue
+            appended = _wire.xadd_many_waiting_sync(client, stream, chunk, wait)
+            ids += appended.ids
+            if appended.replicas < wait.replicas:
+                raise replication_timeout(stream, wait, appended.replicas, ids, events_after(chunks, sent))
         return ids
 
     def _scripted(self, plan: PublishPlan) -> list[PublishResult]:
         stream = plan.stream
-        if plan.scripted and self._gate is not None:
-            self._gate.wait_for_room(for_key_sync(self.client, stream), stream)
+        client = for_key_sync(self.client, stream)
+        if plan.scripted:
+            self._before_writing(client, stream)
+        wait = self._planner.wait
         replies: list[publishing.PublishReply] = []
-        for call in plan.packed():
-            reply = publishing.publish_sync(for_key_sync(self.client, stream), stream, call)
+        for sent, call in enumerate(plan.packed(), 1):
+            reply = publishing.publish_sync(client, stream, call, wait)
             replies.append(reply)
             self._drops.add(stream, reply.dropped_by_maxlen)
+            if wait is not None and reply.replicas is not None and reply.replicas < wait.replicas:
+                ids = [result.id for result in self._tally(replies)]  # the call ends here
+                unsent = events_after(plan.scripted, sent)
+                raise replication_timeout(stream, wait, reply.replicas, ids, unsent)
+        return self._tally(replies)
+
+    def _tally(self, replies: list[publishing.PublishReply]) -> list[PublishResult]:
         results = _results(replies)
         duplicates = sum(result.duplicate for result in results)
         if duplicates:

@@ -52,6 +52,8 @@ DEFAULT_CHUNK_SIZE = 1_000  # events per round trip in publish_many
 DEFAULT_DEDUP_TTL_MS = 86_400_000  # a dedup key stays known this long after its first publish
 DEFAULT_BACKLOG_TIMEOUT_MS = 10_000  # how long a publish waits for the backlog to drop below max_backlog
 DEFAULT_BACKLOG_CHECK_MS = 100  # how old a backlog reading may be before a publish reads it again
+DEFAULT_REPLICA_TIMEOUT_MS = 1_000  # how long a publish with min_replicas waits for the replicas, per chunk
+MAX_MIN_REPLICAS = 100  # replicas; far more than any real primary has
 MAX_CHUNK_SIZE = 1_000_000
 MAX_MAXLEN = 2**63 - 1  # entries; the largest MAXLEN Redis accepts
 
@@ -198,7 +200,8 @@ class AppSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class ProducerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """What Producer and SyncProducer are built with: size cap, trimming and chunking."""
+    """What Producer and SyncProducer are built with: size cap, trimming, chunking, backpressure and how many
+    replicas must have a publish before it returns."""
 
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     maxlen: int | None = None  # trim the stream to about this many entries on every append; None: never
@@ -210,6 +213,14 @@ class ProducerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     max_backlog: int | None = None
     backlog_timeout_ms: int = DEFAULT_BACKLOG_TIMEOUT_MS
     backlog_check_ms: int = DEFAULT_BACKLOG_CHECK_MS
+    # Durability on failover: every chunk of a publish is followed, in its round trip, by WAIT min_replicas
+    # replica_timeout_ms; fewer replicas in time raises ReplicationTimeout (the entries stay published).
+    # None: never waits (0 is refused rather than a second way to say so). replica_aof: WAITAOF instead, so
+    # the replicas have also fsynced the entries to their AOF (Redis >= 7.2 or Valkey; checked at the first
+    # publish).
+    min_replicas: int | None = None
+    replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS
+    replica_aof: bool = False
 
     def __post_init__(self) -> None:
         _check_range("max_event_bytes", self.max_event_bytes, MIN_EVENT_BYTES, MAX_EVENT_BYTES)
@@ -220,6 +231,14 @@ class ProducerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _check_optional_range("max_backlog", self.max_backlog, 1, MAX_MAXLEN)
         _check_range("backlog_timeout_ms", self.backlog_timeout_ms, 0, DAY_MS)
         _check_range("backlog_check_ms", self.backlog_check_ms, 1, 60_000)
+        _check_optional_range("min_replicas", self.min_replicas, 1, MAX_MIN_REPLICAS)
+        # Not 0: to WAIT, a timeout of 0 means for ever, and a publish that can hang for ever is no option.
+        _check_range("replica_timeout_ms", self.replica_timeout_ms, 1, DAY_MS)
+        _check_bool("replica_aof", self.replica_aof)
+        if self.replica_aof and self.min_replicas is None:
+            raise ConfigurationError(
+                "replica_aof=True needs min_replicas (how many replicas must have fsynced each publish)"
+            )
 
     def for_call(self, chunk_size: int | None, maxlen: int | None) -> tuple[int, int | None]:
         """The chunk size and trim length of one publish call: its own when given (checked), else these."""

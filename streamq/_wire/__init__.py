@@ -8,8 +8,8 @@ are handled here, and Redis errors are mapped to streamq's own where the caller 
   transport.py  RESP packing, Script (EVALSHA, reloaded when the server forgets), Link, raw replies
   scripts.py    the Lua sources, each script atomic on the server
   replies.py    StreamBatch, Claimed and the other typed replies, the parse_* functions, error mapping
-  commands.py   every command and script call: produce, read, claim, settle, renew, move due retries,
-                groups, registry and counters, reap, replay, the server check
+  commands.py   every command and script call: produce (and wait for replicas), read, claim, settle,
+                renew, move due retries, groups, registry and counters, reap, replay, the server check
   steps.py      round-trip steps run on an asyncio or a blocking client (dead-letter tools, status)
 
 Other modules import from the package (`from streamq import _wire`), not from its files.
@@ -27,8 +27,12 @@ from .commands import (
     REPLAY,
     SAFE_SERVER_VERSION,
     SETTLE,
+    Appended,
+    ReplicaWait,
     SettlePlan,
     autoclaim,
+    check_replica_wait,
+    check_replica_wait_sync,
     check_server,
     consumers,
     count,
@@ -55,6 +59,8 @@ from .commands import (
     xadd_fields_sync,
     xadd_many,
     xadd_many_sync,
+    xadd_many_waiting,
+    xadd_many_waiting_sync,
 )
 from .replies import (
     TRANSIENT,
@@ -105,11 +111,13 @@ __all__ = [
     "SAFE_SERVER_VERSION",
     "SETTLE",
     "TRANSIENT",
+    "Appended",
     "Arg",
     "Claimed",
     "Command",
     "ConsumerInfo",
     "Link",
+    "ReplicaWait",
     "Script",
     "SettlePlan",
     "Settled",
@@ -121,6 +129,8 @@ __all__ = [
     "autoclaim",
     "borrowed_async",
     "borrowed_sync",
+    "check_replica_wait",
+    "check_replica_wait_sync",
     "check_server",
     "checked",
     "consumers",
@@ -166,4 +176,6 @@ __all__ = [
     "xadd_ids",
     "xadd_many",
     "xadd_many_sync",
+    "xadd_many_waiting",
+    "xadd_many_waiting_sync",
 ]

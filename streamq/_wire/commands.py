@@ -80,6 +80,148 @@ def xadd_many_sync(
     return xadd_ids(stream, replies)
 
 
+# ---------------------------------------------------------------------------------------- replica waits
+
+# Beyond a WAIT's own timeout, how long its reply may take to arrive (as read_group gives a BLOCK read).
+WAIT_REPLY_MARGIN_S = 10.0
+
+
+class ReplicaWait(NamedTuple):
+    """WAIT (or WAITAOF) sent behind a producer's writes, in their round trip: the call returns once this
+    many replicas have what the connection wrote, or the timeout passed."""
+
+    replicas: int
+    timeout_ms: int
+    aof: bool = False  # WAITAOF 0 replicas timeout: the replicas have also fsynced it to their AOF
+
+    @property
+    def command(self) -> str:
+        return "WAITAOF" if self.aof else "WAIT"
+
+    def pack(self) -> bytes:
+        if self.aof:
+            return pack("WAITAOF", 0, self.replicas, self.timeout_ms)
+        return pack("WAIT", self.replicas, self.timeout_ms)
+
+    @property
+    def reply_timeout_s(self) -> float:
+        """How long the replies of writes followed by this wait may take: the wait may use all its time."""
+        return self.timeout_ms / 1000 + WAIT_REPLY_MARGIN_S
+
+    def acknowledged(self, stream: str, reply: Any) -> int:
+        """The replicas that confirmed, from the wait's reply (WAITAOF: [local fsyncs, replica fsyncs])."""
+        if isinstance(reply, ResponseError):
+            raise_for_key(stream, reply)
+        return int(reply[1]) if self.aof else int(reply)
+
+
+class Appended(NamedTuple):
+    """Entries appended with a replica wait behind them."""
+
+    ids: list[str]
+    replicas: int  # replicas that confirmed them (ReplicaWait.acknowledged)
+
+
+async def xadd_many_waiting(
+    link: Link, stream: str, payloads: Sequence[bytes], wait: ReplicaWait, *, maxlen: int | None = None,
+    approximate: bool = True,
+) -> Appended:  # fmt: skip
+    """xadd_many, then `wait`, in the same round trip: one more reply, not one more round trip."""
+    replies = await link.roundtrip(
+        pack_xadd_many(stream, payloads, maxlen, approximate) + wait.pack(), len(payloads) + 1,
+        timeout_s=wait.reply_timeout_s,
+    )  # fmt: skip
+    ids = xadd_ids(stream, replies[:-1])
+    return Appended(ids, wait.acknowledged(stream, replies[-1]))
+
+
+def xadd_many_waiting_sync(
+    client: redis.Redis, stream: str, payloads: Sequence[bytes], wait: ReplicaWait, *,
+    maxlen: int | None = None, approximate: bool = True,
+) -> Appended:  # fmt: skip
+    """The same as xadd_many_waiting, for plain synchronous code."""
+    payload = pack_xadd_many(stream, payloads, maxlen, approximate) + wait.pack()
+    replies = roundtrip_waiting_sync(client, payload, len(payloads) + 1, wait)
+    ids = xadd_ids(stream, replies[:-1])
+    return Appended(ids, wait.acknowledged(stream, replies[-1]))
+
+
+def roundtrip_waiting_sync(client: redis.Redis, payload: bytes, replies: int, wait: ReplicaWait) -> list[Any]:
+    """roundtrip_sync for commands ending with `wait`, whose reply may take the whole wait: longer than the
+    client's socket timeout allows one read. The write and the wait must share one connection (WAIT waits
+    for what its own connection wrote), so they go in one payload, as in roundtrip_sync."""
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command([payload], check_health=False)  # a list: see roundtrip_sync
+        out: list[Any] = []
+        for n in range(replies):
+            if n == replies - 1:
+                # Until the wait's reply is readable (or its time plus a margin passed), then read it with
+                # the socket timeout as usual. can_read is redis-py's public poll, in every version we take.
+                conn.can_read(timeout=wait.reply_timeout_s)
+            try:
+                out.append(conn.read_response(disable_decoding=True))
+            except ResponseError as exc:
+                out.append(exc)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return out
+
+
+def pack_wait_check(wait: ReplicaWait) -> tuple[bytes, int]:
+    """A wait that returns at once (0 replicas) and INFO server, packed: what check_wait reads; 2 replies."""
+    return wait._replace(replicas=0, timeout_ms=1).pack() + pack("INFO", "server"), 2
+
+
+def check_wait(wait: ReplicaWait, replies: Sequence[Any]) -> None:
+    """Refuse, before anything is written, a server that cannot run `wait`: WAITAOF is Redis >= 7.2 (every
+    Valkey has it); an ACL may deny either. The refusal names the server and its version."""
+    reply = replies[0]
+    if not isinstance(reply, ResponseError):
+        return
+    server = server_name(replies[1])
+    if "unknown command" in str(reply).lower():
+        raise ConfigurationError(
+            f"replica_aof=True needs the {wait.command} command (Redis >= 7.2, or Valkey), which this"
+            f" server ({server}) does not have: use replica_aof=False (WAIT: the replicas have the entries,"
+            " not necessarily on disk) or upgrade the server"
+        )
+    if is_denied(reply):
+        raise ConfigurationError(
+            f"min_replicas needs {wait.command}, which the Redis user may not run ({server}): {reply}"
+        )
+    raise ConfigurationError(f"min_replicas: {server} refuses {wait.command}: {reply}")
+
+
+def server_name(info: Any) -> str:
+    """'Redis 7.0.15' or 'Valkey 8.1.8' from a raw INFO server reply; 'a server of unknown version' if the
+    reply is an error (an ACL without INFO) or names no version."""
+    if isinstance(info, ResponseError) or not isinstance(info, bytes | str):
+        return "a server of unknown version"
+    text = info.decode(errors="replace") if isinstance(info, bytes) else info
+    fields = dict(line.partition(":")[::2] for line in text.splitlines() if ":" in line)
+    if "valkey_version" in fields:
+        return f"Valkey {fields['valkey_version'].strip()}"
+    if "redis_version" in fields:
+        return f"Redis {fields['redis_version'].strip()}"
+    return "a server of unknown version"
+
+
+async def check_replica_wait(link: Link, wait: ReplicaWait) -> None:
+    """check_wait, on the server `link` talks to (one round trip)."""
+    payload, count = pack_wait_check(wait)
+    check_wait(wait, await link.roundtrip(payload, count))
+
+
+def check_replica_wait_sync(client: redis.Redis, wait: ReplicaWait) -> None:
+    payload, count = pack_wait_check(wait)
+    check_wait(wait, roundtrip_sync(client, payload, count))
+
+
 # ---------------------------------------------------------------------------------------- consuming
 
 

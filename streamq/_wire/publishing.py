@@ -3,7 +3,8 @@ events into their stream, cancelling them, and reading the backlog that backpres
 
 Plain publishes stay on commands.xadd_many (pipelined XADDs, no script). Anything that must check before it
 writes (a dedup key), write somewhere else (a delay) or count what it drops (maxlen) runs here, in one
-script per chunk, so the check and the write are one atomic step on the server.
+script per chunk, so the check and the write are one atomic step on the server. A producer with
+min_replicas sends its wait (commands.ReplicaWait) behind each chunk's script call, in its round trip.
 
 A delayed event is stored as its payload bytes under its schedule id (keys.scheduled_events_key), scored
 by its due time in ms (keys.scheduled_key). Moving it writes the very entry the fast path would have
@@ -24,6 +25,7 @@ import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import keys
+from .commands import ReplicaWait, roundtrip_waiting_sync
 from .replies import decode_id, raise_for_key
 from .transport import Arg, Link, Script, pack, roundtrip_sync
 
@@ -248,6 +250,7 @@ class Published(NamedTuple):
 class PublishReply(NamedTuple):
     published: list[Published]
     dropped_by_maxlen: int
+    replicas: int | None = None  # replicas that confirmed the chunk, when a ReplicaWait followed it
 
 
 class Backlog(NamedTuple):
@@ -290,21 +293,46 @@ def parse_publish(reply: Any) -> PublishReply:
     return PublishReply(published, dropped)
 
 
-async def publish(link: Link, stream: str, call: bytes) -> PublishReply:
-    """Run one packed PUBLISH call; a WRONGTYPE, out-of-memory or ACL error is mapped (raise_for_key)."""
-    try:
-        (reply,) = await link.scripts([call])
-    except ResponseError as exc:
-        raise_for_key(stream, exc)
-    return parse_publish(reply)
+async def publish(link: Link, stream: str, call: bytes, wait: ReplicaWait | None = None) -> PublishReply:
+    """Run one packed PUBLISH call, then `wait` in the same round trip; a WRONGTYPE, out-of-memory or ACL
+    error is mapped (raise_for_key)."""
+    if wait is None:
+        try:
+            (reply,) = await link.scripts([call])
+        except ResponseError as exc:
+            raise_for_key(stream, exc)
+        return parse_publish(reply)
+    # Not link.scripts: the wait's reply may take longer than the socket timeout that bounds its read.
+    payload = call + wait.pack()
+    replies = await link.roundtrip(payload, 2, timeout_s=wait.reply_timeout_s)
+    if isinstance(replies[0], NoScriptError):  # nothing written: load the scripts, send both again
+        await link.load_scripts()
+        replies = await link.roundtrip(payload, 2, timeout_s=wait.reply_timeout_s)
+    return _waited(stream, wait, replies)
 
 
-def publish_sync(client: redis.Redis, stream: str, call: bytes) -> PublishReply:
-    try:
-        (reply,) = scripts_sync(client, [call])
-    except ResponseError as exc:
-        raise_for_key(stream, exc)
-    return parse_publish(reply)
+def publish_sync(
+    client: redis.Redis, stream: str, call: bytes, wait: ReplicaWait | None = None
+) -> PublishReply:
+    if wait is None:
+        try:
+            (reply,) = scripts_sync(client, [call])
+        except ResponseError as exc:
+            raise_for_key(stream, exc)
+        return parse_publish(reply)
+    payload = call + wait.pack()
+    replies = roundtrip_waiting_sync(client, payload, 2, wait)
+    if isinstance(replies[0], NoScriptError):
+        _load_scripts_sync(client)
+        replies = roundtrip_waiting_sync(client, payload, 2, wait)
+    return _waited(stream, wait, replies)
+
+
+def _waited(stream: str, wait: ReplicaWait, replies: Sequence[Any]) -> PublishReply:
+    """The replies of a PUBLISH call and its wait -> the chunk's reply; the call's error first, mapped."""
+    if isinstance(replies[0], ResponseError):
+        raise_for_key(stream, replies[0])
+    return parse_publish(replies[0])._replace(replicas=wait.acknowledged(stream, replies[1]))
 
 
 def pack_move_scheduled(stream: str, limit: int) -> bytes:
@@ -365,10 +393,14 @@ def scripts_sync(client: redis.Redis, calls: Sequence[bytes]) -> list[Any]:
     payload = b"".join(calls)
     replies = roundtrip_sync(client, payload, len(calls))
     if any(isinstance(r, NoScriptError) for r in replies):
-        scripts = (PUBLISH, MOVE_SCHEDULED, CANCEL, BACKLOG)
-        roundtrip_sync(client, b"".join(pack("SCRIPT", "LOAD", s.source) for s in scripts), len(scripts))
+        _load_scripts_sync(client)
         replies = roundtrip_sync(client, payload, len(calls))
     for reply in replies:
         if isinstance(reply, ResponseError):
             raise reply
     return replies
+
+
+def _load_scripts_sync(client: redis.Redis) -> None:
+    scripts = (PUBLISH, MOVE_SCHEDULED, CANCEL, BACKLOG)
+    roundtrip_sync(client, b"".join(pack("SCRIPT", "LOAD", s.source) for s in scripts), len(scripts))
