@@ -16,6 +16,7 @@ import msgspec
 from .deadletter import DeadLetter, DeadLetterPage, DeadLetterResult
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import StreamStatus
+from .partitions import partition_stream
 
 __all__ = [
     "ABANDONED",
@@ -103,36 +104,51 @@ def format_status(statuses: Sequence[StreamStatus]) -> str:
     ]  # fmt: skip
     rows: list[list[object]] = []
     for st in statuses:
-        head: list[object] = [
-            st.stream,
-            st.length if st.key_type in ("stream", "none") else None,
-            st.dead_letters,
-        ]
-        if not st.groups:
-            rows.append([*head, _no_groups(st), *[None] * (len(headers) - len(head) - 1)])
-        for g in st.groups:
-            other = " ".join(f"{k}={v}" for k, v in sorted(g.stats.items()) if k not in _STAT_COLUMNS and v)
-            rows.append(
-                [
-                    *head,
-                    g.name,
-                    g.consumers,
-                    g.pending,
-                    g.lag,
-                    g.retries_waiting,
-                    *[g.stats.get(k, 0) for k in _STAT_COLUMNS],
-                    other,
-                ]
-            )
+        rows += _status_rows(st, st.stream, len(headers))
+        # A partitioned stream's partitions (when asked for), indented under its added-up rows.
+        for part in st.partition_details or []:
+            rows += _status_rows(part, "  " + part.stream, len(headers))
     if not any(row[-1] for row in rows):
         headers, rows = headers[:-1], [row[:-1] for row in rows]
-    notes = [f"{st.stream}: {note}" for st in statuses for note in stream_notes(st)]
+    notes = [
+        f"{shown.stream}: {note}"
+        for st in statuses
+        for shown in [st, *(st.partition_details or [])]
+        for note in stream_notes(shown)
+    ]
     return "\n".join([format_table(headers, rows), *notes])
 
 
+def _status_rows(st: StreamStatus, name: str, columns: int) -> list[list[object]]:
+    head: list[object] = [name, st.length if st.key_type in ("stream", "none") else None, st.dead_letters]
+    if not st.groups:
+        return [[*head, _no_groups(st), *[None] * (columns - len(head) - 1)]]
+    rows: list[list[object]] = []
+    for g in st.groups:
+        other = " ".join(f"{k}={v}" for k, v in sorted(g.stats.items()) if k not in _STAT_COLUMNS and v)
+        rows.append(
+            [
+                *head,
+                g.name,
+                g.consumers,
+                g.pending,
+                g.lag,
+                g.retries_waiting,
+                *[g.stats.get(k, 0) for k in _STAT_COLUMNS],
+                other,
+            ]
+        )
+    return rows
+
+
 def stream_notes(st: StreamStatus) -> list[str]:
-    """What the table has no column for: pauses, what holds trimming back, the stream's own counters."""
+    """What the table has no column for: partitions, pauses, what holds trimming back, the stream's own
+    counters."""
     notes = []
+    if st.partitions is not None:
+        first, last = partition_stream(st.stream, 0), partition_stream(st.stream, st.partitions - 1)
+        shown = "one row each under it" if st.partition_details is not None else "--partitions shows each"
+        notes.append(f"partitioned: the sum of its {st.partitions} partitions, {first} to {last} ({shown})")
     for scope, info in sorted(st.paused.items()):
         who = f" by {info.user or '?'}@{info.host or '?'} (pid {info.pid})" if info.host else ""
         why = f": {info.reason}" if info.reason else ""
@@ -142,8 +158,9 @@ def stream_notes(st: StreamStatus) -> list[str]:
     if held is not None:
         what = "oldest entry it has pending" if held.reason == "pending" else "first entry it has not read"
         kept = f"at least {held.kept}" if held.capped else str(held.kept)
+        where = f" in {held.stream}" if held.stream != st.stream else ""
         notes.append(
-            f"trimming held back by group {held.group}: {kept} entries kept for it alone, since"
+            f"trimming held back by group {held.group}{where}: {kept} entries kept for it alone, since"
             f" {format_timestamp(held.since_ms)} (its {what}, {held.bound_id})"
         )
     if st.scheduled:
@@ -226,6 +243,8 @@ def format_dead_letter(letter: DeadLetter, limit: int | None) -> str:
     data, cut = dead_letter_fields(letter, limit)
     for name, n in cut.items():
         data[name] += f" ... {n} more bytes, use --full"
+    if letter.partition is None:
+        del data["partition"]  # a plain stream's: no line that says nothing
     trace = data.pop("traceback")
     if data["event"] is None:
         data["event"] = "(not msgpack)"

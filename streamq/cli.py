@@ -55,7 +55,7 @@ from ._connection import ENV_URL, redact, resolve_url
 from ._logs import DEFAULT_LEVEL, LEVELS, configure_logging
 from ._pool import run_pool
 from .app import App, run_app
-from .deadletter import DEFAULT_LIMIT, DeadLetterResult, SyncDeadLetters, check_id
+from .deadletter import DEFAULT_LIMIT, DeadLetterResult, SyncDeadLetters, check_ref
 from .errors import AppLoadError, ConfigurationError, StreamqError
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import status_sync
@@ -135,7 +135,7 @@ def _processes(text: str) -> int:
 
 def _dlq_id(text: str) -> str:
     try:
-        return check_id(text)
+        return check_ref(text)
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     show_status = command(commands, "status", about, STATUS_EPILOG, cmd_status)
     show_status.add_argument("streams", metavar="STREAM", nargs="*", help="default: every known stream")
     show_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show_status.add_argument(
+        "--partitions", action="store_true",
+        help="also show each partition of a partitioned stream, under the stream's added-up figures",
+    )  # fmt: skip
 
     dlq = commands.add_parser(
         "dlq",
@@ -204,14 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help=argparse.SUPPRESS)  # fmt: skip
     listing.add_argument(
         "--after", metavar="DLQ_ID", type=_dlq_id,
-        help="start after this dead letter (the `--after` printed under the previous page)",
+        help="start after this dead letter (the `--after` printed under the previous page;"
+        " P/DLQ_ID for a partitioned stream)",
     )  # fmt: skip
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show = command(actions, "show", "show every field of one dead letter", DLQ_SHOW_EPILOG, cmd_dlq_show)
     show.add_argument("stream", metavar="STREAM")
     show.add_argument(
-        "dlq_id", metavar="DLQ_ID", type=_dlq_id, help="its id in the dead-letter stream (see `dlq list`)"
-    )
+        "dlq_id", metavar="DLQ_ID", type=_dlq_id,
+        help="its id in the dead-letter stream (see `dlq list`); P/ID for a partitioned stream",
+    )  # fmt: skip
     show.add_argument(
         "--full", action="store_true",
         help=f"print every field whole (default: the first {SHOW_FIELD_BYTES} bytes of each)",
@@ -220,13 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     about = "send dead letters back to their group for fresh attempts"
     replay = command(actions, "replay", about, DLQ_REPLAY_EPILOG, cmd_dlq_replay)
     replay.add_argument("stream", metavar="STREAM")
-    replay.add_argument("ids", metavar="DLQ_ID", nargs="*", type=_dlq_id, help="dead letters to replay")
+    replay.add_argument(
+        "ids", metavar="DLQ_ID", nargs="*", type=_dlq_id, help="dead letters to replay (P/ID: of partition P)"
+    )
     replay.add_argument("--all", action="store_true", help="replay every dead letter of the stream")
     replay.add_argument("--group", metavar="G", help="only this group's dead letters")
     replay.add_argument("--json", action="store_true", help="print what was done as JSON")
     purge = command(actions, "purge", "delete dead letters for good", DLQ_PURGE_EPILOG, cmd_dlq_purge)
     purge.add_argument("stream", metavar="STREAM")
-    purge.add_argument("ids", metavar="DLQ_ID", nargs="*", type=_dlq_id, help="dead letters to delete")
+    purge.add_argument(
+        "ids", metavar="DLQ_ID", nargs="*", type=_dlq_id, help="dead letters to delete (P/ID: of partition P)"
+    )
     purge.add_argument("--all", action="store_true", help="delete all of the stream's (with --yes)")
     purge.add_argument("--yes", action="store_true", help="confirm --all")
     purge.add_argument("--json", action="store_true", help="print what was done as JSON")
@@ -362,7 +372,7 @@ def _pool_child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = status_sync(resolve_url(args.redis_url), args.streams or None)
+    statuses = status_sync(resolve_url(args.redis_url), args.streams or None, per_partition=args.partitions)
     if args.json:
         print_json(statuses)
     elif not statuses:

@@ -10,6 +10,14 @@ They share everything but the waiting: each operation is written once, as a gene
 (`_wire.Steps`) that yields the commands of one round trip, is sent their replies (errors as values, not
 raised) and returns its result; _wire.run_steps and run_steps_sync send them (see streamq/_wire/steps.py).
 
+A partitioned stream (partitions.py) has a dead-letter stream per partition. Every method works across
+them when given the partitioned stream's name: count adds them up, page and list merge them (in order of
+dead-letter id, then partition), and ids name their partition: `3/1712345678901-0` is the dead letter
+`1712345678901-0` of partition 3. Ids in another partition's dead-letter stream may be equal, so an id
+without its partition is refused for a partitioned stream, as an id with one is for a plain stream
+(ConfigurationError). Each DeadLetter of a partitioned stream has such an id as its dlq_id, its partition
+in `partition`, and the partition's stream (``orders:{orders:3}``) in `stream`, as the worker recorded it.
+
 Dead letters are read undecoded whichever client is given, including one built with decode_responses=True:
 their payloads are arbitrary bytes (a client that decodes would fail on them, or replace them and lose the
 byte-for-byte copy), and the field names are then bytes whichever client was given.
@@ -18,6 +26,7 @@ byte-for-byte copy), and the field names are then bytes whichever client was giv
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,19 +39,23 @@ from ._connection import RedisLike
 from ._wire import Steps, adopt_async, adopt_sync, checked, run_steps, run_steps_sync
 from ._worker.records import RetryRecord, encode_record
 from .errors import ConfigurationError, DeadLetterNotFound
+from .partitions import partition_stream, recorded_partitions, side_by_side
 
 DEFAULT_LIMIT = 100  # dead letters per page (page(), `streamq dlq list`)
 SCAN_BATCH = 100  # entries read per round trip when a group filter may skip some
 REPLAY_CHUNK = 100  # dead letters read and replayed per round trip
 
+MERGE_BATCH = 20  # entries read per partition and round trip, at least, when merging partitions
 _ID = re.compile(r"[0-9]+-[0-9]+")  # a whole entry id: "1712345678901-0"
+# An id, maybe with the partition whose dead-letter stream holds it: "1712345678901-0", "3/1712345678901-0".
+_REF = re.compile(r"(?:(0|[1-9][0-9]{0,3})/)?([0-9]+-[0-9]+)")
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
     """One dead-lettered event, as an operator sees it."""
 
-    dlq_id: str  # id of the entry in the dead-letter stream
-    stream: str
+    dlq_id: str  # id of the entry in the dead-letter stream; of a partition's: "<partition>/<id>"
+    stream: str  # the stream it was dead-lettered from: a partition's own (orders:{orders:3}) if partitioned
     id: str  # the event's id in its stream
     group: str
     consumer: str
@@ -56,6 +69,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     last_failure_ms: int
     payload: bytes | None  # the raw payload, byte for byte
     raw_fields: bytes | None = None  # msgpack of the entry's fields, when it had no payload field at all
+    partition: int | None = None  # the partition whose dead-letter stream holds it; None: a plain stream
 
     def to_dict(self, *, with_payload: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.structs.asdict(self)
@@ -81,8 +95,8 @@ class DeadLetterPage(msgspec.Struct, kw_only=True):
     """One page of a stream's dead letters, oldest first."""
 
     letters: list[DeadLetter]
-    total: int  # entries in the dead-letter stream, of every group
-    scanned: int  # entries read for this page: more than len(letters) when filtered by group
+    total: int  # entries in the dead-letter stream (of every partition), of every group
+    scanned: int  # entries read for this page: more than len(letters) when filtered by group or merged
     next_after: str | None  # `after` for the next page; None when this page is the last
 
 
@@ -91,7 +105,7 @@ class DeadLetterResult(msgspec.Struct, kw_only=True):
 
     stream: str
     count: int = 0  # dead letters replayed (sent back to their group) or deleted
-    not_found: list[str] = []  # ids asked for that the dead-letter stream does not hold
+    not_found: list[str] = []  # ids asked for that the dead-letter stream (or partition's) does not hold
     skipped: dict[str, str] = {}  # id -> why replay left that dead letter where it is
 
 
@@ -143,12 +157,24 @@ def check_id(dlq_id: str) -> str:
     return dlq_id
 
 
+def check_ref(dlq_id: str) -> str:
+    """`dlq_id` if it is a dead-letter id, of a plain stream (`1712345678901-0`) or of a partition
+    (`3/1712345678901-0`); ConfigurationError otherwise. Whether the stream is partitioned is not known
+    here: that is checked once it is."""
+    if not isinstance(dlq_id, str) or not _REF.fullmatch(dlq_id):
+        raise ConfigurationError(
+            f"{dlq_id!r} is not a dead-letter id (they look like 1712345678901-0, or 3/1712345678901-0"
+            " in partition 3 of a partitioned stream)"
+        )
+    return dlq_id
+
+
 def _unique_ids(ids: Sequence[str]) -> list[str]:
     """The ids in order, each once; all are checked before anything is done."""
     return list(dict.fromkeys(check_id(i) for i in ids))
 
 
-def _count(stream: str) -> Steps[int]:
+def _count_one(stream: str) -> Steps[int]:
     (size,) = checked((yield [("XLEN", _dlq(stream))]))
     return int(size)
 
@@ -188,7 +214,7 @@ def _scan(key: str, start: str, group: str | None, limit: int, budget: int | Non
         cursor = "(" + _wire.decode_id(rows[-1][0])
 
 
-def _page(stream: str, group: str | None, after: str | None, limit: int) -> Steps[DeadLetterPage]:
+def _page_one(stream: str, group: str | None, after: str | None, limit: int) -> Steps[DeadLetterPage]:
     key = _dlq(stream)
     if not isinstance(limit, int) or limit < 1:
         raise ConfigurationError(f"limit must be at least 1, got {limit!r}")
@@ -200,12 +226,12 @@ def _page(stream: str, group: str | None, after: str | None, limit: int) -> Step
     )
 
 
-def _list(stream: str, group: str | None, start: str, count: int) -> Steps[list[DeadLetter]]:
+def _list_one(stream: str, group: str | None, start: str, count: int) -> Steps[list[DeadLetter]]:
     scan = yield from _scan(_dlq(stream), start, group, count)
     return scan.letters
 
 
-def _show(stream: str, dlq_id: str) -> Steps[DeadLetter]:
+def _show_one(stream: str, dlq_id: str) -> Steps[DeadLetter]:
     key = _dlq(stream)
     (rows,) = checked((yield [("XRANGE", key, check_id(dlq_id), dlq_id)]))
     if not rows:
@@ -213,7 +239,7 @@ def _show(stream: str, dlq_id: str) -> Steps[DeadLetter]:
     return parse_entry(rows[0][0], rows[0][1])
 
 
-def _replay(stream: str, ids: Sequence[str] | None, group: str | None) -> Steps[DeadLetterResult]:
+def _replay_one(stream: str, ids: Sequence[str] | None, group: str | None) -> Steps[DeadLetterResult]:
     key = _dlq(stream)
     result = DeadLetterResult(stream=stream)
     if ids is not None:
@@ -285,7 +311,7 @@ def _move(
             result.count += 1
 
 
-def _purge(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
+def _purge_one(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
     key = _dlq(stream)
     if ids is None:
         size, _ = checked((yield [("XLEN", key), ("DEL", key)]))
@@ -301,6 +327,223 @@ def _purge(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
     return result
 
 
+# ------------------------------------------------------------------------ plain or partitioned streams
+#
+# Each operation asks first whether the stream is partitioned (one round trip), then runs the one-stream
+# steps above on the stream, or on every partition it concerns side by side (partitions.side_by_side: as
+# many round trips as for one stream), and puts the partitions' answers together.
+
+
+def _partitions(stream: str) -> Steps[int | None]:
+    keys.validate_name("stream", stream)
+    (count,) = yield from recorded_partitions([stream])
+    return count
+
+
+def _split(stream: str, partitions: int | None, dlq_id: str) -> tuple[int, str]:
+    """(partition, id in its dead-letter stream) of a partitioned stream's dead-letter id; for a plain
+    stream, (0, the id). Refuses an id whose form does not fit the stream."""
+    found = _REF.fullmatch(check_ref(dlq_id))
+    assert found is not None  # check_ref matched it
+    index, entry_id = found.group(1), found.group(2)
+    if partitions is None:
+        if index is not None:
+            raise ConfigurationError(
+                f"{stream!r} is not partitioned: give its dead-letter ids without a partition ({entry_id})"
+            )
+        return 0, entry_id
+    if index is None:
+        raise ConfigurationError(
+            f"{stream!r} is partitioned ({partitions} partitions), and each has its own dead-letter ids:"
+            f" give the partition with the id, as in 0/{entry_id} (see `dlq list`)"
+        )
+    if int(index) >= partitions:
+        raise ConfigurationError(
+            f"{stream!r} has {partitions} partitions (0 to {partitions - 1}), not {index}"
+        )
+    return int(index), entry_id
+
+
+def _in_partition(letter: DeadLetter, index: int) -> DeadLetter:
+    letter.dlq_id, letter.partition = f"{index}/{letter.dlq_id}", index
+    return letter
+
+
+def _by_partition(stream: str, partitions: int, ids: Sequence[str]) -> dict[int, list[str]]:
+    """The ids (each once, all checked first) grouped by partition, as ids of its dead-letter stream."""
+    grouped: dict[int, list[str]] = {}
+    for dlq_id in dict.fromkeys(ids):
+        index, entry_id = _split(stream, partitions, dlq_id)
+        grouped.setdefault(index, []).append(entry_id)
+    return grouped
+
+
+def _count(stream: str) -> Steps[int]:
+    partitions = yield from _partitions(stream)
+    if partitions is None:
+        return (yield from _count_one(stream))
+    sizes = yield from side_by_side([_count_one(partition_stream(stream, i)) for i in range(partitions)])
+    return sum(sizes)
+
+
+def _page(stream: str, group: str | None, after: str | None, limit: int) -> Steps[DeadLetterPage]:
+    if not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"limit must be at least 1, got {limit!r}")
+    if after is not None:
+        check_ref(after)
+    partitions = yield from _partitions(stream)
+    if partitions is None:
+        return (
+            yield from _page_one(
+                stream, group, None if after is None else _split(stream, None, after)[1], limit
+            )
+        )
+    starts = _starts(stream, partitions, after, inclusive=False)
+    total, scan = yield from _total_and_merged(stream, partitions, starts, group, limit)
+    return DeadLetterPage(letters=scan.letters, total=total, scanned=scan.scanned, next_after=scan.next_after)
+
+
+def _total_and_merged(
+    stream: str, partitions: int, starts: list[str], group: str | None, limit: int
+) -> Steps[tuple[int, _Scanned]]:
+    steps: list[Steps[Any]] = [_count_one(partition_stream(stream, i)) for i in range(partitions)]
+    steps.append(_merged(stream, starts, group, limit))
+    found = yield from side_by_side(steps)
+    scan: _Scanned = found[-1]
+    return sum(found[:-1]), scan
+
+
+def _list(stream: str, group: str | None, start: str, count: int) -> Steps[list[DeadLetter]]:
+    partitions = yield from _partitions(stream)
+    if partitions is None:
+        return (yield from _list_one(stream, group, start, count))
+    if start != "-":
+        check_ref(start)
+    starts = _starts(stream, partitions, None if start == "-" else start, inclusive=True)
+    scan = yield from _merged(stream, starts, group, count)
+    return scan.letters
+
+
+def _starts(stream: str, partitions: int, at: str | None, *, inclusive: bool) -> list[str]:
+    """Each partition's XRANGE start for reading from the dead letter `at` on (in the merged order: by
+    id, then partition), taking it in if `inclusive`; from the first when `at` is None."""
+    if at is None:
+        return ["-"] * partitions
+    index, entry_id = _split(stream, partitions, at)
+    # Partitions after `at`'s hold their entries of the same id after it; those before it, before it.
+    return [
+        entry_id if i > index or (i == index and inclusive) else "(" + entry_id for i in range(partitions)
+    ]
+
+
+def _merged(stream: str, starts: list[str], group: str | None, limit: int) -> Steps[_Scanned]:
+    """Up to `limit` dead letters (of `group` only, if given) of every partition, from each one's start,
+    merged by id, then partition. Reads a few of each partition per round trip, more of those it needs more
+    of, and one past the page, so next_after is None only when no other dead letter (of the group) follows."""
+    partitions = len(starts)
+    wanted = limit + 1
+    batch = max(-(-wanted // partitions), MERGE_BATCH)
+    dlqs = [keys.dlq_key(partition_stream(stream, i)) for i in range(partitions)]
+    read: list[deque[tuple[tuple[int, int, int], DeadLetter]]] = [deque() for _ in range(partitions)]
+    cursors, ended = list(starts), [False] * partitions
+    taken: list[DeadLetter] = []
+    scanned = 0
+    while len(taken) < wanted:
+        refill = [i for i in range(partitions) if not read[i] and not ended[i]]
+        if refill:
+            replies = checked((yield [("XRANGE", dlqs[i], cursors[i], "+", "COUNT", batch) for i in refill]))
+            for i, rows in zip(refill, replies, strict=True):
+                scanned += len(rows)
+                for entry_id, fields in rows:
+                    letter = parse_entry(entry_id, fields)
+                    if group is None or letter.group == group:
+                        ms, seq = letter.dlq_id.split("-")
+                        read[i].append(((int(ms), int(seq), i), _in_partition(letter, i)))
+                ended[i] = len(rows) < batch
+                if rows:
+                    cursors[i] = "(" + _wire.decode_id(rows[-1][0])
+            continue
+        heads = [queue[0] for queue in read if queue]
+        if not heads:
+            break
+        _, first = min(heads, key=lambda head: head[0])
+        read[first.partition or 0].popleft()
+        taken.append(first)
+    if len(taken) > limit:
+        return _Scanned(taken[:limit], scanned, taken[limit - 1].dlq_id)
+    return _Scanned(taken, scanned, None)
+
+
+def _show(stream: str, dlq_id: str) -> Steps[DeadLetter]:
+    check_ref(dlq_id)
+    partitions = yield from _partitions(stream)
+    if partitions is None:
+        return (yield from _show_one(stream, _split(stream, None, dlq_id)[1]))
+    index, entry_id = _split(stream, partitions, dlq_id)
+    try:
+        letter = yield from _show_one(partition_stream(stream, index), entry_id)
+    except DeadLetterNotFound:
+        raise DeadLetterNotFound(f"no dead letter {dlq_id} for stream {stream!r}") from None
+    return _in_partition(letter, index)
+
+
+def _replay(stream: str, ids: Sequence[str] | None, group: str | None) -> Steps[DeadLetterResult]:
+    if ids is not None:
+        for dlq_id in ids:
+            check_ref(dlq_id)
+    partitions = yield from _partitions(stream)
+    if partitions is None:
+        plain = None if ids is None else [_split(stream, None, i)[1] for i in ids]
+        return (yield from _replay_one(stream, plain, group))
+    if ids is None:
+        chosen: dict[int, list[str] | None] = dict.fromkeys(range(partitions))
+    else:
+        chosen = dict(_by_partition(stream, partitions, ids))
+    results = yield from side_by_side(
+        [_replay_one(partition_stream(stream, i), wanted, group) for i, wanted in chosen.items()]
+    )
+    return _joined(stream, list(chosen), results, ids)
+
+
+def _purge(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
+    if ids is not None:
+        for dlq_id in ids:
+            check_ref(dlq_id)
+    partitions = yield from _partitions(stream)
+    if partitions is None:
+        return (
+            yield from _purge_one(stream, None if ids is None else [_split(stream, None, i)[1] for i in ids])
+        )
+    if ids is None:
+        chosen: dict[int, list[str] | None] = dict.fromkeys(range(partitions))
+    else:
+        chosen = dict(_by_partition(stream, partitions, ids))
+    results = yield from side_by_side(
+        [_purge_one(partition_stream(stream, i), wanted) for i, wanted in chosen.items()]
+    )
+    return _joined(stream, list(chosen), results, ids)
+
+
+def _joined(
+    stream: str, indexes: list[int], results: list[DeadLetterResult], ids: Sequence[str] | None
+) -> DeadLetterResult:
+    """The partitions' results as one, with partition ids, in the order the ids were given."""
+    joined = DeadLetterResult(stream=stream, count=sum(result.count for result in results))
+    answers = list(zip(indexes, results, strict=True))
+    not_found = {f"{i}/{dlq_id}" for i, result in answers for dlq_id in result.not_found}
+    skipped = {f"{i}/{dlq_id}": why for i, result in answers for dlq_id, why in result.skipped.items()}
+    order = list(dict.fromkeys(ids)) if ids is not None else sorted({*not_found, *skipped}, key=_ref_order)
+    joined.not_found = [dlq_id for dlq_id in order if dlq_id in not_found]
+    joined.skipped = {dlq_id: skipped[dlq_id] for dlq_id in order if dlq_id in skipped}
+    return joined
+
+
+def _ref_order(dlq_id: str) -> tuple[int, int, int]:
+    index, _, entry_id = dlq_id.partition("/")
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq), int(index)
+
+
 # ---------------------------------------------------------------------------------------------- API
 
 
@@ -314,7 +557,7 @@ class DeadLetters:
         self.client, self._owns_client = adopt_async(client, "DeadLetters", "streamq.SyncDeadLetters")
 
     async def count(self, stream: str) -> int:
-        """Dead letters of the stream, of every group."""
+        """Dead letters of the stream, of every group (and partition)."""
         return await run_steps(self.client, _count(stream))
 
     async def page(
@@ -329,11 +572,14 @@ class DeadLetters:
     async def list(
         self, stream: str, *, group: str | None = None, start: str = "-", count: int = DEFAULT_LIMIT
     ) -> list[DeadLetter]:
-        """Oldest first, from `start` (an id, inclusive), at most `count`, optionally one group's only."""
+        """Oldest first, from `start` (an id, inclusive), at most `count`, optionally one group's only.
+
+        A partitioned stream's are merged by id, then partition; `start` is then "-" or a `P/ID` id."""
         return await run_steps(self.client, _list(stream, group, start, count))
 
     async def show(self, stream: str, dlq_id: str) -> DeadLetter:
-        """One dead letter by its id in the dead-letter stream; DeadLetterNotFound if it is not there."""
+        """One dead letter by its id in the dead-letter stream (`P/ID` in partition P's, for a partitioned
+        stream); DeadLetterNotFound if it is not there."""
         return await run_steps(self.client, _show(stream, dlq_id))
 
     async def replay(

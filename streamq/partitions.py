@@ -104,35 +104,38 @@ def logical_stream(name: str) -> tuple[str, int] | None:
 
 
 def recorded_partitions(streams: Sequence[str]) -> _Steps[list[int | None]]:
-    """The recorded partition count of each stream, None for one that is not partitioned: one round
-    trip (two for a Redis user who may not GET the count key but may ask whether it EXISTS; if it does,
-    NoPermissionError says which permission is missing)."""
+    """The recorded partition count of each stream, None for one that is not partitioned.
+
+    One round trip asks which count keys exist (EXISTS, which a read-only operator user may run: SECURITY.md),
+    a second reads those that do; for plain streams only, that is all the first. A user who may not GET the
+    count of a partitioned stream gets NoPermissionError saying which permission is missing.
+    """
     names = [keys.partitions_key(stream) for stream in streams]
-    replies = yield [("GET", name) for name in names]
-    denied = [n for n, reply in enumerate(replies) if isinstance(reply, NoPermissionError)]
-    if denied:
-        exists = yield [("EXISTS", names[n]) for n in denied]
-        for n, there in zip(denied, exists, strict=True):
-            if isinstance(there, Exception):
-                raise there
-            if there:
-                raise NoPermissionError(
-                    f"{streams[n]!r} is partitioned, and this Redis user may not read its partition count:"
-                    f" grant it GET on {names[n]!r} ({replies[n]})"
-                )
-            replies[n] = None
-    counts: list[int | None] = []
-    for name, reply in zip(names, replies, strict=True):
-        if isinstance(reply, Exception):
-            raise reply
-        if reply is None:
-            counts.append(None)
-            continue
+    found = yield [("EXISTS", name) for name in names]
+    there = [n for n, reply in enumerate(found) if _checked(reply)]
+    counts: list[int | None] = [None] * len(names)
+    if not there:
+        return counts
+    replies = yield [("GET", names[n]) for n in there]
+    for n, reply in zip(there, replies, strict=True):
+        if isinstance(reply, NoPermissionError):
+            raise NoPermissionError(
+                f"{streams[n]!r} is partitioned, and this Redis user may not read its partition count:"
+                f" grant it GET on {names[n]!r} ({reply})"
+            )
+        if _checked(reply) is None:
+            continue  # deleted since: the stream is no longer partitioned
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
         if not text.isdigit() or not 1 <= int(text) <= MAX_PARTITIONS:
-            raise ConfigurationError(f"key {name!r} holds {text!r}, not a partition count")
-        counts.append(int(text))
+            raise ConfigurationError(f"key {names[n]!r} holds {text!r}, not a partition count")
+        counts[n] = int(text)
     return counts
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def side_by_side(steps: Sequence[_Steps[T]]) -> _Steps[list[T]]:
