@@ -31,8 +31,9 @@ DROP_WARNING_EVERY_S) are still importable from here.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -43,6 +44,9 @@ import redis
 from . import _wire
 from ._backpressure import AsyncBacklogGate, SyncBacklogGate
 from ._connection import RedisLike, async_client, for_key, for_key_sync, sync_client
+from ._partition_routing import PartitionKeys, Routing, check_partition_key, needs_partitions, take
+from ._partition_routing import lookup as partition_lookup
+from ._partition_routing import lookup_sync as partition_lookup_sync
 from ._publish_plan import MAX_DEDUP_KEY_CHARS as MAX_DEDUP_KEY_CHARS
 from ._publish_plan import MAX_DELAY_MS as MAX_DELAY_MS
 from ._publish_plan import DedupKeys as DedupKeys
@@ -144,12 +148,14 @@ class Producer:
         min_replicas: int | None = None,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
         replica_aof: bool = False,
+        partitions: Mapping[str, int] | None = None,
     ) -> None:
         settings = _settings(
             max_event_bytes, maxlen, approximate_trim, chunk_size, dedup_ttl_ms, max_backlog,
             backlog_timeout_ms, backlog_check_ms, min_replicas, replica_timeout_ms, replica_aof,
         )  # fmt: skip
         self._planner = Planner(settings)
+        self._routing = Routing(partitions)
         self.client, self._owns_client = async_client(redis)
         self._gate = AsyncBacklogGate.for_settings(settings)
         self._wait_checked = False  # the server runs the replica wait (checked at the first publish)
@@ -166,6 +172,7 @@ class Producer:
         at: datetime | None = None,
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
+        key: str | None = None,
     ) -> str:
         """Append one event; returns its entry id, or its schedule id when delayed (`delay_ms`, `at`).
 
@@ -173,9 +180,11 @@ class Producer:
         first publish's id (publish_result tells which happened).
         """
         check_dedup_key(dedup_key)
+        check_partition_key(key)
         (entry_id,) = await self.publish_many(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
+            key=None if key is None else [key],
         )  # fmt: skip
         return entry_id
 
@@ -189,12 +198,15 @@ class Producer:
         at: datetime | None = None,
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
+        key: str | None = None,
     ) -> PublishResult:
         """publish(), returning whether the event was a duplicate and whether its id is a schedule id."""
         check_dedup_key(dedup_key)
+        check_partition_key(key)
         (result,) = await self.publish_many_results(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
+            key=None if key is None else [key],
         )  # fmt: skip
         return result
 
@@ -209,6 +221,7 @@ class Producer:
         at: datetime | None = None,
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
+        key: PartitionKeys = None,
     ) -> list[str]:
         """Append events in order, one round trip per chunk; returns their entry ids (schedule ids when
         delayed, the first publish's id for a duplicate).
@@ -217,6 +230,12 @@ class Producer:
         `events`. If the connection fails midway, earlier chunks are published and the error is raised:
         publishing again may then duplicate those (delivery is at least once), unless they had dedup keys.
         """
+        count = await self._partition_count(stream, key)
+        if count is not None:
+            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
+                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+            routed = await self._routed(stream, count, list(events), key, dedup_key, options)
+            return [result.id for result in routed]
         plan = self._planner.plan(
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
             dedup_ttl_ms=dedup_ttl_ms,
@@ -236,8 +255,23 @@ class Producer:
         at: datetime | None = None,
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
+        key: PartitionKeys = None,
     ) -> list[PublishResult]:
         """publish_many(), with a PublishResult per event."""
+        count = await self._partition_count(stream, key)
+        if count is not None:
+            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
+                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+            return await self._routed(stream, count, list(events), key, dedup_key, options)
+        return await self._plain_results(
+            stream, events, chunk_size=chunk_size, maxlen=maxlen, delay_ms=delay_ms, at=at,
+            dedup_key=dedup_key, dedup_ttl_ms=dedup_ttl_ms,
+        )  # fmt: skip
+
+    async def _plain_results(
+        self, stream: str, events: Iterable[Event], *, chunk_size: int | None, maxlen: int | None,
+        delay_ms: int | None, at: datetime | None, dedup_key: DedupKeys, dedup_ttl_ms: int | None,
+    ) -> list[PublishResult]:  # fmt: skip
         plan = self._planner.plan(
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
             dedup_ttl_ms=dedup_ttl_ms,
@@ -245,6 +279,38 @@ class Producer:
         if plan.fast is not None:
             return [PublishResult(entry_id) for entry_id in await self._fast(stream, plan.fast)]
         return await self._scripted(plan)
+
+    async def _partition_count(self, stream: str, key: PartitionKeys) -> int | None:
+        """The stream's partition count (None: a plain stream), asked of Redis when not known yet."""
+        known, count = self._routing.known(stream)
+        if not known:
+            client = for_key(self.client, stream)
+            count = await partition_lookup(client, stream, self._routing.declared.get(stream))
+            self._routing.learn(stream, count)
+        if count is None and key is not None:
+            raise needs_partitions(stream)
+        return count
+
+    async def _routed(
+        self, stream: str, count: int, events: list[Event], key: PartitionKeys, dedup_key: DedupKeys,
+        options: dict[str, Any],
+    ) -> list[PublishResult]:  # fmt: skip
+        """Publish each partition's share of the call at once (on a cluster, to their nodes in parallel);
+        the results in the events' order."""
+        dedup = dedup_key if dedup_key is None or callable(dedup_key) else list(dedup_key)
+        parts = self._routing.split(stream, count, events, key, dedup)
+        outcomes = await asyncio.gather(*(
+            self._plain_results(
+                part.stream, [events[i] for i in part.positions],
+                dedup_key=dedup if callable(dedup) else take(dedup, part.positions), **options,
+            )
+            for part in parts
+        ))  # fmt: skip
+        results: list[PublishResult] = [PublishResult("")] * len(events)
+        for part, got in zip(parts, outcomes, strict=True):
+            for position, result in zip(part.positions, got, strict=True):
+                results[position] = result
+        return results
 
     async def _before_writing(self, link: _wire.Link, stream: str) -> None:
         """What a call checks before its first write: that the server runs the replica wait (once per
@@ -347,12 +413,14 @@ class SyncProducer:
         min_replicas: int | None = None,
         replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
         replica_aof: bool = False,
+        partitions: Mapping[str, int] | None = None,
     ) -> None:
         settings = _settings(
             max_event_bytes, maxlen, approximate_trim, chunk_size, dedup_ttl_ms, max_backlog,
             backlog_timeout_ms, backlog_check_ms, min_replicas, replica_timeout_ms, replica_aof,
         )  # fmt: skip
         self._planner = Planner(settings)
+        self._routing = Routing(partitions)
         self._owns_client = not isinstance(redis, _SyncRedis)
         self.client = sync_client(redis)
         self._gate = SyncBacklogGate.for_settings(settings)
@@ -371,11 +439,14 @@ class SyncProducer:
         at: datetime | None = None,
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
+        key: str | None = None,
     ) -> str:
         check_dedup_key(dedup_key)
+        check_partition_key(key)
         (entry_id,) = self.publish_many(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
+            key=None if key is None else [key],
         )  # fmt: skip
         return entry_id
 
@@ -389,11 +460,14 @@ class SyncProducer:
         at: datetime | None = None,
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
+        key: str | None = None,
     ) -> PublishResult:
         check_dedup_key(dedup_key)
+        check_partition_key(key)
         (result,) = self.publish_many_results(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
+            key=None if key is None else [key],
         )  # fmt: skip
         return result
 
@@ -408,7 +482,15 @@ class SyncProducer:
         at: datetime | None = None,
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
+        key: PartitionKeys = None,
     ) -> list[str]:
+        count = self._partition_count(stream, key)
+        if count is not None:
+            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
+                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+            return [
+                result.id for result in self._routed(stream, count, list(events), key, dedup_key, options)
+            ]
         plan = self._planner.plan(
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
             dedup_ttl_ms=dedup_ttl_ms,
@@ -428,7 +510,22 @@ class SyncProducer:
         at: datetime | None = None,
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
+        key: PartitionKeys = None,
     ) -> list[PublishResult]:
+        count = self._partition_count(stream, key)
+        if count is not None:
+            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
+                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+            return self._routed(stream, count, list(events), key, dedup_key, options)
+        return self._plain_results(
+            stream, events, chunk_size=chunk_size, maxlen=maxlen, delay_ms=delay_ms, at=at,
+            dedup_key=dedup_key, dedup_ttl_ms=dedup_ttl_ms,
+        )  # fmt: skip
+
+    def _plain_results(
+        self, stream: str, events: Iterable[Event], *, chunk_size: int | None, maxlen: int | None,
+        delay_ms: int | None, at: datetime | None, dedup_key: DedupKeys, dedup_ttl_ms: int | None,
+    ) -> list[PublishResult]:  # fmt: skip
         plan = self._planner.plan(
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
             dedup_ttl_ms=dedup_ttl_ms,
@@ -436,6 +533,36 @@ class SyncProducer:
         if plan.fast is not None:
             return [PublishResult(entry_id) for entry_id in self._fast(stream, plan.fast)]
         return self._scripted(plan)
+
+    def _partition_count(self, stream: str, key: PartitionKeys) -> int | None:
+        with self._count_lock:
+            known, count = self._routing.known(stream)
+        if not known:
+            count = partition_lookup_sync(
+                for_key_sync(self.client, stream), stream, self._routing.declared.get(stream)
+            )
+            with self._count_lock:
+                self._routing.learn(stream, count)
+        if count is None and key is not None:
+            raise needs_partitions(stream)
+        return count
+
+    def _routed(
+        self, stream: str, count: int, events: list[Event], key: PartitionKeys, dedup_key: DedupKeys,
+        options: dict[str, Any],
+    ) -> list[PublishResult]:  # fmt: skip
+        dedup = dedup_key if dedup_key is None or callable(dedup_key) else list(dedup_key)
+        with self._count_lock:
+            parts = self._routing.split(stream, count, events, key, dedup)
+        results: list[PublishResult] = [PublishResult("")] * len(events)
+        for part in parts:
+            got = self._plain_results(
+                part.stream, [events[i] for i in part.positions],
+                dedup_key=dedup if callable(dedup) else take(dedup, part.positions), **options,
+            )  # fmt: skip
+            for position, result in zip(part.positions, got, strict=True):
+                results[position] = result
+        return results
 
     def _before_writing(self, client: redis.Redis, stream: str) -> None:
         wait = self._planner.wait

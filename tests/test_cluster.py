@@ -22,6 +22,7 @@ from helpers import async_wait_until
 
 import streamq
 import streamq.inspect
+import streamq.partitions
 from streamq.cli import OK, main
 from streamq.embedded import ServerBinary
 from streamq.embedded_cluster import EmbeddedCluster
@@ -198,3 +199,36 @@ async def test_a_primary_killed_while_a_worker_runs_loses_nothing(
         app.stop()
         await asyncio.wait_for(run, 30)
     assert published == list(range(600))
+
+
+async def test_a_partitioned_stream_spreads_over_the_nodes_and_two_workers_share_it(
+    cluster: EmbeddedCluster, unique: str
+) -> None:
+    """Six partitions of one stream live on more than one primary; two workers on the cluster split them
+    three and three and handle every event."""
+    partitions = streamq.partitions.partition_streams(unique, 6)
+    assert len({cluster.primary_for(name).port for name in partitions}) >= 2
+    seen: list[int] = []
+    apps = [streamq.App(cluster.url), streamq.App(cluster.url)]
+    for app in apps:
+
+        @app.consumer(unique, group="g", partitions=6, partition_lease_ms=600, block_ms=50)
+        async def handle(batch: streamq.Batch[Ping]) -> None:
+            seen.extend(event.n for event in batch.events)
+
+    runs = [asyncio.create_task(app.run()) for app in apps]
+    try:
+        async with streamq.Producer(cluster.url) as producer:
+            for index, name in enumerate(partitions):
+                await producer.publish_many(name, [Ping(index * 100 + n) for n in range(50)])
+        expected = {index * 100 + n for index in range(6) for n in range(50)}
+        await async_wait_until(lambda: set(seen) >= expected, timeout_s=30, message="every event handled")
+
+        def shares() -> list[int]:
+            return sorted(len(c.owned()) for app in apps for c in app.consumers)  # type: ignore[union-attr]
+
+        await async_wait_until(lambda: shares() == [3, 3], timeout_s=30, message="three partitions each")
+    finally:
+        for app in apps:
+            app.stop()
+        await asyncio.wait_for(asyncio.gather(*runs), 30)

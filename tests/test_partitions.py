@@ -21,6 +21,7 @@ import streamq
 from streamq import keys
 from streamq._worker.partitioned import PartitionedConsumer
 from streamq.errors import ConfigurationError
+from streamq.events import PAYLOAD_FIELD, Decoder
 from streamq.partitions import partition_of, partition_stream, partition_streams
 
 LEASE_MS = 600  # partition leases: rounds every 200 ms, so rebalancing takes a second or two
@@ -51,7 +52,7 @@ def test_partitions_spread_over_slots_and_keep_their_keys_together(unique: str) 
         ({"partitions": 0}, "partitions must be an integer from 1 to 1024"),
         ({"partitions": 5000}, "partitions must be an integer from 1 to 1024"),
         ({"partitions": True}, "partitions must be an integer"),
-        ({"partitions": 4, "concurrency": 2, "ordered": True}, "use concurrency=1"),
+        ({"partitions": 4, "concurrency": 2, "ordered": True}, "one batch at a time: concurrency=1"),
         ({"ordered": True}, "ordered=True needs partitions=N"),
         ({"partitions": 4, "rate_limit": 10}, "rate_limit is not supported on a partitioned stream"),
         ({"partitions": 4, "partition_lease_ms": 10}, "partition_lease_ms must be an integer"),
@@ -258,3 +259,103 @@ async def test_an_ordered_partition_stopped_while_it_waits_is_resumed_in_order_b
                 lambda: len(second_handled) >= 15, timeout_s=20, message="the rest handled"
             )
     assert second_handled == list(range(5, 20))
+
+
+# ------------------------------------------------------------------------------------------ publishing
+
+
+async def test_a_key_picks_the_partition_by_the_documented_hash(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """publish(key=...) and publish_many(key=...) put each event in partition CRC-32(key) mod N, in publish
+    order per key; ids come back in the events' order."""
+    async with streamq.Producer(redis_url, partitions={unique: 4}) as producer:
+        first = await producer.publish(unique, Ping(0), key="customer-7")
+        ids = await producer.publish_many(
+            unique, [Ping(n) for n in range(1, 41)], key=lambda e: f"customer-{e.n % 8}"
+        )
+        results = await producer.publish_many_results(
+            unique, [Ping(41), Ping(42)], key=["customer-7", "customer-1"]
+        )
+    assert first.count("-") == 1 and len(ids) == 40 and len(results) == 2
+    by_partition: dict[int, list[int]] = {}
+    for index in range(4):
+        for _, fields in await client.xrange(partition_stream(unique, index)):
+            event = Decoder([Ping]).decode(fields[PAYLOAD_FIELD])
+            assert isinstance(event, Ping)
+            by_partition.setdefault(index, []).append(event.n)
+    for index, numbers in by_partition.items():
+        for n in numbers:
+            key = "customer-7" if n in (0, 41) else "customer-1" if n == 42 else f"customer-{n % 8}"
+            assert partition_of(key, 4) == index
+        assert numbers == sorted(numbers)  # publish order kept within each partition
+    assert sum(len(numbers) for numbers in by_partition.values()) == 43
+    customer_7 = await client.xrange(partition_stream(unique, partition_of("customer-7", 4)))
+    assert results[0].id in {entry_id.decode() for entry_id, _ in customer_7}
+
+
+async def test_without_a_key_each_call_goes_to_the_next_partition_or_by_its_dedup_key(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """Calls without keys go round the partitions, a whole call to one (one round trip); a dedup key routes
+    like a key, so a repeat meets its first publish and is caught."""
+    async with streamq.Producer(redis_url, partitions={unique: 3}) as producer:
+        for n in range(6):
+            await producer.publish_many(unique, [Ping(n), Ping(n)])
+        lengths = [await client.xlen(partition_stream(unique, i)) for i in range(3)]
+        assert lengths == [4, 4, 4]
+        first = await producer.publish_result(unique, Ping(100), dedup_key="order-1:placed")
+        again = await producer.publish_result(unique, Ping(100), dedup_key="order-1:placed")
+    assert not first.duplicate and again.duplicate and again.id == first.id
+
+
+async def test_a_key_on_a_plain_stream_or_another_count_is_refused(redis_url: str, unique: str) -> None:
+    async with streamq.Producer(redis_url) as producer:
+        with pytest.raises(ConfigurationError, match="is not partitioned"):
+            await producer.publish(unique, Ping(1), key="k")
+    async with streamq.Producer(redis_url, partitions={unique: 4}) as producer:
+        await producer.publish(unique, Ping(1), key="k")
+    async with streamq.Producer(redis_url, partitions={unique: 8}) as producer:
+        with pytest.raises(ConfigurationError, match="has 4 partitions, not 8"):
+            await producer.publish(unique, Ping(1), key="k")
+    with pytest.raises(ConfigurationError, match="partitions must be"):
+        streamq.Producer(redis_url, partitions={unique: 0})
+
+
+def test_a_sync_producer_routes_by_key_to_the_recorded_count(
+    redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """A producer built without partitions= finds the count a worker (here another producer) recorded."""
+    with streamq.SyncProducer(redis_url, partitions={unique: 5}):
+        pass  # declares nothing until it publishes
+    with streamq.SyncProducer(redis_url, partitions={unique: 5}) as producer:
+        producer.publish(unique, Ping(0), key="a")
+    with streamq.SyncProducer(redis_url) as producer:
+        producer.publish_many(unique, [Ping(n) for n in range(1, 10)], key=lambda e: "a")
+    assert sync_client.xlen(partition_stream(unique, partition_of("a", 5))) == 10
+
+
+async def test_keyed_events_reach_an_ordered_worker_in_publish_order_per_key(
+    redis_url: str, unique: str
+) -> None:
+    """End to end: events of 10 keys published with key=, handled by two ordered workers, arrive in
+    publish order per key."""
+    per_key: dict[str, list[int]] = {}
+    apps = [streamq.App(redis_url), streamq.App(redis_url)]
+    for app in apps:
+
+        @app.consumer(unique, group="g", partitions=4, ordered=True, partition_lease_ms=LEASE_MS, block_ms=50)
+        async def handle(batch: streamq.Batch[Ping]) -> None:
+            for event in batch.events:
+                per_key.setdefault(f"k{event.n % 10}", []).append(event.n)
+
+    async with running(apps[0]), running(apps[1]):
+        async with streamq.Producer(redis_url) as producer:
+            await async_wait_until(lambda: owned(apps[0]) or owned(apps[1]), message="a worker started")
+            for start in range(0, 200, 20):
+                await producer.publish_many(
+                    unique, [Ping(n) for n in range(start, start + 20)], key=lambda e: f"k{e.n % 10}"
+                )
+        await async_wait_until(lambda: sum(map(len, per_key.values())) >= 200, message="all handled")
+    assert all(numbers == sorted(numbers) for numbers in per_key.values())
+    assert sorted(n for numbers in per_key.values() for n in numbers) == list(range(200))

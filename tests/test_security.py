@@ -804,3 +804,48 @@ async def test_check_server_passes_every_real_test_server(client: redis.asyncio.
     found = await _wire.check_server(client)
     assert found["version"] == (await client.info("server"))["redis_version"]
     assert _wire.parse_version(found["version"]) >= _wire.MIN_SERVER_VERSION
+
+
+async def test_documented_users_run_partitioned_ordered_streams_and_nothing_is_denied(
+    users: Users, admin: redis.asyncio.Redis, acl_server: EmbeddedServer, unique: str
+) -> None:
+    """With SECURITY.md's users only: a worker records a partition count, takes every partition (its
+    balancing, release and ordering-gate scripts), retries an event in place and settles; the producer
+    reads the count and publishes with keys and a dedup key into the partitions; the operator reads the
+    partitions' status. The ACL LOG has no denial for any of them."""
+    from streamq.partitions import partition_streams
+
+    stream = f"app1:{unique}"
+    seen: list[int] = []
+    failed: list[int] = []
+    app = streamq.App(users.worker)
+
+    @app.consumer(stream, group=GROUP, partitions=3, ordered=True, partition_lease_ms=600, block_ms=50,
+                  retry_base_ms=10, retry_max_ms=20)  # fmt: skip
+    async def handle(batch: streamq.Batch[Note]) -> None:
+        for message in batch:
+            if message.event.n == 3 and not failed:
+                failed.append(3)
+                batch.retry(message)
+                return
+            seen.append(message.event.n)
+
+    task = asyncio.create_task(app.run())
+    try:
+        await async_wait_until(lambda: admin.get(keys.partitions_key(stream)), message="the count recorded")
+        async with streamq.Producer(users.producer) as producer:
+            await producer.publish_many(stream, [Note(n) for n in range(8)], key=lambda e: f"k{e.n % 2}")
+            await producer.publish(stream, Note(8), dedup_key="once")
+        with streamq.SyncProducer(users.producer) as sync_producer:
+            sync_producer.publish(stream, Note(9), key="k1")
+        await async_wait_until(lambda: sorted(seen) == list(range(10)), message="every event handled")
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 30)
+    operator = redis.asyncio.Redis.from_url(users.operator)
+    try:
+        states = await status(operator, partition_streams(stream, 3))
+        assert sum(state.groups[0].stats["acked"] for state in states) == 10
+    finally:
+        await operator.aclose()
+    assert acl_denials(redis.Redis.from_url(acl_server.url), users.names) == []
