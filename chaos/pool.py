@@ -293,8 +293,15 @@ class PoolNemesis:
         busy_by = now + (BUSY_WAIT_S if self.rng.random() < 2 / 3 else 0.0)
         while True:
             now = time.monotonic()
+            # A child killed a moment ago may not have died yet: a kill that waited for a healthy child
+            # can be followed at once by the next one, which must not pick the same victim.
             candidates = sorted(
-                (c for c in self.pool.children() if c.age_s >= self.healthy_after_s), key=lambda c: c.pid
+                (
+                    c
+                    for c in self.pool.children()
+                    if c.age_s >= self.healthy_after_s and c.pid not in self.pool.killed
+                ),
+                key=lambda c: c.pid,
             )
             if not candidates:
                 if now >= healthy_by:
