@@ -10,7 +10,8 @@ whatever workers start or stop meanwhile. Workers look for it every `control_eve
 within `block_ms`); once they see it they read nothing new and reclaim nothing, retries wait in their
 delayed set, and what they already hold is still handled, renewed and settled. A worker started while
 paused reads nothing until resumed. Resuming removes one field only: a group resumed while its stream is
-paused (`*`) stays paused, and so does a group paused by name when the stream is resumed.
+paused (`*`) stays paused, and so does a group paused by name when the stream is resumed. Pausing a
+partitioned stream pauses each of its partitions too (their workers read their partition's own hash).
 
 pause, resume and pauses take a redis.asyncio.Redis or a URL (None: $STREAMQ_REDIS_URL, else
 localhost); pause_sync, resume_sync and pauses_sync the same for blocking code, with a redis.Redis.
@@ -30,6 +31,7 @@ from . import keys
 from ._connection import RedisLike
 from ._wire import Steps, T, checked, run_steps_on, run_steps_on_sync
 from .errors import ConfigurationError
+from .partitions import partition_streams, recorded_partitions
 
 __all__ = [
     "EVERY_GROUP",
@@ -93,19 +95,29 @@ def pause_steps(stream: str) -> Steps[dict[str, PauseInfo]]:
             for field, value in raw.items()}  # fmt: skip
 
 
+def _paused_keys(stream: str) -> Steps[list[str]]:
+    """The pause hashes a pause of `stream` goes to: its own, and each partition's when it is partitioned
+    (the workers of a partition poll the partition's own hash, in the partition's slot)."""
+    (count,) = yield from recorded_partitions([stream])
+    return [keys.paused_key(name) for name in [stream, *partition_streams(stream, count or 0)]]
+
+
 def _pause(stream: str, group: str | None, reason: str) -> Steps[PauseInfo]:
-    key, scope = keys.paused_key(stream), _scope(group)
+    scope = _scope(group)
     if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
         raise ConfigurationError(f"reason must be a text of at most {MAX_REASON_CHARS} characters")
+    names = yield from _paused_keys(stream)
     (clock,) = checked((yield [("TIME",)]))
     info = PauseInfo(since_ms=int(clock[0]) * 1000 + int(clock[1]) // 1000, reason=reason, **_who())
-    checked((yield [("HSET", key, scope, msgspec.json.encode(info))]))
+    record = msgspec.json.encode(info)
+    checked((yield [("HSET", key, scope, record) for key in names]))
     return info
 
 
 def _resume(stream: str, group: str | None) -> Steps[bool]:
-    (removed,) = checked((yield [("HDEL", keys.paused_key(stream), _scope(group))]))
-    return bool(removed)
+    names = yield from _paused_keys(stream)
+    removed = checked((yield [("HDEL", key, _scope(group)) for key in names]))
+    return bool(removed[0])
 
 
 async def _run(client: RedisLike, steps: Steps[T], user: str) -> T:

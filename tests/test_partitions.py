@@ -359,3 +359,40 @@ async def test_keyed_events_reach_an_ordered_worker_in_publish_order_per_key(
         await async_wait_until(lambda: sum(map(len, per_key.values())) >= 200, message="all handled")
     assert all(numbers == sorted(numbers) for numbers in per_key.values())
     assert sorted(n for numbers in per_key.values() for n in numbers) == list(range(200))
+
+
+async def test_pausing_a_partitioned_stream_pauses_every_partition(redis_url: str, unique: str) -> None:
+    """`streamq pause orders` on a partitioned stream holds every partition's workers (they read their
+    partition's own pause hash); resuming lets them go on."""
+    from streamq import control
+
+    seen: list[tuple[int, int]] = []
+    app = _app(redis_url, unique, seen)
+    async with running(app):
+        await async_wait_until(lambda: owned(app) == list(range(6)), message="every partition taken")
+        await control.pause(redis_url, unique, reason="test")
+        assert set(await control.pauses(redis_url, unique)) == {"*"}
+        for index in range(6):
+            assert "*" in await control.pauses(redis_url, partition_stream(unique, index))
+        lanes = [lane for c in app.consumers for p in c._running.values() for lane in p.lanes]  # type: ignore[union-attr]
+        await async_wait_until(
+            lambda: all(lane.control.paused for lane in lanes), message="every worker paused"
+        )
+
+        # A read sent before the pause was seen may still be waiting: once each lane has been through two
+        # paused ticks, none is in flight; two more after publishing, and what was published is unread.
+        async def paused_ticks(count: int) -> None:
+            ticks = [lane._idle_reads for lane in lanes]
+            await async_wait_until(
+                lambda: all(
+                    lane._idle_reads >= tick + count for lane, tick in zip(lanes, ticks, strict=True)
+                ),
+                message=f"{count} paused ticks on every lane",
+            )
+
+        await paused_ticks(2)
+        published = await publish_to_every_partition(redis_url, unique, 0, 5)
+        await paused_ticks(2)
+        assert seen == []
+        assert await control.resume(redis_url, unique)
+        await async_wait_until(lambda: {n for _, n in seen} == set(published), message="handled once resumed")
