@@ -32,9 +32,20 @@ from redis.exceptions import ResponseError
 
 from . import keys
 from ._connection import RedisLike, for_key, for_key_sync
-from ._wire import Steps, T, borrowed_async, borrowed_sync, checked, run_steps_on, run_steps_on_sync
+from ._wire import (
+    Steps,
+    T,
+    borrowed_async,
+    borrowed_sync,
+    checked,
+    run_steps,
+    run_steps_on,
+    run_steps_on_sync,
+    run_steps_sync,
+)
 from ._wire import retention as wire
 from .errors import ConfigurationError, GroupInUse
+from .partitions import partition_streams, recorded_partitions
 from .settings import ConsumerSettings
 
 COUNT_CAP = wire.COUNT_CAP  # entries counted with XRANGE at most, in dry runs and holdback
@@ -72,6 +83,8 @@ class TrimResult(msgspec.Struct, kw_only=True):
     dropped_until: str | None  # the first id kept after those dropped (not in dry runs)
     dead_letters_expired: int
     estimated: bool  # a dry run's count reached COUNT_CAP: at least that many
+    # A partitioned stream: each partition's own result (the counts above add them up; the ids are None).
+    partitions: list[TrimResult] | None = None
 
 
 class GroupDeleted(msgspec.Struct, kw_only=True):
@@ -119,12 +132,16 @@ async def trim(
 ) -> TrimResult:
     """Trim `stream` below what every group has acknowledged (see the module docstring)."""
     _check(stream, keep_acked_ms, max_len, dlq_max_age_ms, dlq_max_len)
+    results = []
     async with borrowed_async(client, "trim", __name__) as connection:
-        reply = await wire.trim(
-            for_key(connection, stream), stream, keep_acked_ms=keep_acked_ms, max_len=max_len,
-            dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
-        )  # fmt: skip
-    return _result(stream, reply, dry_run)
+        (count,) = await run_steps(connection, recorded_partitions([stream]))
+        for name in _trimmed(stream, count):
+            reply = await wire.trim(
+                for_key(connection, name), name, keep_acked_ms=keep_acked_ms, max_len=max_len,
+                dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
+            )  # fmt: skip
+            results.append(_result(name, reply, dry_run))
+    return _combined(stream, results, dry_run) if count else results[0]
 
 
 def trim_sync(
@@ -139,12 +156,31 @@ def trim_sync(
 ) -> TrimResult:
     """trim() for blocking code."""
     _check(stream, keep_acked_ms, max_len, dlq_max_age_ms, dlq_max_len)
+    results = []
     with borrowed_sync(client, "trim", __name__) as connection:
-        reply = wire.trim_sync(
-            for_key_sync(connection, stream), stream, keep_acked_ms=keep_acked_ms, max_len=max_len,
-            dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
-        )  # fmt: skip
-    return _result(stream, reply, dry_run)
+        (count,) = run_steps_sync(connection, recorded_partitions([stream]))
+        for name in _trimmed(stream, count):
+            reply = wire.trim_sync(
+                for_key_sync(connection, name), name, keep_acked_ms=keep_acked_ms, max_len=max_len,
+                dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
+            )  # fmt: skip
+            results.append(_result(name, reply, dry_run))
+    return _combined(stream, results, dry_run) if count else results[0]
+
+
+def _trimmed(stream: str, partitions: int | None) -> list[str]:
+    """What a trim of `stream` trims: the stream, or each of its partitions."""
+    return partition_streams(stream, partitions) if partitions else [stream]
+
+
+def _combined(stream: str, parts: list[TrimResult], dry_run: bool) -> TrimResult:
+    return TrimResult(
+        stream=stream, dry_run=dry_run, removed=sum(p.removed for p in parts),
+        dropped=sum(p.dropped for p in parts), length_after=sum(p.length_after for p in parts),
+        groups=max(p.groups for p in parts), safe_id=None, held_by=None, cut_id=None, dropped_first=None,
+        dropped_until=None, dead_letters_expired=sum(p.dead_letters_expired for p in parts),
+        estimated=any(p.estimated for p in parts), partitions=parts,
+    )  # fmt: skip
 
 
 def _check(
@@ -182,10 +218,18 @@ async def delete_group(
     """
     _check_group(stream, group, live_idle_ms)
     async with borrowed_async(client, "delete_group", __name__) as connection:
-        reply = await wire.delete_group(
-            for_key(connection, stream), stream, group, live_idle_ms=live_idle_ms, force=force
-        )
-    return _deleted(stream, group, reply, force)
+        count, live = await run_steps(connection, _partitioned_group(stream, group))
+        if live and not force:
+            raise GroupInUse(stream, group, live)
+        replies = []
+        for name in _trimmed(stream, count):
+            reply = await wire.delete_group(
+                for_key(connection, name), name, group, live_idle_ms=live_idle_ms, force=force
+            )
+            replies.append(_deleted(name, group, reply, force))
+        if count:
+            await run_steps(connection, _forget_members(stream, group))
+    return _all_deleted(stream, group, replies, force)
 
 
 def delete_group_sync(
@@ -199,10 +243,51 @@ def delete_group_sync(
     """delete_group() for blocking code."""
     _check_group(stream, group, live_idle_ms)
     with borrowed_sync(client, "delete_group", __name__) as connection:
-        reply = wire.delete_group_sync(
-            for_key_sync(connection, stream), stream, group, live_idle_ms=live_idle_ms, force=force
-        )
-    return _deleted(stream, group, reply, force)
+        count, live = run_steps_sync(connection, _partitioned_group(stream, group))
+        if live and not force:
+            raise GroupInUse(stream, group, live)
+        replies = []
+        for name in _trimmed(stream, count):
+            reply = wire.delete_group_sync(
+                for_key_sync(connection, name), name, group, live_idle_ms=live_idle_ms, force=force
+            )
+            replies.append(_deleted(name, group, reply, force))
+        if count:
+            run_steps_sync(connection, _forget_members(stream, group))
+    return _all_deleted(stream, group, replies, force)
+
+
+def _partitioned_group(stream: str, group: str) -> Steps[tuple[int | None, list[tuple[str, int]]]]:
+    """(the stream's partition count or None, the group's live workers as (name, ms their lease has left))."""
+    (count,) = yield from recorded_partitions([stream])
+    if not count:
+        return None, []
+    clock, members = checked(
+        (yield [("TIME",), ("ZRANGE", keys.members_key(stream, group), 0, -1, "WITHSCORES")])
+    )
+    now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    # redis-py pairs WITHSCORES replies up itself (its response callback runs in pipelines too).
+    pairs = (
+        members
+        if members and isinstance(members[0], list | tuple)
+        else zip(members[::2], members[1::2], strict=True)
+    )
+    live = [(name.decode() if isinstance(name, bytes) else str(name), int(float(score)) - now_ms)
+            for name, score in pairs if float(score) > now_ms]  # fmt: skip
+    return count, live
+
+
+def _forget_members(stream: str, group: str) -> Steps[None]:
+    checked((yield [("DEL", keys.members_key(stream, group)), ("DEL", keys.owners_key(stream, group))]))
+
+
+def _all_deleted(stream: str, group: str, parts: list[GroupDeleted], force: bool) -> GroupDeleted:
+    if len(parts) == 1:
+        return parts[0]
+    return GroupDeleted(
+        stream=stream, group=group, existed=any(p.existed for p in parts),
+        pending=sum(p.pending for p in parts), consumers=sum(p.consumers for p in parts), forced=force,
+    )  # fmt: skip
 
 
 def _check_group(stream: str, group: str, live_idle_ms: int) -> None:

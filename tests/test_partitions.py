@@ -396,3 +396,30 @@ async def test_pausing_a_partitioned_stream_pauses_every_partition(redis_url: st
         assert seen == []
         assert await control.resume(redis_url, unique)
         await async_wait_until(lambda: {n for _, n in seen} == set(published), message="handled once resumed")
+
+
+async def test_trim_and_group_delete_work_on_every_partition(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """`streamq trim` of a partitioned stream trims each partition (the result adds them up and lists
+    each); `streamq group delete` refuses while a worker of the group is live, then deletes the group
+    from every partition and forgets its members and owners."""
+    from streamq import retention
+    from streamq.errors import GroupInUse
+
+    seen: list[tuple[int, int]] = []
+    app = _app(redis_url, unique, seen, retention=False)
+    async with running(app):
+        published = await publish_to_every_partition(redis_url, unique, 0, 10)
+        await async_wait_until(lambda: {n for _, n in seen} == set(published), message="all handled")
+        with pytest.raises(GroupInUse):
+            await retention.delete_group(redis_url, unique, "g")
+    trimmed = await retention.trim(redis_url, unique)
+    assert trimmed.partitions is not None and len(trimmed.partitions) == 6
+    assert trimmed.removed == 60 and trimmed.length_after == 0
+    assert [p.stream for p in trimmed.partitions] == partition_streams(unique, 6)
+    deleted = retention.delete_group_sync(redis_url, unique, "g")
+    assert deleted.existed and deleted.pending == 0
+    for name in partition_streams(unique, 6):
+        assert await client.xinfo_groups(name) == []
+    assert not await client.exists(keys.members_key(unique, "g"), keys.owners_key(unique, "g"))
