@@ -102,6 +102,7 @@ async def _read_replies(conn: Any, count: int) -> list[Any]:
                 out.append(exc)
         return out
     gets = reader.gets
+    redirected = getattr(conn, "mark_redirected", None)  # None on a standalone server: nothing to check
     while len(out) < count:
         reply = gets(False)
         if reply is _NOT_ENOUGH_DATA:
@@ -111,8 +112,8 @@ async def _read_replies(conn: Any, count: int) -> list[Any]:
             raise reply
         if type(reply).__name__ == "PushNotification":
             continue  # out-of-band RESP3 push (client tracking); not a reply to our commands
-        if isinstance(reply, REDIRECTIONS) and (mark := getattr(conn, "mark_redirected", None)):
-            mark()  # a slot connection of a cluster: the next command goes to the slot's node of then
+        if redirected is not None and isinstance(reply, REDIRECTIONS):
+            redirected()  # a slot connection of a cluster: the next command goes to the slot's node of then
         out.append(reply)
     return out
 
