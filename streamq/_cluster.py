@@ -85,15 +85,26 @@ class AsyncSlotMap:
             self._refreshed_at = time.monotonic()
 
 
-class _AsyncSlotConnecting:
-    """Mixed into redis-py's asyncio connection classes: connect to the slot's primary, as of now."""
+class _SlotBound:
+    """What a connection bound to a slot knows: its slot, whether it connected before (a reconnect asks
+    the cluster where the slot is now) and whether a reply redirected it (it reconnects before its next
+    command)."""
 
-    def __init__(self, *, slot_map: AsyncSlotMap, slot: int, **kwargs: Any) -> None:
+    def __init__(self, *, slot_map: Any, slot: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._slot_map = slot_map
         self._slot = slot
         self._connected_before = False
         self._redirected = False
+
+    def mark_redirected(self) -> None:
+        self._redirected = True
+
+
+class _AsyncSlotConnecting(_SlotBound):
+    """Mixed into redis-py's asyncio connection classes: connect to the slot's primary, as of now."""
+
+    _slot_map: AsyncSlotMap
 
     async def _connect(self) -> None:
         # A reconnect follows a lost connection or a redirection: the slot may have moved.
@@ -101,9 +112,6 @@ class _AsyncSlotConnecting:
         self.host, self.port = address
         self._connected_before = True
         await super()._connect()  # type: ignore[misc]
-
-    def mark_redirected(self) -> None:
-        self._redirected = True
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if self._redirected:
@@ -204,21 +212,15 @@ class SyncSlotMap:
         return str(node.host), int(node.port)
 
 
-class _SyncSlotConnecting:
-    def __init__(self, *, slot_map: SyncSlotMap, slot: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._slot_map = slot_map
-        self._slot = slot
-        self._connected_before = False
-        self._redirected = False
+class _SyncSlotConnecting(_SlotBound):
+    """_AsyncSlotConnecting for redis-py's blocking connection classes."""
+
+    _slot_map: SyncSlotMap
 
     def _connect(self) -> Any:
         self.host, self.port = self._slot_map.address(self._slot, refresh=self._connected_before)
         self._connected_before = True
         return super()._connect()  # type: ignore[misc]
-
-    def mark_redirected(self) -> None:
-        self._redirected = True
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if self._redirected:
