@@ -221,15 +221,23 @@ class Link:
         await self.roundtrip(b"".join(pack("SCRIPT", "LOAD", s.source) for s in SCRIPTS), len(SCRIPTS))
 
 
-def roundtrip_sync(client: redis.Redis, payload: bytes, replies: int) -> list[Any]:
-    """Send packed commands on a blocking client and read their `replies` raw replies (errors as values)."""
+def roundtrip_sync(
+    client: redis.Redis, payload: bytes, replies: int, *, last_reply_within_s: float | None = None
+) -> list[Any]:
+    """Send packed commands on a blocking client and read their `replies` raw replies (errors as values).
+
+    `last_reply_within_s`: the last reply may take that long (a WAIT's), longer than the client's socket
+    timeout allows one read: it is polled for (redis-py's public can_read) before being read.
+    """
     pool = client.connection_pool
     conn: Any = pool.get_connection()
     try:
         # A list: the sync connection iterates what it is given, and iterating bytes yields ints.
         conn.send_packed_command([payload], check_health=False)
         out: list[Any] = []
-        for _ in range(replies):
+        for n in range(replies):
+            if last_reply_within_s is not None and n == replies - 1:
+                conn.can_read(timeout=last_reply_within_s)
             try:
                 out.append(conn.read_response(disable_decoding=True))
             except ResponseError as exc:
