@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -232,3 +234,33 @@ async def test_a_partitioned_stream_spreads_over_the_nodes_and_two_workers_share
         for app in apps:
             app.stop()
         await asyncio.wait_for(asyncio.gather(*runs), 30)
+
+
+def test_every_command_takes_a_cluster_url(cluster: EmbeddedCluster, unique: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """The CLI's commands run against the cluster through its URL: a burst worker, status (named and all
+    streams), dead letters, trim, pause and resume, delayed events, group delete."""
+    stream = f"{unique}-cli"
+    app_file = tmp_path / "cluster_cli_app.py"
+    app_file.write_text(f"from cli_app import make_app\napp = make_app({stream!r}, 'g')\n")
+    with streamq.SyncProducer(cluster.url) as producer:
+        producer.publish_many(stream, [Ping(1), Ping(-1)])
+        schedule_id = producer.publish(stream, Ping(2), delay_ms=3_600_000)
+    url = ["--redis-url", cluster.url]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main([*url, "worker", "cluster_cli_app:app", "--burst"]) == OK
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert main([*url, "status", stream, "--json"]) == OK
+    assert main([*url, "status"]) == OK
+    assert main([*url, "dlq", "list", stream, "--json"]) == OK
+    out = capsys.readouterr().out
+    assert '"reason": "rejected"' in out or "rejected" in out
+    assert main([*url, "dlq", "replay", stream, "--all"]) == OK
+    assert main([*url, "trim", stream, "--dry-run"]) == OK
+    assert main([*url, "pause", stream, "--reason", "test"]) == OK
+    assert main([*url, "resume", stream]) == OK
+    assert main([*url, "scheduled", "list", stream]) == OK
+    assert main([*url, "scheduled", "cancel", stream, schedule_id]) == OK
+    assert main([*url, "group", "delete", stream, "g", "--force"]) == OK
