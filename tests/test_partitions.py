@@ -423,3 +423,18 @@ async def test_trim_and_group_delete_work_on_every_partition(
     for name in partition_streams(unique, 6):
         assert await client.xinfo_groups(name) == []
     assert not await client.exists(keys.members_key(unique, "g"), keys.owners_key(unique, "g"))
+
+
+async def test_a_plain_consumer_of_a_partitioned_stream_is_refused(redis_url: str, unique: str) -> None:
+    """A consumer without partitions= on a partitioned stream would read the plain stream, which nothing
+    is published to: it fails at start, saying so."""
+    async with streamq.Producer(redis_url, partitions={unique: 4}) as producer:
+        await producer.publish(unique, Ping(1), key="k")
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", block_ms=50)
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="is partitioned into 4"):
+        await asyncio.wait_for(app.run(), 30)

@@ -54,7 +54,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from .. import _wire, keys
 from .._wire import partitioning
 from ..batch import Message
-from ..errors import describe_error
+from ..errors import ConfigurationError, describe_error
 from ..events import Decoder
 from ..settings import ConsumerSettings
 from .control import Control
@@ -202,6 +202,12 @@ class Consumer:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     async def setup(self) -> None:
+        partitions = await self.client.get(keys.partitions_key(self.stream))
+        if partitions is not None:
+            raise ConfigurationError(
+                f"stream {self.stream!r} is partitioned into {int(partitions)}: its events are in its partitions,"
+                f" which this consumer would never read; give it partitions={int(partitions)}"
+            )
         for key in self.keys:
             if await _wire.ensure_group(self.client, key, self.group):
                 self.log.info("group created", key=key)
