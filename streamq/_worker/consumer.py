@@ -205,8 +205,8 @@ class Consumer:
         partitions = await self.client.get(keys.partitions_key(self.stream))
         if partitions is not None:
             raise ConfigurationError(
-                f"stream {self.stream!r} is partitioned into {int(partitions)}: its events are in its partitions,"
-                f" which this consumer would never read; give it partitions={int(partitions)}"
+                f"stream {self.stream!r} is partitioned into {int(partitions)}: its events are in its"
+                f" partitions, which this consumer would never read; give it partitions={int(partitions)}"
             )
         for key in self.keys:
             if await _wire.ensure_group(self.client, key, self.group):
