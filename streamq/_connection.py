@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -49,6 +50,27 @@ def _hide_userinfo(match: re.Match[str]) -> str:
     return f"{match[1]}{user}:***@" if colon else f"{match[1]}***@"  # a lone name may be a password too
 
 
+# The path of a redis:// or rediss:// URL names the database: empty, `/`, or `/` and a number. redis-py
+# ignores any other path (`/abc`, `/0/x`) and uses database 0, which would put the data where nobody looks.
+_DB_PATH = re.compile(r"/?[0-9]*")
+
+
+def check_url(url: str) -> str:
+    """`url` if its path can name a database; ConfigurationError (before any connection) otherwise. A unix://
+    URL's path is the socket's (its database is `?db=N`), so only redis://, rediss:// and cluster URLs are
+    checked."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() == "unix":
+        return url
+    path = urlsplit(url).path
+    if not _DB_PATH.fullmatch(path):
+        raise ConfigurationError(
+            f"bad Redis URL {redact(url)!r}: the path {path!r} is not a database number"
+            " (redis://host:6379/0 is database 0)"
+        )
+    return url
+
+
 def redact(text: str) -> str:
     """The URL (or a text holding URLs) with every password replaced, for logs and error messages."""
     return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(_hide_userinfo, text))
@@ -75,7 +97,7 @@ def async_client(target: RedisLike) -> tuple[AsyncClient, bool]:
             "expected a Redis URL, a redis.asyncio.Redis or a redis.asyncio.RedisCluster, "
             f"got {type(target).__name__}"
         )
-    url = resolve_url(target)
+    url = check_url(resolve_url(target))
     if _cluster.is_cluster_url(url):
         try:
             cluster = aioredis.RedisCluster.from_url(
@@ -126,7 +148,7 @@ def sync_client(
             connection_class = redis.UnixDomainSocketConnection
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_S)
         return redis.Redis.from_pool(redis.ConnectionPool(connection_class=connection_class, **kwargs))
-    url = resolve_url(target)
+    url = check_url(resolve_url(target))
     if _cluster.is_cluster_url(url):
         try:
             cluster = redis.cluster.RedisCluster.from_url(

@@ -17,10 +17,13 @@ StreamqError
 ├── GroupInUse              `group delete` refused: the group has live consumers
 └── DeadLetterNotFound      the dead-letter entry to replay or show is gone
 
-describe_error(exc) renders any exception for a log line.
+describe_error(exc) renders any exception for a log line; connection_failure(exc, where) what a command says
+when the server cannot be used (authentication failed, or cannot reach it).
 """
 
 from __future__ import annotations
+
+from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError, RedisError
 
 
 class StreamqError(Exception):
@@ -163,13 +166,34 @@ class DeadLetterNotFound(StreamqError, LookupError):
 
 
 def describe_error(exc: BaseException) -> str:
-    """`Type: message` for logs, or the type alone when there is no message.
+    """`Type: message` for logs, or the type alone when there is no message; a refused password or user
+    starts with `authentication failed:`, so it is not read as a network problem.
 
     Not repr(): redis-py 8 gives its errors a repr such as `network:ConnectionError`, without the message
     that says what went wrong (refused, which host, timed out).
     """
     message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"authentication failed: {text}" if is_authentication_failure(exc) else text
+
+
+def is_authentication_failure(exc: BaseException) -> bool:
+    """True when Redis refused the credentials (WRONGPASS, NOAUTH, a disabled user): redis-py raises
+    AuthenticationError, a ConnectionError, for these, which is otherwise worded as "cannot reach"."""
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return True
+    return isinstance(exc, RedisError) and str(exc).startswith(("WRONGPASS", "NOAUTH"))
+
+
+def connection_failure(exc: BaseException, where: str) -> str:
+    """What a command says when the server at `where` (a redacted URL) could not be used: authentication
+    failed, or it could not be reached."""
+    if is_authentication_failure(exc):
+        return (
+            f"authentication failed at {where}: {exc} (check the user and password in the URL,"
+            " or the server's requirepass / ACL)"
+        )
+    return f"cannot reach Redis at {where}: {exc}"
 
 
 class GroupInUse(StreamqError):
