@@ -17,6 +17,7 @@ examples:
   streamq worker myapp.workers:app --burst        process everything there is, then exit
   streamq status                                  every stream that has had a worker
   streamq status orders --json
+  streamq top                                     the same, live: rates, lag trend, idle consumers
   streamq dlq list orders
   streamq dlq replay orders --all
   streamq demo                                    the showcase, on a throwaway server
@@ -61,11 +62,13 @@ Without STREAM arguments, shows every stream that has had a streamq worker.
 PENDING counts entries delivered and not yet settled; LAG those not yet delivered to the group;
 RETRIES WAITING those failed and waiting for their backoff. The counters are totals since the group began;
 --json gives every one, 0 until it first counts. A STREAM that names a key of another type says which.
+--watch refreshes every --interval-ms with rates per second (see `streamq top --help`, the same view).
 
 examples:
   streamq status
   streamq status orders payments
   streamq status orders --json | jq '.[0].groups[0].pending'
+  streamq status orders --watch --interval-ms 1000
 """
 
 DLQ_EPILOG = """\

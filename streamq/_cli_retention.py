@@ -12,6 +12,7 @@ from typing import Any
 
 from ._cli_args import non_negative_int, positive_int
 from ._cli_output import print_json
+from ._cli_progress import working
 from ._connection import resolve_url
 from .exit_codes import FAILURE, OK
 from .retention import DEFAULT_LIVE_IDLE_MS, GroupDeleted, TrimResult, delete_group_sync, trim_sync
@@ -90,10 +91,13 @@ def add_commands(commands: Any, command: Any, common: argparse.ArgumentParser | 
 
 
 def cmd_trim(args: argparse.Namespace) -> int:
-    result = trim_sync(
-        resolve_url(args.redis_url), args.stream, keep_acked_ms=args.keep_acked_ms, max_len=args.max_len,
-        dry_run=args.dry_run,
-    )  # fmt: skip
+    # A trim is one script per stream on the server, nothing to count: a line with the time it has taken,
+    # on stderr when it is a terminal (_cli_progress.py).
+    with working(f"{'measuring' if args.dry_run else 'trimming'} {args.stream}"):
+        result = trim_sync(
+            resolve_url(args.redis_url), args.stream, keep_acked_ms=args.keep_acked_ms,
+            max_len=args.max_len, dry_run=args.dry_run,
+        )  # fmt: skip
     if args.json:
         print_json(result)
     else:
