@@ -95,7 +95,8 @@ def _when(ms: int, now_ms: int) -> str:
 
 def format_whereabouts(found: Whereabouts, now_ms: int) -> str:
     """The human answer: a line for the event, then one block per group."""
-    head = f"{found.stream} {found.id}: "
+    shown = f" (partition {found.partition})" if found.partition is not None and "/" not in found.id else ""
+    head = f"{found.stream} {found.id}{shown}: "
     if found.state == "scheduled":
         assert found.due_ms is not None
         due = _when(found.due_ms, now_ms)
@@ -124,11 +125,16 @@ def _group_lines(found: Whereabouts, g: GroupWhereabouts, now_ms: int) -> list[s
     name = f"  {g.group}: "
     if g.state in ("pending", "retry_pending"):
         assert g.idle_ms is not None
-        lease = "alive" if g.lease_alive else "expired, to be reclaimed"
-        where = "" if g.state == "pending" else f" (a retry, entry {g.retry_entry_id} of the retry stream)"
+        if g.lease_alive:
+            lease = f"lease alive (idle < lease_ms {found.lease_ms})"
+        else:
+            lease = f"lease expired (idle >= lease_ms {found.lease_ms}): the next reclaim takes it"
+        again = (
+            "" if g.state == "pending" else f" again after a retry (retry stream entry {g.retry_entry_id})"
+        )
         lines = [
-            f"{name}pending{where} with consumer {g.consumer}, idle {g.idle_ms} ms, delivered {g.deliveries}"
-            f" time(s); lease {lease} (idle < --lease-ms {found.lease_ms})"
+            f"{name}pending{again}, held by {g.consumer}",
+            f"    idle {g.idle_ms} ms, delivered {g.deliveries} time(s), {lease}",
         ]
         return lines + _history_lines(g, now_ms)
     if g.state == "waiting_retry":
@@ -167,7 +173,7 @@ def _history_lines(g: GroupWhereabouts, now_ms: int) -> list[str]:
         return []
     lines = [f"    {g.failures} attempt(s) failed, {g.lost_deliveries or 0} delivery(ies) lost"]
     if g.last_error:
-        when = f" ({_when(g.last_failure_ms, now_ms)})" if g.last_failure_ms else ""
+        when = f" at {_when(g.last_failure_ms, now_ms)}" if g.last_failure_ms else ""
         lines.append(f"    last error{when}: {g.last_error[:200]}")
     if g.deferred_since_ms:
         lines.append(f"    deferred since {format_timestamp(g.deferred_since_ms)}")

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import msgspec
+import structlog
 
 from ._cli_args import non_negative_int
 from ._cli_output import print_json
@@ -31,6 +32,8 @@ from .errors import AppLoadError
 from .events import Event, registered_event_types, tag_of
 from .exit_codes import FAILURE, OK, USAGE
 from .producer import SyncProducer
+
+log = structlog.get_logger("streamq.cli")
 
 CHUNK = 1_000  # events per publish call (the producer's own chunk size): ids are printed as each is done
 
@@ -98,6 +101,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         decode = _decoder(args)
     except (AppLoadError, LookupError) as exc:
         return _usage(args, str(exc))
+    except Exception:  # the user's module failed on import: its traceback, exit 1 (as `streamq worker`)
+        log.exception("importing the event classes failed", app=args.app, events=args.events)
+        return FAILURE
     text = args.data if args.data is not None else sys.stdin.read()
     try:
         events = [decode(data, where) for data, where in _objects(text, args.data is not None)]

@@ -3,7 +3,8 @@
 locate (asyncio) and locate_sync (blocking) take a client (left open: it is yours) or a URL, a stream and
 an id, and return a Whereabouts. The id is an entry id (`1712345678901-0`) or a schedule id (`sched-...`,
 what a delayed publish returned); for a partitioned stream, with its partition: `3/1712345678901-0`, as
-`streamq dlq` takes them (partition ids repeat across partitions).
+`streamq dlq` takes them (entry ids repeat across partitions). A schedule id is unique, so a partitioned
+stream's may come without its partition (as its publish returned it): every partition's set is asked.
 
 A schedule id is `scheduled` (with its due time) while it waits in the stream's scheduled set, and
 `not_scheduled` once it has left it: moved into the stream (the entry id it got there is not recorded) or
@@ -124,7 +125,8 @@ def _check_positive(name: str, value: int) -> int:
 
 
 def _target(stream: str, partitions: int | None, ref: str) -> tuple[str, int | None, str]:
-    """(stream key to look in, partition, id there) for `ref`; refuses a form that does not fit."""
+    """(stream key to look in, partition, id there) for `ref`; refuses a form that does not fit. The key
+    is "" for a schedule id of a partitioned stream given without its partition: any may hold it."""
     found = _REF.fullmatch(check_ref(ref))
     assert found is not None  # check_ref matched it
     index, bare = found.group(1), found.group(2)
@@ -134,6 +136,8 @@ def _target(stream: str, partitions: int | None, ref: str) -> tuple[str, int | N
                 f"{stream!r} is not partitioned: give the id without a partition ({bare})"
             )
         return stream, None, bare
+    if index is None and bare.startswith(SCHEDULE_ID_PREFIX):
+        return "", None, bare  # schedule ids are unique: every partition's scheduled set is asked
     if index is None:
         raise ConfigurationError(
             f"{stream!r} is partitioned ({partitions} partitions), each with its own ids: give the partition"
@@ -165,9 +169,16 @@ def locate_steps(
     target, partition, bare = _target(stream, partitions, ref)
     found = Whereabouts(stream=stream, id=ref, partition=partition, state="gone", lease_ms=lease_ms)
     if bare.startswith(SCHEDULE_ID_PREFIX):
-        (score,) = checked((yield [("ZSCORE", keys.scheduled_key(target), bare)]))
-        found.state = "scheduled" if score is not None else "not_scheduled"
-        found.due_ms = int(float(score)) if score is not None else None
+        asked = (
+            [(target, partition)]
+            if target
+            else [(partition_stream(stream, i), i) for i in range(partitions or 0)]
+        )
+        scores = checked((yield [("ZSCORE", keys.scheduled_key(name), bare) for name, _ in asked]))
+        found.state = "not_scheduled"
+        for (_, index), score in zip(asked, scores, strict=True):
+            if score is not None:
+                found.state, found.due_ms, found.partition = "scheduled", int(float(score)), index
         return found
     rows, groups_raw = yield [("XRANGE", target, bare, bare), ("XINFO GROUPS", target)]
     found.state = "in_stream" if checked([rows])[0] else "gone"
@@ -186,12 +197,13 @@ def locate_steps(
     letters, dlq_cut = results[0]
     if dlq_cut:
         found.cut.append("dead letters")
+    held: dict[str, _Records] = dict(zip(names, results[1:], strict=True))
     if group is None:  # groups the stream no longer has (deleted, or the stream gone) may have dead letters
-        names += [name for name in dict.fromkeys(letter.group for letter in letters) if name not in positions]
-        results += [_Records() for _ in range(len(names) - len(results) + 1)]
-    for name, records in zip(names, results[1:], strict=True):
+        for letter in letters:
+            held.setdefault(letter.group, _Records())
+    for name, records in held.items():
         found.cut += [f"{what} of group {name}" for what in records.cut]
-        letter = next((letter for letter in letters if letter.group == name), None)
+        letter = next((letter for letter in reversed(letters) if letter.group == name), None)  # the latest
         found.groups.append(
             _verdict(name, bare, found.state == "in_stream", positions.get(name), records, letter, lease_ms)
         )

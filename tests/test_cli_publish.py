@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import sys
 import uuid
+from pathlib import Path
 
 import msgspec
 import pytest
 import redis
+from cli_app import Ping
 
 import streamq
 from streamq.cli import main
@@ -85,3 +87,21 @@ def test_raw_json_is_published_as_an_event_of_the_tag(
     assert main([*base, "--delay", "600000"]) == 0
     assert capsys.readouterr().out.startswith("sched-")
     assert main([*base[:6], '{"type": "other"}', *base[7:]]) == 1
+
+
+def test_the_class_is_found_in_the_app(
+    redis_url: str, sync_client: redis.Redis, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """--app module:app finds the tag among the event types of the app's consumers and checks the JSON by
+    it; an app that does not load is a usage error."""
+    module = f"publish_app_{unique.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(f"from cli_app import make_app\napp = make_app({unique!r}, 'g')\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["publish", unique, "--type", Ping.__struct_config__.tag, "--redis-url", redis_url]
+    assert main([*args, "--app", f"{module}:app", "--data", '{"n": 5}']) == 0
+    assert main([*args, "--app", f"{module}:app", "--data", '{"n": "five"}']) == 1
+    assert "$.n" in capsys.readouterr().err
+    assert main([*args, "--app", f"{module}:nothing", "--data", '{"n": 5}']) == 2
+    decoder = msgspec.msgpack.Decoder(Ping)
+    assert [decoder.decode(f[b"d"]) for _, f in sync_client.xrange(unique)] == [Ping(5)]

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 from helpers import async_wait_until
 
 import streamq
 from streamq import keys
+from streamq._worker.records import RetryRecord, encode_record
 from streamq.cli import main
+from streamq.embedded import ServerBinary
+from streamq.embedded_cluster import EmbeddedCluster
 from streamq.errors import ConfigurationError
+from streamq.partitions import partition_of, partition_stream
 from streamq.where import locate, locate_sync
 
 
@@ -134,3 +140,85 @@ def test_a_partitioned_stream_needs_the_partition(
         locate_sync(redis_url, stream, entry_id)
     with pytest.raises(ConfigurationError, match="not partitioned"):
         locate_sync(redis_url, unique + "-plain", f"1/{entry_id}")
+
+
+async def test_a_retry_delivered_again_and_one_moved_not_read_yet(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """An event that failed once and is being handled again from the group's retry stream is
+    retry_pending, with the consumer holding it and its history; a retry moved to the retry stream that no
+    worker has read yet is waiting_retry, with its entry there."""
+    stream = unique
+    async with streamq.Producer(redis_url) as producer:
+        (entry_id,) = await producer.publish_many(stream, [Job(1)])
+    second_try = asyncio.Event()
+    release = asyncio.Event()
+    app = streamq.App(redis_url)
+
+    @app.consumer(stream, group="a", **FAST)
+    async def handle(batch: streamq.Batch[Job]) -> None:
+        for message in batch:
+            if message.attempt == 1:
+                batch.retry(message, delay_ms=0, reason="first try fails")
+            else:
+                second_try.set()
+                await release.wait()
+
+    task = asyncio.create_task(app.run())
+    try:
+        await asyncio.wait_for(second_try.wait(), 30)
+        (again,) = (await locate(client, stream, entry_id)).groups
+        assert (again.state, again.failures, again.deliveries, again.lease_alive) == (
+            "retry_pending",
+            1,
+            1,
+            True,
+        )
+        assert again.consumer is not None and again.consumer.startswith("streamq")
+        assert again.retry_entry_id is not None and "first try fails" in (again.last_error or "")
+    finally:
+        release.set()
+        app.stop()
+        await task
+    assert [g.state for g in (await locate(client, stream, entry_id)).groups] == ["acknowledged"]
+
+    record = encode_record(RetryRecord(entry_id, 2, 1, 2, "ValueError: again", b"\x80"))
+    moved_id = (await client.xadd(keys.retry_key(stream, "a"), {"r": record})).decode()
+    (waiting,) = (await locate(client, stream, entry_id)).groups
+    assert (waiting.state, waiting.retry_entry_id, waiting.failures) == ("waiting_retry", moved_id, 2)
+    assert waiting.due_ms is None and waiting.last_error == "ValueError: again"
+
+
+@pytest.fixture(scope="module")
+def cluster(server_binary: ServerBinary | None) -> Iterator[EmbeddedCluster]:
+    if server_binary is None:
+        pytest.skip("a local cluster is started from a server binary")
+    started = EmbeddedCluster(server_binary, primaries=3, replicas=0)
+    started.start()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def test_on_a_cluster_with_partitions(cluster: EmbeddedCluster, unique: str) -> None:
+    """On a Redis Cluster, each partition in its own slot: a pending entry and a dead letter are found
+    through the cluster's URL, and a partitioned stream's schedule id without its partition is found in
+    the partition that holds it."""
+    stream = unique
+    with streamq.SyncProducer(cluster.url, partitions={stream: 3}) as producer:
+        (entry_id,) = producer.publish_many(stream, [Job(1)], key=["k"])
+        schedule_id = producer.publish(stream, Job(2), delay_ms=600_000, key="k")
+    index = partition_of("k", 3)
+    part = partition_stream(stream, index)
+    nodes = redis.cluster.RedisCluster.from_url(cluster.url.replace("redis+cluster://", "redis://"))
+    try:
+        nodes.xgroup_create(part, "g", "0")
+        nodes.xreadgroup("g", "hand", {part: ">"})
+        nodes.xadd(keys.dlq_key(part), {"stream": part, "id": entry_id, "group": "old", "reason": "x"})
+    finally:
+        nodes.close()
+    found = locate_sync(cluster.url, stream, f"{index}/{entry_id}")
+    assert [(g.group, g.state) for g in found.groups] == [("g", "pending"), ("old", "dead_lettered")]
+    scheduled = locate_sync(cluster.url, stream, schedule_id)
+    assert (scheduled.state, scheduled.partition) == ("scheduled", index)
