@@ -20,6 +20,8 @@ examples:
   streamq top                                     the same, live: rates, lag trend, idle consumers
   streamq dlq list orders
   streamq dlq replay orders --all
+  streamq inspect orders 1712345678901-0          where one event is, in each group
+  streamq publish orders --type order.placed --events myapp.events --data '{{"order_id": 1}}'
   streamq demo                                    the showcase, on a throwaway server
   {ENV_URL}=redis://:secret@redis:6379/0 streamq status
 
