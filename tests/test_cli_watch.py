@@ -360,3 +360,9 @@ def test_trim_draws_a_line_while_it_works_on_a_terminal_only(
     monkeypatch.setenv(TTY_ENV, "0")
     code, out, err = run(capsys, redis_url, "trim", unique, "--dry-run")
     assert (code, err) == (OK, "")
+
+
+def test_top_help_exits_ok_and_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["top", "--help"]) == OK
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--interval-ms" in out and "--count" in out
