@@ -53,7 +53,7 @@ def _ref(text: str) -> str:
 
 def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     """Add `inspect` to the `streamq` parser: `command(commands, name, help, epilog, run)`."""
-    about = "show where one event is: pending, waiting for a retry, dead-lettered, acknowledged, ..."
+    about = "show where one event is in each group: pending, retrying, dead-lettered or acknowledged"
     inspect = command(commands, "inspect", about, INSPECT_EPILOG, cmd_inspect)
     inspect.add_argument("stream", metavar="STREAM")
     inspect.add_argument(

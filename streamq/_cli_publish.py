@@ -104,6 +104,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except Exception:  # the user's module failed on import: its traceback, exit 1 (as `streamq worker`)
         log.exception("importing the event classes failed", app=args.app, events=args.events)
         return FAILURE
+    if args.data is None and sys.stdin.isatty():
+        print("streamq: reading JSON from stdin (end with Ctrl-D)", file=sys.stderr)
     text = args.data if args.data is not None else sys.stdin.read()
     try:
         events = [decode(data, where) for data, where in _objects(text, args.data is not None)]

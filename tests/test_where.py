@@ -109,6 +109,9 @@ async def test_each_state_of_an_event_in_each_group(
     assert main(["inspect", stream, ids[2], "--redis-url", redis_url, "--group", "a"]) == 0
     text = capsys.readouterr().out
     assert "dead-lettered (rejected)" in text and f"streamq dlq show {stream}" in text
+    assert main(["inspect", stream, ids[2], "--redis-url", redis_url, "--group", "a", "--json"]) == 0
+    (shown_letter,) = [g["dead_letter"] for g in json.loads(capsys.readouterr().out)["groups"]]
+    assert (shown_letter["reason"], shown_letter["id"], shown_letter["payload"]) == ("rejected", ids[2], None)
 
 
 def test_a_scan_cut_short_is_said(redis_url: str, sync_client: redis.Redis, unique: str) -> None:
