@@ -199,6 +199,10 @@ class Pool:
         self._signals_received += 1
 
     def _take_signals(self) -> None:
+        if self._signals_seen < self._signals_received and not self._stopping:
+            # A child that died just before the signal (within one poll) died before the stop: a death,
+            # not a child failing to stop, which would make a clean stop exit 1.
+            self._reap()
         while self._signals_seen < self._signals_received:
             self._signals_seen += 1
             if not self._stopping:

@@ -251,6 +251,20 @@ def test_a_killed_child_is_restarted_and_what_it_held_is_handled(
     assert pool.wait() == OK, pool.log()
 
 
+def test_a_child_killed_just_before_a_sigterm_is_a_death_not_a_failed_stop(
+    start_pool: StartPool, redis_url: str, unique: str
+) -> None:
+    """A child killed -9 a moment before the pool's SIGTERM (before the pool's next look at its children)
+    died before the stop: the pool stops cleanly and exits 0, not 1 as for a child failing to stop."""
+    pool = start_pool(app_source(redis_url, unique, sleep_ms=10), 2)
+    wait_until(lambda: len(pool.consumers()) == 2, timeout_s=20, message="two consumers started")
+    victim = sorted(pool.children())[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not running(victim), message="the child dead, not yet seen by the pool")
+    pool.process.send_signal(signal.SIGTERM)
+    assert pool.wait() == OK, pool.log()
+
+
 def test_sigterm_stops_every_child_gracefully(
     start_pool: StartPool, redis_url: str, sync_client: redis.Redis, unique: str
 ) -> None:
