@@ -582,6 +582,10 @@ async def test_a_partitioned_streams_dead_letters_are_browsed_by_partition_id(
     page = (await viewer.get(links[0][0])).text
     assert f"Dead letter {links[0][1]}" in page and "&quot;n&quot;:" in page
     assert (await viewer.get(f"/stream/{unique}")).status == 200
+    letter = await DeadLetters(client).show(unique, links[0][1])
+    partition = links[0][1].partition("/")[0]
+    where = (await viewer.get(f"/where?stream={unique}&id={partition}/{letter.id}")).text
+    assert f"Entry {letter.id} of {unique}:{{{unique}:{partition}}}" in where
     await dashboard.aclose()
 
 

@@ -9,7 +9,6 @@ import importlib.resources
 import re
 from collections.abc import Sequence
 
-import msgspec
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,10 +21,10 @@ from ..deadletter import DeadLetterResult, DeadLetters
 from ..errors import ConfigurationError, DeadLetterNotFound
 from ..events import Event
 from ..inspect import stream_status
-from . import _pages
+from . import _letter_pages, _pages
 from ._auth import SESSION_COOKIE, Auth, same_origin
 from ._data import DEFAULT_REFRESH_MS, DEFAULT_WINDOW_MS, Rates, SharedReads, read_overview, read_stream
-from ._html import h, layout, table, when
+from ._html import layout, when
 from ._http import (
     BodyTooLarge,
     Receive,
@@ -43,6 +42,8 @@ from ._where import locate_here, where_module
 
 log = structlog.get_logger("streamq.dashboard")
 
+# An entry id, maybe with its partition: "1712345678901-0", "3/1712345678901-0".
+_REF = re.compile(r"(?:([0-9]{1,4})/)?([0-9]+-[0-9]+)")
 STATIC_FILES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 DEFAULT_PAUSE_REASON = "paused from the dashboard"
 
@@ -291,7 +292,7 @@ class DashboardApp:
             lambda: letter_page(self.target(), name, group=group, reason=reason, after=after),
         )
         st = await self.reads.get(("status", name), lambda: stream_status(self.target(), name))
-        body = _pages.letters_page(
+        body = _letter_pages.letters_page(
             request,
             name,
             page,
@@ -308,7 +309,7 @@ class DashboardApp:
         ref = request.params["ref"]
         found = await self.reads.get(("letter", name, ref), lambda: show_letter(self.target(), name, ref))
         decoded = decode_payload(found.payload, self.event_types)
-        body = _pages.letter_page(
+        body = _letter_pages.letter_page(
             request, name, found, decoded, writes=self.allow_writes, csrf=self._csrf(request)
         )
         return self._page(request, f"Dead letter {ref}", body, request.params["viewer"])
@@ -317,15 +318,7 @@ class DashboardApp:
         stream = (request.arg("stream") or "").strip()
         entry_id = (request.arg("id") or "").strip()
         group = (request.arg("group") or "").strip() or None
-        form = (
-            "<h1>Where is my event</h1>"
-            f'<form method="get" action="{h(request.url("/where"))}" class="filters">'
-            f'<label>stream <input name="stream" value="{h(stream)}" required></label> '
-            f'<label>id <input name="id" value="{h(entry_id)}" placeholder="1712345678901-0" required>'
-            "</label> "
-            f'<label>group <input name="group" value="{h(group or "")}" placeholder="every group"></label> '
-            "<button>find</button></form>"
-        )
+        form = _pages.where_form(request, stream, entry_id, group)
         if not stream or not entry_id:
             return self._page(request, "Where is my event", form, request.params["viewer"])
         keys.validate_name("stream", stream)
@@ -336,52 +329,17 @@ class DashboardApp:
 
     async def _whereabouts(self, request: Request, stream: str, entry_id: str, group: str | None) -> str:
         module = where_module()
-        plain_id = entry_id.rpartition("/")[2]
-        is_entry = re.fullmatch(r"[0-9]+-[0-9]+", plain_id) is not None
-        if module is None and not is_entry:
+        found = _REF.fullmatch(entry_id)
+        if module is None and found is None:
             raise ConfigurationError(f"{entry_id!r} is not an entry id (they look like 1712345678901-0)")
-        here = await locate_here(self.target(), stream, plain_id, group) if is_entry else []
-        parts = []
-        if module is not None:
-            found = await module.locate(self.target(), stream, entry_id, group=group)
-            facts = {
-                k: v
-                for k, v in msgspec.structs.asdict(found).items()
-                if k != "groups" and v not in (None, [])
-            }
-            parts.append("<h2>The event</h2>" + _pages.key_values([(k, h(v)) for k, v in facts.items()]))
-            fates = list(found.groups)
-        else:
-            parts.append(
-                '<p class="meta">streamq.where is not installed: showing the entry and each group\'s pending'
-                " record only (retries and dead letters are not searched)</p>"
-            )
-            fates = [fate for f in here for fate in f.groups]
-        rows = []
-        for fate in fates:
-            details = {
-                k: v
-                for k, v in msgspec.structs.asdict(fate).items()
-                if k not in ("group", "state", "dead_letter") and v not in (None, "", 0)
-            }
-            cells = [h(f"{k}={v}") for k, v in details.items()]
-            dead = getattr(fate, "dead_letter", None)
-            if dead is not None:
-                link = request.url(f"/stream/{segment(stream)}/dead-letters/{dead.dlq_id}")
-                cells.append(f'<a href="{h(link)}">dead letter {h(dead.dlq_id)} ({h(dead.reason)})</a>')
-            rows.append([h(fate.group), f'<span class="badge">{h(fate.state)}</span>', "<br>".join(cells)])
-        parts.append(
-            "<h2>In each group</h2>"
-            + (table(["group", "state", "details"], rows) if rows else '<p class="empty">no groups</p>')
-        )
-        for f in here:  # the entry itself, below what became of it
-            if f.fields is None:
-                parts.append(f'<p class="empty">{h(f.stream)} holds no entry {h(plain_id)} now</p>')
-                continue
-            decoded = decode_payload(f.fields.get("d"), self.event_types)
-            shown = _pages.pretty_fields(f.fields, decoded)
-            parts.append(f"<h2>Entry {h(plain_id)} of {h(f.stream)}</h2>{shown}")
-        return "".join(parts)
+        entries = []
+        if found is not None:
+            partition = int(found.group(1)) if found.group(1) is not None else None
+            entries = await locate_here(self.target(), stream, found.group(2), group, partition)
+        if module is None:
+            return _pages.where_page(request, stream, None, entries, self.event_types)
+        whereabouts = await module.locate(self.target(), stream, entry_id, group=group)
+        return _pages.where_page(request, stream, whereabouts, entries, self.event_types)
 
     async def login_form(self, request: Request) -> Response:
         if self.auth.token is None:

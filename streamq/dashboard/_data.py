@@ -26,7 +26,6 @@ from redis.exceptions import ResponseError
 from .. import keys
 from .._wire import Steps, run_steps_on
 from ..inspect import GroupStatus, StreamStatus, status, stream_status
-from ..partitions import partition_stream
 
 T = TypeVar("T")
 
@@ -130,7 +129,7 @@ def _extras(statuses: Sequence[StreamStatus]) -> Steps[tuple[int, list[int | Non
     """One round trip: the server's clock, each stream's entries-added, and the oldest pending entry of
     each group (smallest id pending in the stream or in the group's retry stream), for every partition."""
     commands: list[tuple[Any, ...]] = [("TIME",)]
-    layout: list[list[tuple[int, int, list[tuple[str, int, int]]]]] = []  # per stream, per part
+    layout: list[list[tuple[int, list[tuple[str, int, int]]]]] = []  # per stream, per part
     for st in statuses:
         per_part = []
         for part in _parts(st):
@@ -143,7 +142,7 @@ def _extras(statuses: Sequence[StreamStatus]) -> Steps[tuple[int, list[int | Non
                 groups.append((g.name, len(commands), len(commands) + 1))
                 commands.append(("XPENDING", part.stream, g.name))
                 commands.append(("XPENDING", keys.retry_key(part.stream, g.name), g.name))
-            per_part.append((info_at, 0, groups))
+            per_part.append((info_at, groups))
         layout.append(per_part)
     replies = yield commands
     clock = replies[0]
@@ -153,7 +152,7 @@ def _extras(statuses: Sequence[StreamStatus]) -> Steps[tuple[int, list[int | Non
     for per_part in layout:
         total: int | None = 0 if per_part else None
         smallest: dict[str, int] = {}
-        for info_at, _, groups in per_part:
+        for info_at, groups in per_part:
             info = replies[info_at]
             value = _entries_added(info)
             total = None if total is None or value is None else total + value
@@ -360,7 +359,3 @@ def _consumer_steps(st: StreamStatus) -> Steps[StreamDetail]:
 async def read_stream(target: Any, stream: str) -> StreamDetail:
     st = await stream_status(target, stream, per_partition=True)
     return await run_steps_on(target, _consumer_steps(st), "dashboard", __name__)
-
-
-def partition_name(stream: str, index: int) -> str:
-    return partition_stream(stream, index)

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from ._http import Request, segment
+
 
 def h(value: object) -> str:
     """`value` as text safe anywhere in HTML (element content and quoted attribute values)."""
@@ -154,3 +156,29 @@ def hex_dump(data: bytes, limit: int = RAW_BYTES_SHOWN) -> str:
 
 def hex_dump_block(data: bytes) -> str:
     return f'<pre class="hex">{h(hex_dump(data))}</pre>'
+
+
+def stream_link(request: Request, stream: str, suffix: str = "") -> str:
+    return request.url(f"/stream/{segment(stream)}{suffix}")
+
+
+def form_button(
+    request: Request,
+    action: str,
+    csrf: str,
+    button: str,
+    fields: dict[str, str],
+    css: str = "",
+    confirm: str = "",
+) -> str:
+    hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in fields.items())
+    ask = f' data-confirm="{h(confirm)}"' if confirm else ""
+    return (
+        f'<form method="post" action="{h(action)}" class="inline"{ask}>'
+        f'<input type="hidden" name="csrf" value="{h(csrf)}">{hidden}'
+        f'<button class="{h(css)}">{h(button)}</button></form>'
+    )
+
+
+def key_values(pairs: Sequence[tuple[str, Any]]) -> str:
+    return '<dl class="facts-list">' + "".join(f"<dt>{h(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"

@@ -1,4 +1,5 @@
-"""The pages' bodies, as HTML: every value from Redis or the request goes through `h`."""
+"""The pages' bodies, as HTML (the dead-letter pages are in _letter_pages.py): every value from Redis or the
+request goes through `h`."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ from typing import Any
 
 import msgspec
 
-from ..deadletter import DeadLetter
+from ..events import Event
 from ..inspect import StreamStatus
 from ._data import Overview, Rates, StreamDetail, StreamView
-from ._html import duration_ms, h, hex_dump_block, number, pretty, sparkline, table, when
+from ._html import duration_ms, form_button, h, key_values, number, sparkline, stream_link, table, when
 from ._http import Request, segment
-from ._letters import REASONS, Decoded, LetterPage
-
-
-def _stream_link(request: Request, stream: str, suffix: str = "") -> str:
-    return request.url(f"/stream/{segment(stream)}{suffix}")
+from ._letter_pages import pretty_fields
+from ._letters import decode_payload
+from ._where import Found
 
 
 def _paused(st: StreamStatus, group: str | None) -> str:
@@ -46,7 +45,7 @@ def _stream_card(request: Request, view: StreamView, rates: Rates) -> str:
     if not st.exists:
         kind = "no such stream" if st.key_type in ("none", "") else f"a {st.key_type}, not a stream"
         return (
-            f'<section class="stream"><h2><a href="{h(_stream_link(request, name))}">{h(name)}</a></h2>'
+            f'<section class="stream"><h2><a href="{h(stream_link(request, name))}">{h(name)}</a></h2>'
             f'<p class="empty">{h(kind)}; {number(st.dead_letters)} dead letters</p></section>'
         )
     window = rates.window_s
@@ -61,7 +60,7 @@ def _stream_card(request: Request, view: StreamView, rates: Rates) -> str:
         ("scheduled", number(st.scheduled)),
         (
             "dead letters",
-            f'<a href="{h(_stream_link(request, name, "/dead-letters"))}">{number(st.dead_letters)}</a>',
+            f'<a href="{h(stream_link(request, name, "/dead-letters"))}">{number(st.dead_letters)}</a>',
         ),
     ]
     if st.partitions is not None:
@@ -106,27 +105,9 @@ def _stream_card(request: Request, view: StreamView, rates: Rates) -> str:
         else '<p class="empty">no consumer groups</p>'
     )
     return (
-        f'<section class="stream"><h2><a href="{h(_stream_link(request, name))}">{h(name)}</a>'
+        f'<section class="stream"><h2><a href="{h(stream_link(request, name))}">{h(name)}</a>'
         f" {_paused(st, None)}</h2>"
         f'<div class="facts">{fact_html}</div>{groups}</section>'
-    )
-
-
-def _form(
-    request: Request,
-    action: str,
-    csrf: str,
-    button: str,
-    fields: dict[str, str],
-    css: str = "",
-    confirm: str = "",
-) -> str:
-    hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in fields.items())
-    ask = f' data-confirm="{h(confirm)}"' if confirm else ""
-    return (
-        f'<form method="post" action="{h(action)}" class="inline"{ask}>'
-        f'<input type="hidden" name="csrf" value="{h(csrf)}">{hidden}'
-        f'<button class="{h(css)}">{h(button)}</button></form>'
     )
 
 
@@ -136,16 +117,18 @@ def stream_page(request: Request, detail: StreamDetail, *, writes: bool, csrf: s
     parts = [f"<h1>{h(name)} {_paused(st, None)}</h1>"]
     parts.append(
         f'<p class="meta">{number(st.length)} entries · {number(st.scheduled)} scheduled ·'
-        f' <a href="{h(_stream_link(request, name, "/dead-letters"))}">'
+        f' <a href="{h(stream_link(request, name, "/dead-letters"))}">'
         f"{number(st.dead_letters)} dead letters</a>"
         + (f" · {st.partitions} partitions" if st.partitions is not None else "")
         + "</p>"
     )
     if writes:
-        action = _stream_link(request, name, "/pause")
-        controls = [_form(request, action, csrf, "pause stream", {}, "warn")]
+        action = stream_link(request, name, "/pause")
+        controls = [form_button(request, action, csrf, "pause stream", {}, "warn")]
         if "*" in st.paused:
-            controls = [_form(request, _stream_link(request, name, "/resume"), csrf, "resume stream", {})]
+            controls = [
+                form_button(request, stream_link(request, name, "/resume"), csrf, "resume stream", {})
+            ]
         parts.append(f'<div class="controls">{"".join(controls)}</div>')
     if st.paused:
         rows = [
@@ -162,13 +145,13 @@ def stream_page(request: Request, detail: StreamDetail, *, writes: bool, csrf: s
         header = f"<h2>group {h(g.name)} {_paused(st, g.name)}</h2>"
         if writes:
             if g.name in st.paused:
-                header += _form(
-                    request, _stream_link(request, name, "/resume"), csrf, "resume group", {"group": g.name}
+                header += form_button(
+                    request, stream_link(request, name, "/resume"), csrf, "resume group", {"group": g.name}
                 )
             else:
-                header += _form(
+                header += form_button(
                     request,
-                    _stream_link(request, name, "/pause"),
+                    stream_link(request, name, "/pause"),
                     csrf,
                     "pause group",
                     {"group": g.name},
@@ -228,166 +211,62 @@ def stream_page(request: Request, detail: StreamDetail, *, writes: bool, csrf: s
     return "".join(parts)
 
 
-def letters_page(
-    request: Request,
-    stream: str,
-    page: LetterPage,
-    *,
-    groups: Sequence[str],
-    group: str | None,
-    reason: str | None,
-    writes: bool,
-    csrf: str,
-) -> str:
-    base = _stream_link(request, stream, "/dead-letters")
-    group_options = "".join(
-        f'<option value="{h(g)}"{" selected" if g == group else ""}>{h(g)}</option>' for g in groups
+def where_form(request: Request, stream: str, entry_id: str, group: str | None) -> str:
+    return (
+        "<h1>Where is my event</h1>"
+        f'<form method="get" action="{h(request.url("/where"))}" class="filters">'
+        f'<label>stream <input name="stream" value="{h(stream)}" required></label> '
+        f'<label>id <input name="id" value="{h(entry_id)}" placeholder="1712345678901-0" required>'
+        "</label> "
+        f'<label>group <input name="group" value="{h(group or "")}" placeholder="every group"></label> '
+        "<button>find</button></form>"
     )
-    reason_options = "".join(
-        f'<option value="{h(r)}"{" selected" if r == reason else ""}>{h(r)}</option>' for r in REASONS
-    )
-    parts = [
-        f'<h1>Dead letters of <a href="{h(_stream_link(request, stream))}">{h(stream)}</a></h1>',
-        f'<form method="get" action="{h(base)}" class="filters">'
-        f'<label>group <select name="group"><option value="">every group</option>{group_options}</select>'
-        f'</label> <label>reason <select name="reason"><option value="">every reason</option>'
-        f"{reason_options}</select></label> <button>filter</button></form>",
-        f'<p class="meta">{number(page.total)} dead letters in all;'
-        f" {number(page.scanned)} read for this page</p>",
-    ]
-    if not page.letters:
-        parts.append('<p class="empty">no dead letters here</p>')
+
+
+def where_page(
+    request: Request, stream: str, whereabouts: Any, entries: Sequence[Found],
+    event_types: Sequence[type[Event]] | None,
+) -> str:  # fmt: skip
+    """What streamq.where found (`whereabouts`, a Whereabouts), or without it (None) each group's
+    pending record from `entries`; then the entry itself, payload decoded."""
+    parts = []
+    if whereabouts is not None:
+        facts = msgspec.structs.asdict(whereabouts)
+        shown = [(k, h(v)) for k, v in facts.items() if k != "groups" and v not in (None, [])]
+        parts.append("<h2>The event</h2>" + key_values(shown))
+        fates = list(whereabouts.groups)
     else:
-        rows = []
-        for letter in page.letters:
-            link = request.url(f"/stream/{segment(stream)}/dead-letters/{letter.dlq_id}")
-            pick = f'<input type="checkbox" name="id" value="{h(letter.dlq_id)}" aria-label="select">'
-            rows.append(
-                [
-                    *([pick] if writes else []),
-                    f'<a class="letter" href="{h(link)}">{h(letter.dlq_id)}</a>',
-                    h(letter.group),
-                    f'<span class="badge">{h(letter.reason)}</span>',
-                    number(letter.attempts),
-                    h(when(letter.last_failure_ms)),
-                    f'<span class="clip">{h(letter.error_type)}: {h(letter.error)}</span>',
-                ]
-            )
-        headers = [*([""] if writes else []), "id", "group", "reason", "attempts", "last failure", "error"]
-        listing = table(headers, rows, "letters")
-        if writes:
-            listing = (
-                f'<form method="post" action="{h(base)}/replay" class="bulk">'
-                f'<input type="hidden" name="csrf" value="{h(csrf)}">{listing}'
-                "<button>replay selected</button> "
-                f'<button class="danger" formaction="{h(base)}/purge"'
-                ' data-confirm="Delete the selected dead letters for good?">purge selected</button></form>'
-            )
-        parts.append(listing)
-    if page.next_after:
-        more = request.url(
-            f"/stream/{segment(stream)}/dead-letters", group=group, reason=reason, after=page.next_after
-        )
-        parts.append(f'<p><a class="next" href="{h(more)}">next page</a></p>')
-    return "".join(parts)
-
-
-def letter_page(
-    request: Request, stream: str, letter: DeadLetter, decoded: Decoded, *, writes: bool, csrf: str
-) -> str:
-    base = _stream_link(request, stream, "/dead-letters")
-    facts = [
-        ("dead-letter id", h(letter.dlq_id)),
-        ("stream", h(letter.stream)),
-        (
-            "event id",
-            f'<a href="{h(request.url("/where", stream=stream, id=letter.id, group=letter.group))}">'
-            f"{h(letter.id)}</a>",
-        ),
-        ("group", h(letter.group)),
-        ("consumer", h(letter.consumer)),
-        ("reason", f'<span class="badge">{h(letter.reason)}</span>'),
-        ("detail", h(letter.detail)),
-        ("attempts", number(letter.attempts)),
-        ("first failure", h(when(letter.first_failure_ms))),
-        ("last failure", h(when(letter.last_failure_ms))),
-    ]
-    headers = getattr(letter, "headers", None)
-    if isinstance(headers, dict) and headers:
-        facts.append(("headers", "<br>".join(f"{h(k)}: {h(v)}" for k, v in headers.items())))
-    parts = [
-        f'<h1>Dead letter {h(letter.dlq_id)} of <a href="{h(base)}">{h(stream)}</a></h1>',
-        '<dl class="facts-list">' + "".join(f"<dt>{h(k)}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>",
-    ]
-    if writes:
         parts.append(
-            '<div class="controls">'
-            + _form(
-                request, f"{base}/replay", csrf, "replay to its group", {"id": letter.dlq_id, "back": "1"}
-            )
-            + _form(
-                request,
-                f"{base}/purge",
-                csrf,
-                "purge",
-                {"id": letter.dlq_id},
-                "danger",
-                "Delete this dead letter for good?",
-            )
-            + "</div>"
+            '<p class="meta">streamq.where is not installed: showing the entry and each group\'s pending'
+            " record only (retries and dead letters are not searched)</p>"
         )
-    parts.append(f'<h2>Error</h2><pre class="error">{h(letter.error_type)}: {h(letter.error)}</pre>')
-    if letter.traceback:
-        parts.append(f'<h2>Traceback</h2><pre class="traceback">{h(letter.traceback)}</pre>')
-    parts.append(_payload(letter, decoded))
+        fates = [fate for entry in entries for fate in entry.groups]
+    rows = []
+    for fate in fates:
+        details = {
+            k: v
+            for k, v in msgspec.structs.asdict(fate).items()
+            if k not in ("group", "state", "dead_letter") and v not in (None, "", 0)
+        }
+        cells = [h(f"{k}={v}") for k, v in details.items()]
+        dead = getattr(fate, "dead_letter", None)
+        if dead is not None:
+            link = request.url(f"/stream/{segment(stream)}/dead-letters/{dead.dlq_id}")
+            cells.append(f'<a href="{h(link)}">dead letter {h(dead.dlq_id)} ({h(dead.reason)})</a>')
+        rows.append([h(fate.group), f'<span class="badge">{h(fate.state)}</span>', "<br>".join(cells)])
+    parts.append(
+        "<h2>In each group</h2>"
+        + (table(["group", "state", "details"], rows) if rows else '<p class="empty">no groups</p>')
+    )
+    for entry in entries:  # the entry itself, below what became of it
+        if entry.fields is None:
+            parts.append(f'<p class="empty">{h(entry.stream)} holds no entry {h(entry.entry_id)} now</p>')
+            continue
+        decoded = decode_payload(entry.fields.get("d"), event_types)
+        parts.append(
+            f"<h2>Entry {h(entry.entry_id)} of {h(entry.stream)}</h2>{pretty_fields(entry.fields, decoded)}"
+        )
     return "".join(parts)
-
-
-def pretty_fields(fields: dict[str, bytes], decoded: Decoded) -> str:
-    """A stream entry: its payload field decoded (see _payload), its other fields as text."""
-    others = [(name, _field_text(name, value)) for name, value in fields.items() if name != "d"]
-    shown = key_values(others) if others else ""
-    payload = fields.get("d")
-    if payload is not None:
-        shown += _decoded(decoded, len(payload)) + f"<h3>raw bytes</h3>{hex_dump_block(payload)}"
-    return shown
-
-
-def _field_text(name: str, value: bytes) -> str:
-    """A field of a stream entry as HTML: the headers map (msgpack) one per line, anything else as text."""
-    if name == "headers":
-        try:
-            headers = msgspec.msgpack.decode(value, type=dict[str, str])
-        except (msgspec.DecodeError, ValueError, RecursionError):
-            pass
-        else:
-            return "<br>".join(f"{h(k)}: {h(v)}" for k, v in headers.items())
-    return h(value.decode(errors="replace"))
-
-
-def _decoded(decoded: Decoded, size: int) -> str:
-    if decoded.kind == "event":
-        return (
-            f'<h2>Payload <span class="meta">{h(decoded.event_type)}, {number(size)} bytes</span></h2>'
-            f'<pre class="payload">{h(pretty(decoded.value))}</pre>'
-        )
-    if decoded.kind == "msgpack":
-        return (
-            f'<h2>Payload <span class="meta">msgpack, no importable event class, {number(size)} bytes'
-            f'</span></h2><pre class="payload">{h(pretty(decoded.value))}</pre>'
-        )
-    if decoded.kind == "raw":
-        return f'<h2>Payload <span class="meta">not msgpack, {number(size)} bytes</span></h2>'
-    return '<h2>Payload</h2><p class="empty">the entry had no payload field</p>'
-
-
-def _payload(letter: DeadLetter, decoded: Decoded) -> str:
-    shown = _decoded(decoded, len(letter.payload) if letter.payload is not None else 0)
-    if letter.payload is not None:
-        shown += f"<h3>raw bytes</h3>{hex_dump_block(letter.payload)}"
-    if letter.raw_fields is not None:
-        shown += f"<h3>the entry's fields (msgpack)</h3>{hex_dump_block(letter.raw_fields)}"
-    return shown
 
 
 def login_page(request: Request, next_url: str, failed: bool) -> str:
@@ -402,7 +281,3 @@ def login_page(request: Request, next_url: str, failed: bool) -> str:
 
 def error_page(title: str, message: str) -> str:
     return f'<h1>{h(title)}</h1><p class="error">{h(message)}</p>'
-
-
-def key_values(pairs: Sequence[tuple[str, Any]]) -> str:
-    return '<dl class="facts-list">' + "".join(f"<dt>{h(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"

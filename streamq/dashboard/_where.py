@@ -46,9 +46,14 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms or 0), int(seq or 0)
 
 
-def _find(stream: str, entry_id: str, group: str | None) -> Steps[list[Found]]:
+def _find(stream: str, entry_id: str, group: str | None, partition: int | None) -> Steps[list[Found]]:
     (count,) = yield from recorded_partitions([stream])
-    names = [stream] if count is None else [partition_stream(stream, i) for i in range(count)]
+    if count is None:
+        names = [stream]
+    elif partition is not None:
+        names = [partition_stream(stream, partition)] if partition < count else []
+    else:
+        names = [partition_stream(stream, i) for i in range(count)]
     replies = yield [
         c for name in names for c in (("XRANGE", name, entry_id, entry_id), ("XINFO GROUPS", name))
     ]
@@ -87,8 +92,12 @@ def _find(stream: str, entry_id: str, group: str | None) -> Steps[list[Found]]:
     return found or [Found(stream=stream, entry_id=entry_id, fields=None, groups=[])]
 
 
-async def locate_here(target: Any, stream: str, entry_id: str, group: str | None) -> list[Found]:
-    return await run_steps_on(target, _find(stream, entry_id, group), "dashboard", __name__)
+async def locate_here(
+    target: Any, stream: str, entry_id: str, group: str | None, partition: int | None = None
+) -> list[Found]:
+    """The entry `entry_id` (in `partition` only, if given, of a partitioned stream) and what each group
+    (or `group`) has of it."""
+    return await run_steps_on(target, _find(stream, entry_id, group, partition), "dashboard", __name__)
 
 
 def where_module() -> Any | None:
