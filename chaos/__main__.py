@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cluster import main as cluster_main
 from .publisher import PUBLISHER_SABOTAGES
 from .report import render, write_json
 from .run import LONG, POOL_LONG, POOL_QUICK, QUICK, ChaosConfig, run
@@ -33,6 +34,8 @@ examples:
   python -m chaos --quick --events 3000 --window-s 10 --sabotage double_move,late_delay   must FAIL
   python -m chaos --quick --pool 3                     workers in a --processes 3 pool, children killed: ~45 s
   python -m chaos --pool 3                             the same for 180 s, 50k events
+  python -m chaos --cluster --quick                    a partitioned stream on a local Redis Cluster:
+                                                       primaries and workers killed, a worker joins: ~70 s
 """
 
 
@@ -69,6 +72,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " pool; no other fault (chaos/pool.py). Replaces --workers",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a throwaway local Redis Cluster (3 primaries, 1 replica each) with a partitioned,"
+        " ordered stream: primaries killed (replica promoted), workers and a pool child killed, a worker"
+        " joining mid-run (chaos/cluster.py). Takes --quick, --seed, --events, --window-s, --workers (besides"
+        " the pool), --pool (its children, 0 for none), --server-binary, --json, --workdir, --keep",
+    )
+    parser.add_argument(
         "--sabotage",
         type=_sabotages,
         metavar="NAME[,NAME...]",
@@ -101,6 +112,8 @@ def _seconds_range(text: str) -> tuple[float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cluster:
+        return cluster_main(args, list(argv if argv is not None else sys.argv[1:]))
     if args.pool is not None:
         config: ChaosConfig = dataclasses.replace(POOL_QUICK if args.quick else POOL_LONG, pool=args.pool)
     else:

@@ -199,3 +199,30 @@ def test_quick_run_measures_the_process_pool(tmp_path: Path) -> None:
         if workers > 1 or name.endswith("-auto]"):
             assert result["compare_to"] == name.replace("-2p]", "-1p]").replace("-auto]", "-1p]")
             assert result["rate_ratio"] > 0
+
+
+@pytest.mark.skipif(not find_server_binaries(), reason=NO_SERVER)
+def test_quick_run_measures_partitions_on_a_local_cluster(tmp_path: Path) -> None:
+    """streamq-cluster: a plain stream and 6 partitions on the standalone server, 1, 3 and 6 partitions on a
+    local 3-primary cluster, and keyed publishing to the cluster: every case moves its events, the cluster
+    cases report the primaries' CPU and how many nodes their partitions live on, and each is compared with
+    the standalone plain stream."""
+    report, _ = run_quick(tmp_path, "streamq-cluster")
+    results = {r["name"]: r for r in report["results"]}
+    consume = ("plain-standalone", "6p-standalone", "1p-cluster", "3p-cluster", "6p-cluster")
+    publish = ("plain-standalone", "keyed-6p-cluster")
+    assert sorted(results) == sorted(
+        [f"streamq-cluster[consume-{v}]" for v in consume]
+        + [f"streamq-cluster[publish-{v}]" for v in publish]
+    )
+    for name, result in results.items():
+        assert_measured(result)
+        extra = result["extra"]
+        if "-cluster]" in name:
+            assert extra["nodes_cpu_pct"] > 0
+        if name.startswith("streamq-cluster[consume"):
+            assert extra["start_ms"] > 0
+        if "plain-standalone" not in name:
+            assert result["compare_to"].endswith("plain-standalone]") and result["rate_ratio"] > 0
+    assert results["streamq-cluster[consume-1p-cluster]"]["extra"]["nodes_used"] == 1
+    assert results["streamq-cluster[consume-6p-cluster]"]["extra"]["nodes_used"] > 1
