@@ -25,8 +25,9 @@ handler saw, checked against the count.
 
 All of it shares the machine: on the 2-core box of RESULTS.md the three primaries, the worker (and the
 standalone server) compete for the same two cores, so the cluster cases measure how the work is split,
-not what three machines would do; ``nodes_cpu_pct`` (the primaries' CPU, INFO CPU, over the section) shows
-where the time went. RESULTS.md carries the analysis.
+not what three machines would do; ``nodes_cpu_pct`` (the primaries' CPU, INFO CPU, over the section) and
+the CPU per event of the worker (``client_us_per_event``) and of the server or the primaries together
+(``server_us_per_event``) show where the time went. RESULTS.md carries the analysis.
 """
 
 from __future__ import annotations
@@ -133,6 +134,17 @@ async def _nodes_cpu_s(cluster: Any) -> float:
     return total
 
 
+def _cpu_figures(probe: Probe, count: int, nodes_cpu_s: float | None) -> None:
+    """CPU per event of the client and of the server(s): unlike events/s, hardly moved by other load on
+    the machine, so the figures the on-paper analysis in RESULTS.md starts from."""
+    server_s = nodes_cpu_s if nodes_cpu_s is not None else probe.server_cpu_s
+    probe.extra["client_us_per_event"] = probe.client_cpu_s / count * 1e6
+    if server_s is not None:
+        probe.extra["server_us_per_event"] = server_s / count * 1e6
+    if nodes_cpu_s is not None:
+        probe.extra["nodes_cpu_pct"] = nodes_cpu_s / (probe.wall_s or 1.0) * 100
+
+
 async def consume(ctx: RunContext, probe: Probe) -> int:
     streamq = _core()
     from streamq.partitions import partition_streams
@@ -179,8 +191,7 @@ async def consume(ctx: RunContext, probe: Probe) -> int:
         probe.narrow_wall(last_s - first_s)
         probe.client_cpu_s -= first_cpu_s - started_cpu_s
         probe.extra["start_ms"] = (first_s - started_s) * 1000
-        if cluster is not None:
-            probe.extra["nodes_cpu_pct"] = (await _nodes_cpu_s(cluster) - before) / (probe.wall_s or 1.0) * 100
+        _cpu_figures(probe, ctx.count, await _nodes_cpu_s(cluster) - before if cluster is not None else None)
     if handled != ctx.count:
         raise RuntimeError(f"handled {handled} of {ctx.count} events")
     return handled
@@ -201,6 +212,7 @@ async def publish(ctx: RunContext, probe: Probe) -> int:
             before = await _nodes_cpu_s(cluster) if cluster is not None else 0.0
             async with probe.measure():
                 await producer.publish_many(ctx.stream, events, chunk_size=CHUNK, key=key)
-            if cluster is not None:
-                probe.extra["nodes_cpu_pct"] = (await _nodes_cpu_s(cluster) - before) / (probe.wall_s or 1.0) * 100
+            _cpu_figures(
+                probe, ctx.count, await _nodes_cpu_s(cluster) - before if cluster is not None else None
+            )
     return ctx.count

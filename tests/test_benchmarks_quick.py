@@ -218,6 +218,7 @@ def test_quick_run_measures_partitions_on_a_local_cluster(tmp_path: Path) -> Non
     for name, result in results.items():
         assert_measured(result)
         extra = result["extra"]
+        assert extra["client_us_per_event"] > 0 and extra["server_us_per_event"] > 0
         if "-cluster]" in name:
             assert extra["nodes_cpu_pct"] > 0
         if name.startswith("streamq-cluster[consume"):
