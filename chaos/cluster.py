@@ -383,13 +383,23 @@ class ClusterRun:
             fault.detail = f"no replica promoted within {EFFECT_TIMEOUT_S:g} s"
             return
         failover_s = time.monotonic() - killed_at
+        fault.detail = f"replica node:{sorted(promoted)} promoted after {failover_s:.1f} s"
         await asyncio.to_thread(node.start)
         await asyncio.to_thread(self.cluster.wait_until_healthy, EFFECT_TIMEOUT_S)
-        fault.done = True
-        fault.detail = (
-            f"replica node:{sorted(promoted)} promoted after {failover_s:.1f} s; node:{port} back as a"
-            f" replica {time.monotonic() - killed_at:.1f} s after the kill"
-        )
+        # Until the old primary is a replica in sync again, its shard has none: publishes there wait for
+        # min_replicas=1 in vain (ReplicationTimeout, published again by the publisher).
+        while time.monotonic() - killed_at < failover_s + EFFECT_TIMEOUT_S:
+            with contextlib.suppress(RedisError, OSError):
+                async with aioredis.Redis(port=port) as client:
+                    info = await client.info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                    fault.done = True
+                    fault.detail += (
+                        f"; node:{port} a replica in sync {time.monotonic() - killed_at:.1f} s after the kill"
+                    )
+                    return
+            await asyncio.sleep(0.1)
+        fault.detail += f"; node:{port} not a replica in sync within {EFFECT_TIMEOUT_S:g} s of its restart"
 
     async def join(self) -> None:
         self.worker_config["url"] = self.cluster.url  # a running node: the first may be the one killed
@@ -602,7 +612,8 @@ async def run_cluster(
     await asyncio.to_thread(cluster.start)
     chaos = ClusterRun(config, cluster, run_dir, run_id)
     try:
-        info = await aioredis.Redis(port=cluster.nodes[0].port).info("server")
+        async with aioredis.Redis(port=cluster.nodes[0].port) as client:
+            info = await client.info("server")
         version = str(info.get("valkey_version") or info.get("redis_version"))
         spread: dict[str, int] = {}
         for part in chaos.parts:

@@ -9,7 +9,8 @@ dead-lettered, each key's events handled in publish order, duplicates within wha
 nothing pending, and every worker stopping cleanly.
 
 The test also requires each fault's effect, as the harness observed it, so that it fails if no fault was
-really injected: a replica promoted in place of the killed primary, every partition a killed worker owned
+really injected: a replica promoted in place of the killed primary (and the killed node back as a replica
+in sync), every partition a killed worker owned
 taken over by another, the joining worker given a share, and at least one kill with entries in flight.
 The checker itself is tested on made-up ledgers too: it must see a loss and an out-of-order key.
 """
@@ -58,7 +59,7 @@ def test_a_partitioned_stream_on_a_cluster_keeps_every_promise_through_failovers
     # The faults happened, and did what they should.
     primaries = [f for f in faults if f["kind"] == "kill_primary"]
     assert primaries and all(f["done"] and f["partitions"] for f in primaries), context
-    assert all("promoted" in f["detail"] for f in primaries), context
+    assert all("promoted" in f["detail"] and "a replica in sync" in f["detail"] for f in primaries), context
     kills = [f for f in faults if f["kind"] in ("kill_worker", "kill_pool_child")]
     assert {f["kind"] for f in kills} == {"kill_worker", "kill_pool_child"}, context
     assert all(f["done"] and f["partitions"] for f in kills), context  # owned some, all taken over
