@@ -239,13 +239,15 @@ def dead_letter_fields(letter: DeadLetter, limit: int | None) -> tuple[dict[str,
 
 
 def format_dead_letter(letter: DeadLetter, limit: int | None) -> str:
-    """`dlq show` as text: one field a line, the traceback last; a cut field ends with how much was cut."""
+    """`dlq show` as text: one field a line, then the headers (one a line), the traceback last; a cut field
+    ends with how much was cut."""
     data, cut = dead_letter_fields(letter, limit)
     for name, n in cut.items():
         data[name] += f" ... {n} more bytes, use --full"
     if letter.partition is None:
         del data["partition"]  # a plain stream's: no line that says nothing
     trace = data.pop("traceback")
+    headers: dict[str, str] = data.pop("headers")
     if data["event"] is None:
         data["event"] = "(not msgpack)"
     data["first_failure_ms"] = f"{letter.first_failure_ms} ({format_timestamp(letter.first_failure_ms)})"
@@ -254,6 +256,9 @@ def format_dead_letter(letter: DeadLetter, limit: int | None) -> str:
     lines = [
         f"{key.ljust(width)}  {'-' if value is None or value == '' else value}" for key, value in data.items()
     ]
+    if headers:
+        lines.append("headers:")
+        lines += [f"  {name}: {_clip_text(value, limit)[0]}" for name, value in headers.items()]
     if trace:
         lines += ["traceback:", trace.rstrip()]
     return "\n".join(lines)

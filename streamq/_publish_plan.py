@@ -8,14 +8,19 @@ The plan also picks the path. A plain publish (no dedup key, no delay, no trimmi
 chunks and costs nothing beyond encoding; anything else becomes PUBLISH script chunks
 (streamq/_wire/publishing.py), one atomic step per chunk.
 
+Headers (`headers=`) are the entry's fields besides the payload field `d`: checked here (names, types,
+MAX_HEADERS, MAX_HEADER_BYTES) and encoded once per call, then written beside the payload on either path,
+and kept beside a delayed event's payload until it is moved in. An event without headers costs nothing more.
+
 With min_replicas, either path sends a wait (WAIT, or WAITAOF with replica_aof) behind every chunk, in the
 chunk's round trip; too few replicas in its reply raise ReplicationTimeout (replication_timeout()).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -23,7 +28,7 @@ from ._wire import ReplicaWait, publishing
 from .errors import ConfigurationError, ReplicationTimeout
 from .events import Encoder, Event
 from .keys import validate_name
-from .settings import DAY_MS, ProducerSettings
+from .settings import DAY_MS, MAX_HEADER_BYTES, MAX_HEADER_NAME_CHARS, MAX_HEADERS, ProducerSettings
 
 MAX_DELAY_MS = 3650 * DAY_MS  # ten years: a larger delay is a unit mistake (seconds given as ms * 1000)
 MAX_DEDUP_KEY_CHARS = 1_024
@@ -32,6 +37,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # publish_many's dedup_key: a callable (event -> key or None) or a sequence of keys aligned with the events.
 DedupKeys = Callable[[Event], "str | None"] | Sequence["str | None"] | None
+# publish_many's headers: one mapping for every event, a callable (event -> mapping or None), or a sequence of
+# mappings (or None) aligned with the events.
+Headers = (
+    Mapping[str, str]
+    | Callable[[Event], "Mapping[str, str] | None"]
+    | Sequence["Mapping[str, str] | None"]
+    | None
+)
+# One event's headers as written: name, value, name, value... (UTF-8); () for none.
+HeaderFields = tuple[bytes, ...]
+HEADER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
+RESERVED_HEADER_PREFIX = "streamq-"  # names streamq sets itself (streamq-truncated)
 
 
 class PublishPlan(NamedTuple):
@@ -45,6 +62,7 @@ class PublishPlan(NamedTuple):
     due_mode: str  # '' now, 'd' delay from the server's now, 'a' at an absolute time
     due_value: int
     ttl_ms: int
+    fast_headers: list[list[HeaderFields]] | None = None  # the fast chunks' headers, when any event has some
 
     def packed(self) -> Iterator[bytes]:
         """The PUBLISH call of each scripted chunk, packed as it is about to be sent: only the chunk in
@@ -80,8 +98,11 @@ class Planner:
         at: datetime | None = None,
         dedup_keys: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
+        header_fields: list[HeaderFields] | None = None,
     ) -> PublishPlan:
-        """The payloads of one publish call cut into chunks, and how to send them; raises before any write."""
+        """The payloads of one publish call cut into chunks, and how to send them; raises before any write.
+
+        `header_fields`: the events' headers, checked (header_fields_for), aligned with `events`."""
         validate_name("stream", stream)
         settings = self.settings
         size, trim = settings.for_call(chunk_size, maxlen)
@@ -96,15 +117,20 @@ class Planner:
         approximate = settings.approximate_trim
         if keys is None and not due_mode and trim is None:
             # The fast path: no per-event work beyond encoding, and no script.
-            chunks = [payloads[start : start + size] for start in range(0, len(payloads), size)]
-            return PublishPlan(stream, chunks, [], None, approximate, "", 0, ttl_ms)
+            starts = range(0, len(payloads), size)
+            chunks = [payloads[start : start + size] for start in starts]
+            fast_headers = None
+            if header_fields is not None:
+                fast_headers = [header_fields[start : start + size] for start in starts]
+            return PublishPlan(stream, chunks, [], None, approximate, "", 0, ttl_ms, fast_headers)
         if keys is None:
             keys = [None] * len(payloads)
+        fields: Sequence[HeaderFields] = header_fields or [()] * len(payloads)
         planned = [
             publishing.Planned(
-                key or "", publishing.SCHEDULE_ID_PREFIX + uuid.uuid4().hex if due_mode else "", payload
+                key or "", publishing.SCHEDULE_ID_PREFIX + uuid.uuid4().hex if due_mode else "", payload, h
             )
-            for key, payload in zip(keys, payloads, strict=True)
+            for key, payload, h in zip(keys, payloads, fields, strict=True)
         ]
         scripted = [planned[start : start + size] for start in range(0, len(planned), size)]
         return PublishPlan(stream, None, scripted, trim, approximate, due_mode, due_value, ttl_ms)
@@ -187,3 +213,76 @@ def check_dedup_key(key: object) -> None:
         raise ConfigurationError(
             f"a dedup key must be None or a string of 1 to {MAX_DEDUP_KEY_CHARS} characters, got {key!r}"
         )
+
+
+def header_fields_for(
+    events: list[Event], given: Headers, traced: Mapping[str, str] | None = None
+) -> list[HeaderFields] | None:
+    """The headers of each event, checked and encoded, with the trace context `traced` (tracing.py) added to
+    each; None when no event has any, so such a call costs nothing more."""
+    if given is None and not traced:
+        return None
+    extra = _encoded(traced) if traced else ()
+    if given is None:
+        return [extra] * len(events)
+    if isinstance(given, Mapping):
+        return [check_headers(given, traced) + extra] * len(events)  # the same headers for every event
+    if isinstance(given, str | bytes):
+        raise ConfigurationError(
+            "publish_many's headers is a mapping (for every event), a callable (event -> mapping or None) or"
+            " a sequence of mappings aligned with the events"
+        )
+    if callable(given):
+        found = [given(event) for event in events]
+    else:
+        found = list(given)
+        if len(found) != len(events):
+            raise ConfigurationError(f"headers has {len(found)} entries for {len(events)} events")
+    out = [extra if headers is None else check_headers(headers, traced) + extra for headers in found]
+    return out if any(out) else None
+
+
+def check_headers(headers: object, traced: Mapping[str, str] | None = None) -> HeaderFields:
+    """One event's headers, checked, as fields to write; a name also in `traced` is left to the trace's."""
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+    if len(headers) > MAX_HEADERS:
+        raise ConfigurationError(f"an event may have at most {MAX_HEADERS} headers, got {len(headers)}")
+    flat: list[bytes] = []
+    size = 0
+    for name, value in headers.items():
+        check_header_name(name)
+        if not isinstance(value, str):
+            raise ConfigurationError(f"header {name!r}: values are str, got {type(value).__name__}")
+        if traced and name in traced:
+            continue
+        try:
+            encoded = value.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise ConfigurationError(f"header {name!r}: the value is not valid text: {exc}") from None
+        size += len(name) + len(encoded)  # names are ASCII
+        if size > MAX_HEADER_BYTES:
+            raise ConfigurationError(
+                f"an event's headers may take at most {MAX_HEADER_BYTES} bytes (names and values, UTF-8)"
+            )
+        flat += (name.encode(), encoded)
+    return tuple(flat)
+
+
+def check_header_name(name: object) -> None:
+    if not (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_HEADER_NAME_CHARS
+        and HEADER_NAME.fullmatch(name)
+        and name != "d"
+        and not name.startswith(RESERVED_HEADER_PREFIX)
+    ):
+        raise ConfigurationError(
+            f"a header name is a str of 1 to {MAX_HEADER_NAME_CHARS} characters among A-Z a-z 0-9 _ . : / -"
+            f" (not starting with . : / -), other than 'd' (the payload's field) and not starting with"
+            f" {RESERVED_HEADER_PREFIX!r}; got {name!r}"
+        )
+
+
+def _encoded(headers: Mapping[str, str]) -> HeaderFields:
+    return tuple(part for name, value in headers.items() for part in (name.encode(), value.encode()))

@@ -26,7 +26,7 @@ class Message(Generic[E]):
     """One event as delivered: `id` is its id in the stream, kept across retries and replays."""
 
     __slots__ = (
-        "_index", "attempt", "deferred_since_ms", "entry_id", "event", "first_failure_ms",
+        "_headers", "_index", "attempt", "deferred_since_ms", "entry_id", "event", "first_failure_ms",
         "id", "key", "lost_deliveries", "payload", "previous_error",
     )  # fmt: skip
 
@@ -43,6 +43,7 @@ class Message(Generic[E]):
         *,
         lost_deliveries: int = 0,
         deferred_since_ms: int = 0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._index = index
         self.key = key  # the stream key this delivery came from (the stream, or its group's retry stream)
@@ -58,6 +59,17 @@ class Message(Generic[E]):
         self.first_failure_ms = first_failure_ms
         self.previous_error = previous_error
         self.deferred_since_ms = deferred_since_ms  # when it was first deferred; 0 if never
+        self._headers = headers  # None: the entry had none (its dict is made when first asked for)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The event's headers: what publish(headers=...) gave it (and the trace context a traced producer
+        added), or the fields besides `d` of an entry another tool wrote; kept across retries, dead letters
+        and replays. Bytes that are not UTF-8 were decoded with errors="replace". A raw entry's headers over
+        the consumer's bounds are cut, and `streamq-truncated` then says how many were left out."""
+        if self._headers is None:
+            self._headers = {}
+        return self._headers
 
     def __repr__(self) -> str:
         return f"Message(id={self.id!r}, attempt={self.attempt}, event={self.event!r})"

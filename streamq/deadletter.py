@@ -69,6 +69,7 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     last_failure_ms: int
     payload: bytes | None  # the raw payload, byte for byte
     raw_fields: bytes | None = None  # msgpack of the entry's fields, when it had no payload field at all
+    headers: dict[str, str] = {}  # the event's headers (Message.headers); replay sends them back with it
     partition: int | None = None  # the partition whose dead-letter stream holds it; None: a plain stream
 
     def to_dict(self, *, with_payload: bool = True) -> dict[str, Any]:
@@ -114,6 +115,20 @@ def _text(fields: dict[bytes, bytes], name: bytes) -> str:
     return value.decode(errors="replace") if value is not None else ""
 
 
+_decode_headers = msgspec.msgpack.Decoder(dict[str, str]).decode
+
+
+def _headers(fields: dict[bytes, bytes]) -> dict[str, str]:
+    """The `headers` field (msgpack of a str -> str map); {} when absent or not such a map."""
+    value = fields.get(b"headers")
+    if value is None:
+        return {}
+    try:
+        return _decode_headers(value)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return {}
+
+
 def _int(fields: dict[bytes, bytes], name: bytes) -> int:
     try:
         return int(fields.get(name, b"0"))
@@ -140,6 +155,7 @@ def parse_entry(entry_id: bytes | str, flat: Sequence[bytes] | dict[bytes, bytes
         last_failure_ms=_int(fields, b"last_failure_ms"),
         payload=fields.get(b"d"),
         raw_fields=fields.get(b"raw"),
+        headers=_headers(fields),
     )
 
 
@@ -285,7 +301,7 @@ def _move(
         else:
             record = RetryRecord(
                 origin_id=letter.id, failures=0, first_failure_ms=0, last_failure_ms=0, error="",
-                payload=letter.payload,
+                payload=letter.payload, headers=letter.headers,
             )  # fmt: skip
             calls.append((key, keys.retry_key(stream, letter.group), letter.dlq_id, encode_record(record)))
             moving.append(letter.dlq_id)

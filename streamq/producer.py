@@ -12,6 +12,10 @@ Besides plain appends, a publish may be:
 - trimmed (`maxlen=`): the entries trimming drops are counted (the stream's `dropped_by_maxlen` total)
   and logged as a warning.
 
+Any publish may carry headers (`headers=`): string fields written beside the payload, which consumers read
+as `message.headers` (see _publish_plan.py for the rules and bounds). With OpenTelemetry configured, every
+publish call is a `send {stream}` span whose context goes into each event's headers (streamq/tracing.py).
+
 Those three run one script per chunk (streamq/_wire/publishing.py), so a dedup check and its write are one
 atomic step. A plain publish takes the pipelined XADD path, with no script.
 
@@ -41,7 +45,7 @@ from typing import Any
 import msgspec
 import redis
 
-from . import _wire
+from . import _wire, tracing
 from ._backpressure import AsyncBacklogGate, SyncBacklogGate
 from ._connection import RedisLike, async_client, for_key, for_key_sync, sync_client
 from ._partition_routing import PartitionKeys, Routing, check_partition_key, needs_partitions, take
@@ -50,7 +54,17 @@ from ._partition_routing import lookup_sync as partition_lookup_sync
 from ._publish_plan import MAX_DEDUP_KEY_CHARS as MAX_DEDUP_KEY_CHARS
 from ._publish_plan import MAX_DELAY_MS as MAX_DELAY_MS
 from ._publish_plan import DedupKeys as DedupKeys
-from ._publish_plan import Planner, PublishPlan, check_dedup_key, events_after, replication_timeout
+from ._publish_plan import (
+    HeaderFields,
+    Planner,
+    PublishPlan,
+    check_dedup_key,
+    check_headers,
+    events_after,
+    header_fields_for,
+    replication_timeout,
+)
+from ._publish_plan import Headers as Headers
 from ._trim_warnings import DROP_WARNING_EVERY_S as DROP_WARNING_EVERY_S
 from ._trim_warnings import DropLog
 from ._wire import publishing
@@ -173,18 +187,23 @@ class Producer:
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
         key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Append one event; returns its entry id, or its schedule id when delayed (`delay_ms`, `at`).
 
         With `dedup_key`, a key already published within the dedup TTL appends nothing and returns the
-        first publish's id (publish_result tells which happened).
+        first publish's id (publish_result tells which happened). `headers` (str -> str) are written beside
+        the event and read by consumers as `message.headers`; bad names or more than MAX_HEADERS headers or
+        MAX_HEADER_BYTES bytes of them raise ConfigurationError before anything is written.
         """
         check_dedup_key(dedup_key)
         check_partition_key(key)
+        if headers is not None:
+            check_headers(headers)
         (entry_id,) = await self.publish_many(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
-            key=None if key is None else [key],
+            key=None if key is None else [key], headers=headers,
         )  # fmt: skip
         return entry_id
 
@@ -199,14 +218,17 @@ class Producer:
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
         key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> PublishResult:
         """publish(), returning whether the event was a duplicate and whether its id is a schedule id."""
         check_dedup_key(dedup_key)
         check_partition_key(key)
+        if headers is not None:
+            check_headers(headers)
         (result,) = await self.publish_many_results(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
-            key=None if key is None else [key],
+            key=None if key is None else [key], headers=headers,
         )  # fmt: skip
         return result
 
@@ -222,27 +244,38 @@ class Producer:
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
         key: PartitionKeys = None,
+        headers: Headers = None,
     ) -> list[str]:
         """Append events in order, one round trip per chunk; returns their entry ids (schedule ids when
         delayed, the first publish's id for a duplicate).
 
         `dedup_key` is a callable (event -> key or None) or a sequence of keys (or None) aligned with
-        `events`. If the connection fails midway, earlier chunks are published and the error is raised:
-        publishing again may then duplicate those (delivery is at least once), unless they had dedup keys.
+        `events`; `headers` the same, or one mapping for every event. If the connection fails midway,
+        earlier chunks are published and the error is raised: publishing again may then duplicate those
+        (delivery is at least once), unless they had dedup keys.
         """
-        count = await self._partition_count(stream, key)
-        if count is not None:
-            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
-                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
-            routed = await self._routed(stream, count, list(events), key, dedup_key, options)
-            return [result.id for result in routed]
-        plan = self._planner.plan(
-            stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
-            dedup_ttl_ms=dedup_ttl_ms,
-        )  # fmt: skip
-        if plan.fast is not None:
-            return await self._fast(stream, plan.fast)
-        return [result.id for result in await self._scripted(plan)]
+        events = events if isinstance(events, list) else list(events)
+        with tracing.sending(stream, len(events)) as send:
+            fields = None  # no headers: nothing per event (the common case)
+            if headers is not None or send.headers is not None:
+                fields = header_fields_for(events, headers, send.headers)
+            count = await self._partition_count(stream, key)
+            if count is not None:
+                options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
+                           "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+                routed = await self._routed(stream, count, events, key, dedup_key, fields, options)
+                ids = [result.id for result in routed]
+            else:
+                plan = self._planner.plan(
+                    stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
+                    dedup_ttl_ms=dedup_ttl_ms, header_fields=fields,
+                )  # fmt: skip
+                if plan.fast is not None:
+                    ids = await self._fast(stream, plan.fast, plan.fast_headers)
+                else:
+                    ids = [result.id for result in await self._scripted(plan)]
+            send.published(ids)
+            return ids
 
     async def publish_many_results(
         self,
@@ -256,28 +289,38 @@ class Producer:
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
         key: PartitionKeys = None,
+        headers: Headers = None,
     ) -> list[PublishResult]:
         """publish_many(), with a PublishResult per event."""
-        count = await self._partition_count(stream, key)
-        if count is not None:
-            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
-                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
-            return await self._routed(stream, count, list(events), key, dedup_key, options)
-        return await self._plain_results(
-            stream, events, chunk_size=chunk_size, maxlen=maxlen, delay_ms=delay_ms, at=at,
-            dedup_key=dedup_key, dedup_ttl_ms=dedup_ttl_ms,
-        )  # fmt: skip
+        events = events if isinstance(events, list) else list(events)
+        with tracing.sending(stream, len(events)) as send:
+            fields = None  # no headers: nothing per event (the common case)
+            if headers is not None or send.headers is not None:
+                fields = header_fields_for(events, headers, send.headers)
+            count = await self._partition_count(stream, key)
+            options: dict[str, Any] = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms,
+                                       "at": at, "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+            if count is not None:
+                results = await self._routed(stream, count, events, key, dedup_key, fields, options)
+            else:
+                results = await self._plain_results(
+                    stream, events, dedup_key=dedup_key, header_fields=fields, **options
+                )
+            send.published([result.id for result in results])
+            return results
 
     async def _plain_results(
-        self, stream: str, events: Iterable[Event], *, chunk_size: int | None, maxlen: int | None,
+        self, stream: str, events: list[Event], *, chunk_size: int | None, maxlen: int | None,
         delay_ms: int | None, at: datetime | None, dedup_key: DedupKeys, dedup_ttl_ms: int | None,
+        header_fields: list[HeaderFields] | None,
     ) -> list[PublishResult]:  # fmt: skip
         plan = self._planner.plan(
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
-            dedup_ttl_ms=dedup_ttl_ms,
+            dedup_ttl_ms=dedup_ttl_ms, header_fields=header_fields,
         )  # fmt: skip
         if plan.fast is not None:
-            return [PublishResult(entry_id) for entry_id in await self._fast(stream, plan.fast)]
+            ids = await self._fast(stream, plan.fast, plan.fast_headers)
+            return [PublishResult(entry_id) for entry_id in ids]
         return await self._scripted(plan)
 
     async def _partition_count(self, stream: str, key: PartitionKeys) -> int | None:
@@ -293,7 +336,7 @@ class Producer:
 
     async def _routed(
         self, stream: str, count: int, events: list[Event], key: PartitionKeys, dedup_key: DedupKeys,
-        options: dict[str, Any],
+        fields: list[HeaderFields] | None, options: dict[str, Any],
     ) -> list[PublishResult]:  # fmt: skip
         """Publish each partition's share of the call at once (on a cluster, to their nodes in parallel);
         the results in the events' order."""
@@ -302,7 +345,8 @@ class Producer:
         outcomes = await asyncio.gather(*(
             self._plain_results(
                 part.stream, [events[i] for i in part.positions],
-                dedup_key=dedup if callable(dedup) else take(dedup, part.positions), **options,
+                dedup_key=dedup if callable(dedup) else take(dedup, part.positions),
+                header_fields=take(fields, part.positions), **options,
             )
             for part in parts
         ))  # fmt: skip
@@ -322,7 +366,9 @@ class Producer:
         if self._gate is not None:
             await self._gate.wait_for_room(link, stream)
 
-    async def _fast(self, stream: str, chunks: list[list[bytes]]) -> list[str]:
+    async def _fast(
+        self, stream: str, chunks: list[list[bytes]], headers: list[list[HeaderFields]] | None
+    ) -> list[str]:
         # Never trims (maxlen=None): a trimmed publish counts what it drops, so it takes the script.
         ids: list[str] = []
         wait = self._planner.wait
@@ -331,10 +377,13 @@ class Producer:
             if chunks:
                 await self._before_writing(link, stream)
             for sent, chunk in enumerate(chunks, 1):
+                extra = None if headers is None else headers[sent - 1]
                 if wait is None:
-                    ids += await _wire.xadd_many(link, stream, chunk, maxlen=None, approximate=False)
+                    ids += await _wire.xadd_many(
+                        link, stream, chunk, maxlen=None, approximate=False, headers=extra
+                    )
                     continue
-                appended = await _wire.xadd_many_waiting(link, stream, chunk, wait)
+                appended = await _wire.xadd_many_waiting(link, stream, chunk, wait, headers=extra)
                 ids += appended.ids
                 if appended.replicas < wait.replicas:
                     unsent = events_after(chunks, sent)
@@ -440,13 +489,16 @@ class SyncProducer:
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
         key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         check_dedup_key(dedup_key)
         check_partition_key(key)
+        if headers is not None:
+            check_headers(headers)
         (entry_id,) = self.publish_many(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
-            key=None if key is None else [key],
+            key=None if key is None else [key], headers=headers,
         )  # fmt: skip
         return entry_id
 
@@ -461,13 +513,16 @@ class SyncProducer:
         dedup_key: str | None = None,
         dedup_ttl_ms: int | None = None,
         key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> PublishResult:
         check_dedup_key(dedup_key)
         check_partition_key(key)
+        if headers is not None:
+            check_headers(headers)
         (result,) = self.publish_many_results(
             stream, [event], maxlen=maxlen, delay_ms=delay_ms, at=at,
             dedup_key=None if dedup_key is None else [dedup_key], dedup_ttl_ms=dedup_ttl_ms,
-            key=None if key is None else [key],
+            key=None if key is None else [key], headers=headers,
         )  # fmt: skip
         return result
 
@@ -483,21 +538,30 @@ class SyncProducer:
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
         key: PartitionKeys = None,
+        headers: Headers = None,
     ) -> list[str]:
-        count = self._partition_count(stream, key)
-        if count is not None:
-            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
-                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
-            return [
-                result.id for result in self._routed(stream, count, list(events), key, dedup_key, options)
-            ]
-        plan = self._planner.plan(
-            stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
-            dedup_ttl_ms=dedup_ttl_ms,
-        )  # fmt: skip
-        if plan.fast is not None:
-            return self._fast(stream, plan.fast)
-        return [result.id for result in self._scripted(plan)]
+        events = events if isinstance(events, list) else list(events)
+        with tracing.sending(stream, len(events)) as send:
+            fields = None  # no headers: nothing per event (the common case)
+            if headers is not None or send.headers is not None:
+                fields = header_fields_for(events, headers, send.headers)
+            count = self._partition_count(stream, key)
+            if count is not None:
+                options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
+                           "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+                routed = self._routed(stream, count, events, key, dedup_key, fields, options)
+                ids = [result.id for result in routed]
+            else:
+                plan = self._planner.plan(
+                    stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
+                    dedup_ttl_ms=dedup_ttl_ms, header_fields=fields,
+                )  # fmt: skip
+                if plan.fast is not None:
+                    ids = self._fast(stream, plan.fast, plan.fast_headers)
+                else:
+                    ids = [result.id for result in self._scripted(plan)]
+            send.published(ids)
+            return ids
 
     def publish_many_results(
         self,
@@ -511,27 +575,37 @@ class SyncProducer:
         dedup_key: DedupKeys = None,
         dedup_ttl_ms: int | None = None,
         key: PartitionKeys = None,
+        headers: Headers = None,
     ) -> list[PublishResult]:
-        count = self._partition_count(stream, key)
-        if count is not None:
-            options = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms, "at": at,
-                       "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
-            return self._routed(stream, count, list(events), key, dedup_key, options)
-        return self._plain_results(
-            stream, events, chunk_size=chunk_size, maxlen=maxlen, delay_ms=delay_ms, at=at,
-            dedup_key=dedup_key, dedup_ttl_ms=dedup_ttl_ms,
-        )  # fmt: skip
+        events = events if isinstance(events, list) else list(events)
+        with tracing.sending(stream, len(events)) as send:
+            fields = None  # no headers: nothing per event (the common case)
+            if headers is not None or send.headers is not None:
+                fields = header_fields_for(events, headers, send.headers)
+            count = self._partition_count(stream, key)
+            options: dict[str, Any] = {"chunk_size": chunk_size, "maxlen": maxlen, "delay_ms": delay_ms,
+                                       "at": at, "dedup_ttl_ms": dedup_ttl_ms}  # fmt: skip
+            if count is not None:
+                results = self._routed(stream, count, events, key, dedup_key, fields, options)
+            else:
+                results = self._plain_results(
+                    stream, events, dedup_key=dedup_key, header_fields=fields, **options
+                )
+            send.published([result.id for result in results])
+            return results
 
     def _plain_results(
-        self, stream: str, events: Iterable[Event], *, chunk_size: int | None, maxlen: int | None,
+        self, stream: str, events: list[Event], *, chunk_size: int | None, maxlen: int | None,
         delay_ms: int | None, at: datetime | None, dedup_key: DedupKeys, dedup_ttl_ms: int | None,
+        header_fields: list[HeaderFields] | None,
     ) -> list[PublishResult]:  # fmt: skip
         plan = self._planner.plan(
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
-            dedup_ttl_ms=dedup_ttl_ms,
+            dedup_ttl_ms=dedup_ttl_ms, header_fields=header_fields,
         )  # fmt: skip
         if plan.fast is not None:
-            return [PublishResult(entry_id) for entry_id in self._fast(stream, plan.fast)]
+            ids = self._fast(stream, plan.fast, plan.fast_headers)
+            return [PublishResult(entry_id) for entry_id in ids]
         return self._scripted(plan)
 
     def _partition_count(self, stream: str, key: PartitionKeys) -> int | None:
@@ -549,7 +623,7 @@ class SyncProducer:
 
     def _routed(
         self, stream: str, count: int, events: list[Event], key: PartitionKeys, dedup_key: DedupKeys,
-        options: dict[str, Any],
+        fields: list[HeaderFields] | None, options: dict[str, Any],
     ) -> list[PublishResult]:  # fmt: skip
         dedup = dedup_key if dedup_key is None or callable(dedup_key) else list(dedup_key)
         with self._count_lock:
@@ -558,7 +632,8 @@ class SyncProducer:
         for part in parts:
             got = self._plain_results(
                 part.stream, [events[i] for i in part.positions],
-                dedup_key=dedup if callable(dedup) else take(dedup, part.positions), **options,
+                dedup_key=dedup if callable(dedup) else take(dedup, part.positions),
+                header_fields=take(fields, part.positions), **options,
             )  # fmt: skip
             for position, result in zip(part.positions, got, strict=True):
                 results[position] = result
@@ -572,7 +647,9 @@ class SyncProducer:
         if self._gate is not None:
             self._gate.wait_for_room(client, stream)
 
-    def _fast(self, stream: str, chunks: list[list[bytes]]) -> list[str]:
+    def _fast(
+        self, stream: str, chunks: list[list[bytes]], headers: list[list[HeaderFields]] | None
+    ) -> list[str]:
         # Never trims, as in Producer._fast.
         client = for_key_sync(self.client, stream)
         if chunks:
@@ -580,10 +657,13 @@ class SyncProducer:
         wait = self._planner.wait
         ids: list[str] = []
         for sent, chunk in enumerate(chunks, 1):
+            extra = None if headers is None else headers[sent - 1]
             if wait is None:
-                ids += _wire.xadd_many_sync(client, stream, chunk, maxlen=None, approximate=False)
+                ids += _wire.xadd_many_sync(
+                    client, stream, chunk, maxlen=None, approximate=False, headers=extra
+                )
                 continue
-            appended = _wire.xadd_many_waiting_sync(client, stream, chunk, wait)
+            appended = _wire.xadd_many_waiting_sync(client, stream, chunk, wait, headers=extra)
             ids += appended.ids
             if appended.replicas < wait.replicas:
                 raise replication_timeout(stream, wait, appended.replicas, ids, events_after(chunks, sent))

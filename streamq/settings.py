@@ -57,6 +57,15 @@ MAX_MIN_REPLICAS = 100  # replicas; far more than any real primary has
 MAX_CHUNK_SIZE = 1_000_000
 MAX_MAXLEN = 2**63 - 1  # entries; the largest MAXLEN Redis accepts
 
+# Headers (publish(headers=...), Message.headers): the entry's fields besides the payload field `d`.
+MAX_HEADERS = 64  # header fields one publish may give an event
+MAX_HEADER_BYTES = 8 * 1024  # bytes (UTF-8) of an event's header names and values together
+MAX_HEADER_NAME_CHARS = 128  # characters of one header name
+# The trace context a producer adds when tracing (traceparent, tracestate, baggage) comes on top, within this
+# many bytes; a consumer keeps at most MAX_HEADERS + 8 headers and MAX_HEADER_BYTES + this many bytes of an
+# entry (a raw entry written by another tool may hold more: the rest is left out and the message marked).
+MAX_TRACE_HEADER_BYTES = 1_024
+
 S = TypeVar("S", bound=msgspec.Struct)
 
 

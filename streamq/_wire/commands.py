@@ -46,8 +46,16 @@ SET_DELIVERIES = Script("set_deliveries", scripts.SET_DELIVERIES)
 # ---------------------------------------------------------------------------------------- producing
 
 
-def pack_xadd_many(stream: str, payloads: Iterable[bytes], maxlen: int | None, approximate: bool) -> bytes:
-    """XADD per payload, packed into one buffer: the constant head is built once per call."""
+def pack_xadd_many(
+    stream: str,
+    payloads: Iterable[bytes],
+    maxlen: int | None,
+    approximate: bool,
+    headers: Sequence[Sequence[bytes]] | None = None,
+) -> bytes:
+    """XADD per payload, packed into one buffer: the constant head is built once per call.
+
+    `headers`, aligned with the payloads: each entry's fields after `d` (name, value, ...; empty for none)."""
     key = stream.encode()
     if maxlen is None:
         head = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nd\r\n" % (len(key), key)
@@ -57,26 +65,41 @@ def pack_xadd_many(stream: str, payloads: Iterable[bytes], maxlen: int | None, a
         head = b"*8\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$6\r\nMAXLEN\r\n%s$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nd\r\n" % (
             len(key), key, trim, len(limit), limit,
         )  # fmt: skip
-    return b"".join([b"%s$%d\r\n%s\r\n" % (head, len(p), p) for p in payloads])
+    if headers is None:
+        return b"".join([b"%s$%d\r\n%s\r\n" % (head, len(p), p) for p in payloads])
+    base = 5 if maxlen is None else 8  # the XADD's arguments without headers
+    rest = head[4:]  # the head after its "*5\r\n" or "*8\r\n"
+    parts = []
+    for payload, fields in zip(payloads, headers, strict=True):
+        if not fields:
+            parts.append(b"%s$%d\r\n%s\r\n" % (head, len(payload), payload))
+            continue
+        parts.append(b"*%d\r\n%s$%d\r\n%s\r\n" % (base + len(fields), rest, len(payload), payload))
+        parts += [b"$%d\r\n%s\r\n" % (len(field), field) for field in fields]
+    return b"".join(parts)
 
 
 async def xadd_many(
-    link: Link, stream: str, payloads: Sequence[bytes], *, maxlen: int | None, approximate: bool
-) -> list[str]:
-    """Append every payload to `stream` in one round trip; returns the new entry ids."""
+    link: Link, stream: str, payloads: Sequence[bytes], *, maxlen: int | None, approximate: bool,
+    headers: Sequence[Sequence[bytes]] | None = None,
+) -> list[str]:  # fmt: skip
+    """Append every payload to `stream` in one round trip (with its headers); returns the new entry ids."""
     if not payloads:
         return []
-    replies = await link.roundtrip(pack_xadd_many(stream, payloads, maxlen, approximate), len(payloads))
+    packed = pack_xadd_many(stream, payloads, maxlen, approximate, headers)
+    replies = await link.roundtrip(packed, len(payloads))
     return xadd_ids(stream, replies)
 
 
 def xadd_many_sync(
-    client: redis.Redis, stream: str, payloads: Sequence[bytes], *, maxlen: int | None, approximate: bool
-) -> list[str]:
+    client: redis.Redis, stream: str, payloads: Sequence[bytes], *, maxlen: int | None, approximate: bool,
+    headers: Sequence[Sequence[bytes]] | None = None,
+) -> list[str]:  # fmt: skip
     """The same as xadd_many, for plain synchronous code (a Django view)."""
     if not payloads:
         return []
-    replies = roundtrip_sync(client, pack_xadd_many(stream, payloads, maxlen, approximate), len(payloads))
+    packed = pack_xadd_many(stream, payloads, maxlen, approximate, headers)
+    replies = roundtrip_sync(client, packed, len(payloads))
     return xadd_ids(stream, replies)
 
 
@@ -124,11 +147,11 @@ class Appended(NamedTuple):
 
 async def xadd_many_waiting(
     link: Link, stream: str, payloads: Sequence[bytes], wait: ReplicaWait, *, maxlen: int | None = None,
-    approximate: bool = True,
+    approximate: bool = True, headers: Sequence[Sequence[bytes]] | None = None,
 ) -> Appended:  # fmt: skip
     """xadd_many, then `wait`, in the same round trip: one more reply, not one more round trip."""
     replies = await link.roundtrip(
-        pack_xadd_many(stream, payloads, maxlen, approximate) + wait.pack(), len(payloads) + 1,
+        pack_xadd_many(stream, payloads, maxlen, approximate, headers) + wait.pack(), len(payloads) + 1,
         timeout_s=wait.reply_timeout_s,
     )  # fmt: skip
     ids = xadd_ids(stream, replies[:-1])
@@ -137,10 +160,10 @@ async def xadd_many_waiting(
 
 def xadd_many_waiting_sync(
     client: redis.Redis, stream: str, payloads: Sequence[bytes], wait: ReplicaWait, *,
-    maxlen: int | None = None, approximate: bool = True,
+    maxlen: int | None = None, approximate: bool = True, headers: Sequence[Sequence[bytes]] | None = None,
 ) -> Appended:  # fmt: skip
     """The same as xadd_many_waiting, for plain synchronous code."""
-    payload = pack_xadd_many(stream, payloads, maxlen, approximate) + wait.pack()
+    payload = pack_xadd_many(stream, payloads, maxlen, approximate, headers) + wait.pack()
     replies = roundtrip_waiting_sync(client, payload, len(payloads) + 1, wait)
     ids = xadd_ids(stream, replies[:-1])
     return Appended(ids, wait.acknowledged(stream, replies[-1]))

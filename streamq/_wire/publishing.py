@@ -8,9 +8,13 @@ min_replicas sends its wait (commands.ReplicaWait) behind each chunk's script ca
 
 A delayed event is stored as its payload bytes under its schedule id (keys.scheduled_events_key), scored
 by its due time in ms (keys.scheduled_key). Moving it writes the very entry the fast path would have
-written (`XADD stream * d payload`). A delayed event published with a dedup key also keeps that key beside
-its payload, under `<schedule id>#key`, so cancelling it frees the key; listing goes by the sorted set and
-never sees those fields.
+written (`XADD stream * d payload [header fields]`). A delayed event published with a dedup key also keeps
+that key beside its payload, under `<schedule id>#key`, so cancelling it frees the key; one with headers
+keeps them under `<schedule id>#h` (the flat name, value, ... list as msgpack, packed and unpacked by the
+scripts with the server's cmsgpack). Listing goes by the sorted set and never sees those fields.
+
+Headers ride in every PUBLISH call as a count and the fields, per event: an event without any costs one
+argument ('0').
 
 Every script here reads the time from the server (TIME), never from the caller: the due time of a delay,
 the expiry of a dedup key and "is it due yet" are all on one clock.
@@ -57,7 +61,7 @@ PURGE_PER_CALL = 100
 # Publish one chunk: dedup check, then XADD (with MAXLEN when given) or scheduling, per event, atomically.
 # KEYS: stream, dedup index, dedup expiry, scheduled, scheduled events, totals
 # ARGV: ttl_ms, maxlen ('' for none), approximate ('1'/'0'), due mode ('' now, 'd' delay ms, 'a' at ms),
-#       due value, purge limit, n, then n x (dedup key or '', schedule id or '', payload)
+#       due value, purge limit, n, then n x (dedup key or '', schedule id or '', payload, h, h header fields)
 # Returns {dropped_by_maxlen, id_1, duplicate_1, ..., id_n, duplicate_n}; duplicate is 1 when the event's
 # key was known and the first publish's id is returned instead of a new one.
 PUBLISH_SOURCE = (
@@ -82,8 +86,10 @@ local out = {0}
 local added, duplicates, scheduled = 0, 0, 0
 local pos = 8
 for i = 1, n do
-    local key, sid, payload = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
-    pos = pos + 3
+    local key, sid, payload, nh = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], tonumber(ARGV[pos + 3])
+    local extra = {}
+    for j = 1, nh do extra[j] = ARGV[pos + 3 + j] end
+    pos = pos + 4 + nh
     local seen = false
     if key ~= '' then
         seen = redis.call('HGET', index, key)
@@ -102,13 +108,16 @@ for i = 1, n do
             redis.call('ZADD', sched, due, sid)
             redis.call('HSET', events, sid, payload)
             if key ~= '' then redis.call('HSET', events, sid .. '#key', key) end
+            if nh > 0 then redis.call('HSET', events, sid .. '#h', cmsgpack.pack(extra)) end
             scheduled = scheduled + 1
             id = sid
         elseif maxlen ~= '' then
-            id = redis.call('XADD', stream, 'MAXLEN', approximate and '~' or '=', maxlen, '*', 'd', payload)
+            id = redis.call(
+                'XADD', stream, 'MAXLEN', approximate and '~' or '=', maxlen, '*', 'd', payload, unpack(extra)
+            )
             added = added + 1
         else
-            id = redis.call('XADD', stream, '*', 'd', payload)
+            id = redis.call('XADD', stream, '*', 'd', payload, unpack(extra))
             added = added + 1
         end
         if key ~= '' then
@@ -150,10 +159,13 @@ for i = 1, #due do
     local payload = redis.call('HGET', events, sid)
     -- No payload: only a hand-edited hash gets here; the schedule is dropped rather than retried for ever.
     if payload then
-        redis.call('XADD', stream, '*', 'd', payload)
+        local packed = redis.call('HGET', events, sid .. '#h')
+        local extra = {}
+        if packed then extra = cmsgpack.unpack(packed) end
+        redis.call('XADD', stream, '*', 'd', payload, unpack(extra))
         moved = moved + 1
     end
-    redis.call('HDEL', events, sid, sid .. '#key')
+    redis.call('HDEL', events, sid, sid .. '#key', sid .. '#h')
     redis.call('ZREM', sched, sid)
 end
 if moved > 0 then redis.call('HINCRBY', totals, 'scheduled_moved', moved) end
@@ -173,7 +185,7 @@ for i = 1, #ARGV do
     local sid = ARGV[i]
     if redis.call('ZREM', sched, sid) == 1 then
         local key = redis.call('HGET', events, sid .. '#key')
-        redis.call('HDEL', events, sid, sid .. '#key')
+        redis.call('HDEL', events, sid, sid .. '#key', sid .. '#h')
         if key and redis.call('HGET', index, key) == sid then
             redis.call('HDEL', index, key)
             redis.call('ZREM', expiry, key)
@@ -230,14 +242,17 @@ BACKLOG = Script("backlog", BACKLOG_SOURCE)
 
 SCHEDULE_ID_PREFIX = "sched-"
 KEY_SUFFIX = "#key"  # the field beside a delayed event's payload that holds its dedup key
+HEADERS_SUFFIX = "#h"  # the field beside a delayed event's payload that holds its headers
 
 
 class Planned(NamedTuple):
-    """One event of a scripted publish: its dedup key and schedule id ('' for none) and its payload."""
+    """One event of a scripted publish: its dedup key and schedule id ('' for none), its payload and its
+    headers (name, value, ...)."""
 
     dedup_key: str
     schedule_id: str
     payload: bytes
+    headers: Sequence[bytes] = ()
 
 
 class Published(NamedTuple):
@@ -282,7 +297,7 @@ def pack_publish(
         PURGE_PER_CALL, len(planned),
     ]  # fmt: skip
     for event in planned:
-        args += [event.dedup_key, event.schedule_id, event.payload]
+        args += [event.dedup_key, event.schedule_id, event.payload, len(event.headers), *event.headers]
     return PUBLISH.pack(script_keys, args)
 
 

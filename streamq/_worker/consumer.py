@@ -51,7 +51,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from .. import _wire, keys
+from .. import _wire, keys, tracing
 from .._wire import partitioning
 from ..batch import Message
 from ..errors import ConfigurationError, describe_error
@@ -550,6 +550,9 @@ class Consumer:
         self.reader.saw_oversized(decoded.oversized)
         self.counts["fetched"] += decoded.entries
         settlement = Settlement(self.settings, self.name, decoded.bounds)
+        settlement.trace = tracing.processing(
+            self.stream, self.group, self.name, decoded.messages, decoded.entries
+        )
         if decoded.rejected:
             now_ms = _now_ms()
             for rejection in decoded.rejected:
@@ -576,7 +579,7 @@ class Consumer:
                 await self.control.admit(len(messages))
             handled = await handle(
                 self.handlers, messages, stream=self.stream, group=self.group, consumer=self.name,
-                executor=self.executor, timeout_ms=self.settings.handler_timeout_ms,
+                executor=self.executor, timeout_ms=self.settings.handler_timeout_ms, trace=settlement.trace,
             )  # fmt: skip
             if handled.outcomes is None:
                 settlement.ack_all(messages)
@@ -592,6 +595,8 @@ class Consumer:
                 now_ms = _now_ms()
                 for message, outcome in zip(messages, handled.outcomes, strict=True):
                     settlement.apply(message, outcome, now_ms)
+        if settlement.trace is not None:
+            settlement.trace.end(settlement.counts)
         self._last_work_s = time.perf_counter() - started
         return settlement
 
@@ -607,7 +612,7 @@ class Consumer:
                 await self.control.admit(len(remaining))
             handled = await handle(
                 self.handlers, remaining, stream=self.stream, group=self.group, consumer=self.name,
-                executor=self.executor, timeout_ms=self.settings.handler_timeout_ms,
+                executor=self.executor, timeout_ms=self.settings.handler_timeout_ms, trace=settlement.trace,
             )  # fmt: skip
             if handled.outcomes is None:
                 settlement.ack_all(remaining)

@@ -5,6 +5,14 @@ RetryRecord (the event's payload and its history). The payloads of a whole read 
 pass (events.Decoder). What cannot become a message for the handler is a rejection, dead-lettered by the
 settlement: no payload, a payload that does not decode or is too large, or an event whose deliveries never
 settled too many times (max_deliveries: it keeps killing the workers that take it).
+
+Headers: a stream entry's fields besides `d` are the message's headers (message.headers), whoever wrote
+them: publish(headers=...), or another tool's `XADD s * d <payload> trace_id abc`. An entry with only `d`
+(the common case) is recognised by its length and costs nothing more. Names and values that are not UTF-8
+are decoded with errors="replace". An entry holding more than MAX_READ_HEADERS headers or
+MAX_READ_HEADER_BYTES bytes of them (only a foreign writer can do that) keeps those that fit, in order; the
+header `streamq-truncated` then holds how many were left out, and a warning is logged. A retry carries its
+headers in its RetryRecord.
 """
 
 from __future__ import annotations
@@ -12,12 +20,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import structlog
+
 from .. import _wire
 from ..batch import Message
 from ..events import PAYLOAD_FIELD, DecodeFailure, Decoder
-from ..settings import ConsumerSettings
+from ..settings import MAX_HEADER_BYTES, MAX_HEADERS, MAX_TRACE_HEADER_BYTES, ConsumerSettings
 from .reclaiming import Deliveries
 from .records import RECORD_FIELD, decode_record
+
+# What a consumer keeps of an entry's headers: a producer's own bounds plus the trace context it may add.
+MAX_READ_HEADERS = MAX_HEADERS + 8
+MAX_READ_HEADER_BYTES = MAX_HEADER_BYTES + MAX_TRACE_HEADER_BYTES
+TRUNCATED_HEADER = "streamq-truncated"
+
+log = structlog.get_logger("streamq.consumer")
 
 
 class Rejection(NamedTuple):
@@ -102,9 +119,12 @@ def _stream_messages(
     for entry_id, fields in zip(batch.ids, batch.fields, strict=True):
         if fields is not None and len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
             payload: bytes | None = fields[1]  # the one field producers write: no search needed
+            message: Message[Any] = Message(0, key, entry_id, entry_id.decode(), 1, payload)
         else:
             payload = _wire.payload_of(fields, PAYLOAD_FIELD)
-        message: Message[Any] = Message(0, key, entry_id, entry_id.decode(), 1, payload)
+            message = Message(
+                0, key, entry_id, entry_id.decode(), 1, payload, headers=headers_of(fields, key, entry_id)
+            )
         if counts:
             # The delivery counter counts this delivery too: those before it never settled.
             message.lost_deliveries = counts.get(entry_id, 1) - 1
@@ -149,5 +169,33 @@ def _retry_messages(
                 record.error,
                 lost_deliveries=record.lost_deliveries + lost_here,
                 deferred_since_ms=record.deferred_since_ms,
+                headers=dict(record.headers) if record.headers else None,
             )
         )
+
+
+def headers_of(fields: list[bytes] | None, key: str, entry_id: bytes) -> dict[str, str] | None:
+    """An entry's fields besides `d`, as text, within MAX_READ_HEADERS and MAX_READ_HEADER_BYTES; None if
+    there are none."""
+    if not fields or len(fields) <= 2:
+        return None
+    headers: dict[str, str] = {}
+    size = 0
+    left_out = 0
+    for i in range(0, len(fields) - 1, 2):
+        name, value = fields[i], fields[i + 1]
+        if name == PAYLOAD_FIELD:
+            continue
+        size += len(name) + len(value)
+        if left_out or len(headers) >= MAX_READ_HEADERS or size > MAX_READ_HEADER_BYTES:
+            left_out += 1
+            continue
+        headers[name.decode(errors="replace")] = value.decode(errors="replace")
+    if left_out:
+        headers[TRUNCATED_HEADER] = str(left_out)
+        log.warning(
+            "entry headers over the bounds: the first ones kept",
+            key=key, entry_id=_wire.decode_id(entry_id), kept=len(headers) - 1, left_out=left_out,
+            max_headers=MAX_READ_HEADERS, max_bytes=MAX_READ_HEADER_BYTES,
+        )  # fmt: skip
+    return headers or None

@@ -3,6 +3,10 @@
 The handler set (handlers.py) runs async handlers on the loop and plain `def` ones in the executor. This
 step adds the time limit and turns how the call ended into one outcome per message with
 streamq.batch.resolve_outcome, the rule that the per-event handler shapes and streamq.testing share.
+
+With tracing on, the batch's process span (`trace`) is current while the handler runs (an async one: a
+plain `def` handler's thread does not inherit the event loop's context), and a handler that raises or times
+out marks it failed.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..batch import Batch, Message, Outcome, resolve_outcome
 from ..errors import HandlerTimeout
 from .handlers import HandlerSet
+
+if TYPE_CHECKING:
+    from ..tracing import Process
 
 # When a message no handler call began on before handler_timeout_ms comes back (deferred, no attempt used).
 NOT_BEGUN_DELAY_MS = 1_000
@@ -36,10 +43,12 @@ async def handle(
     consumer: str,
     executor: Executor | None,
     timeout_ms: int | None,
+    trace: Process | None = None,
 ) -> Handled:
     """Call the handler(s) on `messages` as one batch, within timeout_ms; never raises an Exception."""
     batch: Batch[Any] = Batch(stream, group, consumer, list(messages))
     error: BaseException | None = None
+    token = trace.attach() if trace is not None else None
     try:
         if timeout_ms is None:
             await handlers.call(batch, executor)
@@ -66,6 +75,10 @@ async def handle(
         error = exc
     finally:
         batch._seal()  # a timed-out handler that keeps running can no longer change outcomes
+        if trace is not None:
+            trace.detach(token)
+            if error is not None:
+                trace.failed(error)
     if error is None and not batch._chosen:
         return Handled(None, None)  # the common case, without a step per message
     if isinstance(error, HandlerTimeout):

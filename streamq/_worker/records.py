@@ -3,8 +3,8 @@
 A retry is durable: the event (its raw payload and its history) is copied into the group's delayed set in
 the same atomic step that acknowledges the entry, so neither a crash during the backoff nor trimming of the
 stream can lose it. When due, it is appended to the group's retry stream (field `r`), which only that group
-reads, and it comes back with its original id, its attempt count and its count of lost deliveries. A
-replayed dead letter takes the same form, with its counts reset.
+reads, and it comes back with its original id, its attempt count, its count of lost deliveries and its
+headers. A replayed dead letter takes the same form, with its counts reset.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class RetryRecord(msgspec.Struct, array_like=True, frozen=True):
     # Added later, so at the end with defaults (array_like records only grow at the end):
     lost_deliveries: int = 0  # deliveries that never settled (workers died), a budget of their own
     deferred_since_ms: int = 0  # when the event was first deferred; 0 if never
+    headers: dict[str, str] = {}  # the event's headers (Message.headers)
 
 
 _encode_record = msgspec.msgpack.Encoder().encode

@@ -2,14 +2,17 @@
 
 Acks, retry records (a failed attempt), deferrals (not yet: no attempt used) and dead letters. The plan is
 data (`_wire.SettlePlan`); sending it is one round trip (`_wire.settle` / `pack_settle`).
-Retries and deferrals carry the event back as a RetryRecord (records.py).
+Retries and deferrals carry the event back as a RetryRecord (records.py), headers included; a dead letter
+keeps the event's headers in its `headers` field (msgpack of a str -> str map), when it has any.
+
+With tracing on, the batch's process span (tracing.Process, in `trace`) is told each outcome but an ack.
 """
 
 from __future__ import annotations
 
 import traceback as tb
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -20,6 +23,9 @@ from ..batch import Message, Outcome
 from ..errors import Reject
 from ..settings import ConsumerSettings
 from .records import RetryRecord, encode_record
+
+if TYPE_CHECKING:
+    from ..tracing import Process
 
 MIN_DEFER_MS = 100  # the shortest deferral: Defer(0) waits this long
 TRACEBACK_LIMIT = 4_000  # characters of traceback kept in a dead letter (the end, where the error is)
@@ -57,6 +63,7 @@ class Settlement:
         self._plans = {key: _KeyPlan(first, last) for key, (first, last) in bounds.items()}
         self._built: list[SettlePlan] | None = None
         self.counts = {"acked": 0, "retried": 0, "deferred": 0, "dead": 0, "held_back": 0}
+        self.trace: Process | None = None  # the batch's process span, when tracing
 
     def ack(self, message: Message[Any]) -> None:
         self._plans[message.key].acks.append(message.entry_id)
@@ -108,9 +115,12 @@ class Settlement:
             payload=message.payload or b"",
             lost_deliveries=message.lost_deliveries,
             deferred_since_ms=message.deferred_since_ms,
+            headers=message._headers or {},
         )
         self._plans[message.key].retries.append((message.entry_id, delay_ms, encode_record(record)))
         self.counts["retried"] += 1
+        if self.trace is not None:
+            self.trace.settled(message, "retry", error_type)
 
     def defer(self, message: Message[Any], now_ms: int, delay_ms: int, reason: str) -> None:
         """Not yet: back after delay_ms with no attempt used, or dead-lettered once deferred too long.
@@ -143,9 +153,12 @@ class Settlement:
             payload=message.payload or b"",
             lost_deliveries=message.lost_deliveries,
             deferred_since_ms=since_ms,
+            headers=message._headers or {},
         )
         self._plans[message.key].defers.append((message.entry_id, delay_ms, encode_record(record)))
         self.counts["deferred"] += 1
+        if self.trace is not None:
+            self.trace.settled(message, "defer")
 
     def apply(self, message: Message[Any], outcome: Outcome, now_ms: int) -> None:
         """Settle `message` as `outcome` says (see streamq.batch.resolve_outcome for where it comes from)."""
@@ -225,9 +238,12 @@ class Settlement:
             payload=message.payload or b"",
             lost_deliveries=message.lost_deliveries,
             deferred_since_ms=message.deferred_since_ms,
+            headers=message._headers or {},
         )
         self._plans[message.key].retries.append((message.entry_id, delay_ms, encode_record(record)))
         self.counts["held_back"] += 1
+        if self.trace is not None:
+            self.trace.settled(message, "held_back")
 
     def dead(
         self,
@@ -261,8 +277,12 @@ class Settlement:
         elif raw_fields is not None:
             # No payload field at all: keep whatever the entry held, so nothing of it is lost.
             fields += [b"raw", msgspec.msgpack.encode(raw_fields)]
+        if message._headers:
+            fields += [b"headers", msgspec.msgpack.encode(message._headers)]
         self._plans[message.key].dead.append((message.entry_id, fields))
         self.counts["dead"] += 1
+        if self.trace is not None:
+            self.trace.settled(message, "dead_letter", error_type)
 
     def last_id(self, key: str) -> bytes | None:
         """The last id read on `key` in the fetch this settles (None: nothing from that key)."""
