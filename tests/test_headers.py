@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import redis
 import redis.asyncio
+from helpers import wait_until
 from structlog.testing import capture_logs
 
 import streamq
@@ -19,6 +20,7 @@ from streamq import keys
 from streamq._cli_output import dead_letter_json, format_dead_letter
 from streamq._worker.decoding import MAX_READ_HEADER_BYTES, MAX_READ_HEADERS, TRUNCATED_HEADER
 from streamq._worker.records import RetryRecord, decode_record, encode_record
+from streamq.embedded import EmbeddedServer, ServerBinary
 from streamq.errors import ConfigurationError
 from streamq.events import PAYLOAD_FIELD
 from streamq.partitions import partition_stream
@@ -262,3 +264,30 @@ async def test_headers_at_the_limits_are_accepted(
     assert await client.xlen(unique) == 2
     seen = await _consume(redis_url, unique)
     assert seen == [(1, most), (2, biggest)]
+
+
+def test_headers_on_the_replica_waiting_path(server_binary: ServerBinary | None, unique: str) -> None:
+    """With min_replicas, the fast path's XADDs and their WAIT go in one payload: the headers are in it, and
+    on the replica when the call returns (async and sync producers)."""
+    if server_binary is None:
+        pytest.skip("needs servers it can start as a primary and a replica")
+    with EmbeddedServer(server_binary, extra_args=["--repl-diskless-sync-delay", "0"]) as primary:
+        replica_args = ["--replicaof", "127.0.0.1", str(primary.port)]
+        with EmbeddedServer(server_binary, extra_args=replica_args) as replica:
+            on_replica = redis.Redis.from_url(replica.url)
+            try:
+                wait_until(
+                    lambda: on_replica.info("replication").get("master_link_status") == "up",
+                    message="the replica's link to the primary",
+                )
+                with streamq.SyncProducer(primary.url, min_replicas=1, replica_timeout_ms=10_000) as producer:
+                    producer.publish_many(unique, [Note(1), Note(2)], headers=[{"h": "1"}, None])
+
+                async def publish() -> None:
+                    async with streamq.Producer(primary.url, min_replicas=1, replica_timeout_ms=10_000) as p:
+                        await p.publish(unique, Note(3), headers={"h": "3"})
+
+                asyncio.run(publish())
+                assert _fields(on_replica.xrange(unique)) == [{b"h": b"1"}, {}, {b"h": b"3"}]
+            finally:
+                on_replica.close()
