@@ -152,6 +152,29 @@ async def test_a_batch_is_one_process_span_linked_to_its_producers(
     assert process.status.status_code == StatusCode.UNSET
 
 
+async def test_a_plain_def_handler_runs_inside_the_process_span(
+    spans: InMemorySpanExporter, redis_url: str, unique: str
+) -> None:
+    """A plain `def` handler runs in a thread, in the loop's context: the spans it starts are children of
+    the batch's process span, as an async handler's are."""
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish(unique, Ping(1))
+    app = streamq.App(redis_url)
+    tracer = trace.get_tracer("test")
+
+    @app.consumer(unique, group="g", **FAST)
+    def handle(batch: streamq.Batch[Ping]) -> None:
+        with tracer.start_as_current_span("inside a thread"):
+            pass
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    (process,) = _named(spans, f"process {unique}")
+    (inside,) = _named(spans, "inside a thread")
+    context = process.get_span_context()
+    assert context is not None and inside.parent is not None
+    assert inside.parent.span_id == context.span_id
+
+
 async def test_a_failing_handler_marks_the_span_and_each_outcome_is_an_event(
     spans: InMemorySpanExporter, redis_url: str, unique: str
 ) -> None:

@@ -23,6 +23,7 @@ Several handlers may share one (stream, group): a HandlerSet routes each event t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -316,8 +317,11 @@ async def _in_thread(
             else:
                 handed.append(result)
 
+    # In the caller's context (as asyncio.to_thread does), so what the loop set is seen in the thread:
+    # the batch's trace span, structlog's bound context vars.
+    context = contextvars.copy_context()
     try:
-        await asyncio.get_running_loop().run_in_executor(executor, run)
+        await asyncio.get_running_loop().run_in_executor(executor, context.run, run)
     except BaseException:
         with lock:
             abandoned.set()
