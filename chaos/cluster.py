@@ -234,6 +234,18 @@ def render(report: ClusterRunReport) -> str:
 
 def main(args: Any, argv: list[str]) -> int:
     """`python -m chaos --cluster [--quick] [--seed N] [--events N] [--window-s S] [--workers N] ...`."""
+    unused = [
+        option
+        for option, value in (("--redis-url", args.redis_url), ("--sabotage", args.sabotage),
+                              ("--kill-every", args.kill_every), ("--fsync", args.fsync or None))
+        if value is not None
+    ]  # fmt: skip
+    if unused:
+        print(
+            f"--cluster starts its own cluster and faults; it does not take {', '.join(unused)}",
+            file=sys.stderr,
+        )
+        return 2
     config = QUICK if args.quick else LONG
     changes = {
         name: value

@@ -113,3 +113,12 @@ def test_the_cluster_checker_sees_a_loss_and_a_key_handled_out_of_order() -> Non
     failed = {c.name for c in bad.checks if not c.ok}
     assert failed == {"no_loss", "ordered_per_key", "faults_injected"}
     assert bad.lost == 1 and bad.out_of_order == 1
+
+
+def test_the_cluster_run_refuses_options_it_would_ignore(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cluster` starts its own cluster and chooses its own faults: a server URL, a sabotage, a kill
+    rhythm or fsync would be silently ignored, so they are refused (exit 2) before anything starts."""
+    from chaos.__main__ import main
+
+    assert main(["--cluster", "--quick", "--redis-url", "redis://127.0.0.1:1/0", "--fsync"]) == 2
+    assert "does not take --redis-url, --fsync" in capsys.readouterr().err
