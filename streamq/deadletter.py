@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -44,6 +44,11 @@ from .partitions import partition_stream, recorded_partitions, side_by_side
 DEFAULT_LIMIT = 100  # dead letters per page (page(), `streamq dlq list`)
 SCAN_BATCH = 100  # entries read per round trip when a group filter may skip some
 REPLAY_CHUNK = 100  # dead letters read and replayed per round trip
+PURGE_CHUNK = 1000  # dead letters deleted by id per round trip
+# replay/purge's `progress`: called with (dead letters dealt with so far, dead letters to deal with) before
+# the first chunk, between chunks and at the end (done == total then). Dealt with: replayed or deleted,
+# skipped, or found gone; with --all, every dead letter the stream had when it began is to be dealt with.
+Progress = Callable[[int, int], None]
 
 MERGE_BATCH = 20  # entries read per partition and round trip, at least, when merging partitions
 _ID = re.compile(r"[0-9]+-[0-9]+")  # a whole entry id: "1712345678901-0"
@@ -255,12 +260,16 @@ def _show_one(stream: str, dlq_id: str) -> Steps[DeadLetter]:
     return parse_entry(rows[0][0], rows[0][1])
 
 
-def _replay_one(stream: str, ids: Sequence[str] | None, group: str | None) -> Steps[DeadLetterResult]:
+def _replay_one(
+    stream: str, ids: Sequence[str] | None, group: str | None, progress: Progress | None = None
+) -> Steps[DeadLetterResult]:
     key = _dlq(stream)
     result = DeadLetterResult(stream=stream)
+    report = progress or _unreported
     if ids is not None:
         wanted = _unique_ids(ids)
         for at in range(0, len(wanted), REPLAY_CHUNK):
+            report(at, len(wanted))
             chunk = wanted[at : at + REPLAY_CHUNK]
             replies = checked((yield [("XRANGE", key, i, i) for i in chunk]))
             letters = []
@@ -270,19 +279,27 @@ def _replay_one(stream: str, ids: Sequence[str] | None, group: str | None) -> St
                 else:
                     result.not_found.append(dlq_id)
             yield from _move(stream, key, letters, group, result)
+        report(len(wanted), len(wanted))
         return result
     # Only the entries there now: a replayed event that fails again comes back as a new entry at the end,
     # which a scan to the end would replay again, for as long as a worker runs.
     (budget,) = checked((yield [("XLEN", key)]))
     budget, start = int(budget), "-"
+    total = budget
     while budget > 0:
+        report(total - budget, total)
         scan = yield from _scan(key, start, group, REPLAY_CHUNK, budget)
         yield from _move(stream, key, scan.letters, group, result)
         budget -= scan.scanned
         if scan.next_after is None:
             break
         start = "(" + scan.next_after
+    report(total, total)
     return result
+
+
+def _unreported(done: int, total: int) -> None:
+    """The progress callback when none is given."""
 
 
 def _move(
@@ -327,19 +344,26 @@ def _move(
             result.count += 1
 
 
-def _purge_one(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
+def _purge_one(
+    stream: str, ids: Sequence[str] | None, progress: Progress | None = None
+) -> Steps[DeadLetterResult]:
     key = _dlq(stream)
+    report = progress or _unreported
     if ids is None:
         size, _ = checked((yield [("XLEN", key), ("DEL", key)]))
+        report(int(size), int(size))
         return DeadLetterResult(stream=stream, count=int(size))
     wanted = _unique_ids(ids)
     result = DeadLetterResult(stream=stream)
-    if wanted:
-        for dlq_id, deleted in zip(wanted, checked((yield [("XDEL", key, i) for i in wanted])), strict=True):
+    for at in range(0, len(wanted), PURGE_CHUNK):
+        report(at, len(wanted))
+        chunk = wanted[at : at + PURGE_CHUNK]
+        for dlq_id, deleted in zip(chunk, checked((yield [("XDEL", key, i) for i in chunk])), strict=True):
             if deleted:
                 result.count += 1
             else:
                 result.not_found.append(dlq_id)
+    report(len(wanted), len(wanted))
     return result
 
 
@@ -503,41 +527,72 @@ def _show(stream: str, dlq_id: str) -> Steps[DeadLetter]:
     return _in_partition(letter, index)
 
 
-def _replay(stream: str, ids: Sequence[str] | None, group: str | None) -> Steps[DeadLetterResult]:
+def _replay(
+    stream: str, ids: Sequence[str] | None, group: str | None, progress: Progress | None = None
+) -> Steps[DeadLetterResult]:
     if ids is not None:
         for dlq_id in ids:
             check_ref(dlq_id)
     partitions = yield from _partitions(stream)
     if partitions is None:
         plain = None if ids is None else [_split(stream, None, i)[1] for i in ids]
-        return (yield from _replay_one(stream, plain, group))
+        return (yield from _replay_one(stream, plain, group, progress))
     if ids is None:
         chosen: dict[int, list[str] | None] = dict.fromkeys(range(partitions))
     else:
         chosen = dict(_by_partition(stream, partitions, ids))
-    results = yield from side_by_side(
-        [_replay_one(partition_stream(stream, i), wanted, group) for i, wanted in chosen.items()]
-    )
+    tally = _Tally(progress, len(chosen))
+    results = yield from side_by_side([
+        _replay_one(partition_stream(stream, i), wanted, group, tally.of(n))
+        for n, (i, wanted) in enumerate(chosen.items())
+    ])  # fmt: skip
     return _joined(stream, list(chosen), results, ids)
 
 
-def _purge(stream: str, ids: Sequence[str] | None) -> Steps[DeadLetterResult]:
+def _purge(
+    stream: str, ids: Sequence[str] | None, progress: Progress | None = None
+) -> Steps[DeadLetterResult]:
     if ids is not None:
         for dlq_id in ids:
             check_ref(dlq_id)
     partitions = yield from _partitions(stream)
     if partitions is None:
         return (
-            yield from _purge_one(stream, None if ids is None else [_split(stream, None, i)[1] for i in ids])
+            yield from _purge_one(
+                stream, None if ids is None else [_split(stream, None, i)[1] for i in ids], progress
+            )
         )
     if ids is None:
         chosen: dict[int, list[str] | None] = dict.fromkeys(range(partitions))
     else:
         chosen = dict(_by_partition(stream, partitions, ids))
-    results = yield from side_by_side(
-        [_purge_one(partition_stream(stream, i), wanted) for i, wanted in chosen.items()]
-    )
+    tally = _Tally(progress, len(chosen))
+    results = yield from side_by_side([
+        _purge_one(partition_stream(stream, i), wanted, tally.of(n))
+        for n, (i, wanted) in enumerate(chosen.items())
+    ])  # fmt: skip
     return _joined(stream, list(chosen), results, ids)
+
+
+class _Tally:
+    """The progress of partitions worked on side by side, added up: reported once each has said how much
+    it has to do (each does before its first chunk), so the total shown never grows."""
+
+    def __init__(self, progress: Progress | None, parts: int) -> None:
+        self.progress, self.parts = progress, parts
+        self.done: dict[int, int] = {}
+        self.total: dict[int, int] = {}
+
+    def of(self, part: int) -> Progress | None:
+        if self.progress is None:
+            return None
+
+        def report(done: int, total: int) -> None:
+            self.done[part], self.total[part] = done, total
+            if len(self.total) == self.parts and self.progress is not None:
+                self.progress(sum(self.done.values()), sum(self.total.values()))
+
+        return report
 
 
 def _joined(
@@ -599,7 +654,12 @@ class DeadLetters:
         return await run_steps(self.client, _show(stream, dlq_id))
 
     async def replay(
-        self, stream: str, ids: Sequence[str] | None = None, *, group: str | None = None
+        self,
+        stream: str,
+        ids: Sequence[str] | None = None,
+        *,
+        group: str | None = None,
+        progress: Progress | None = None,
     ) -> DeadLetterResult:
         """Send dead letters back to their group for a fresh set of attempts.
 
@@ -608,12 +668,19 @@ class DeadLetters:
         `skipped`, dead letters left where they are, with why: an entry without a payload field (a raw
         entry streamq could not read at all) cannot be replayed, and an id given of another group than
         `group` is not.
-        """
-        return await run_steps(self.client, _replay(stream, ids, group))
 
-    async def purge(self, stream: str, ids: Sequence[str] | None = None) -> DeadLetterResult:
-        """Delete the given dead letters (ids not there are listed in `not_found`), or all of the stream's."""
-        return await run_steps(self.client, _purge(stream, ids))
+        `progress`, if given, is called with (dealt with so far, to deal with) between the chunks it works
+        in (REPLAY_CHUNK dead letters per round trip), last with both equal: for a progress line.
+        """
+        return await run_steps(self.client, _replay(stream, ids, group, progress))
+
+    async def purge(
+        self, stream: str, ids: Sequence[str] | None = None, *, progress: Progress | None = None
+    ) -> DeadLetterResult:
+        """Delete the given dead letters (ids not there are listed in `not_found`), or all of the stream's.
+
+        `progress` as for replay (PURGE_CHUNK ids per round trip; all of them is one DEL, reported once)."""
+        return await run_steps(self.client, _purge(stream, ids, progress))
 
     async def aclose(self) -> None:
         """Close the client if it was built here from a URL."""
@@ -653,12 +720,19 @@ class SyncDeadLetters:
         return run_steps_sync(self.client, _show(stream, dlq_id))
 
     def replay(
-        self, stream: str, ids: Sequence[str] | None = None, *, group: str | None = None
+        self,
+        stream: str,
+        ids: Sequence[str] | None = None,
+        *,
+        group: str | None = None,
+        progress: Progress | None = None,
     ) -> DeadLetterResult:
-        return run_steps_sync(self.client, _replay(stream, ids, group))
+        return run_steps_sync(self.client, _replay(stream, ids, group, progress))
 
-    def purge(self, stream: str, ids: Sequence[str] | None = None) -> DeadLetterResult:
-        return run_steps_sync(self.client, _purge(stream, ids))
+    def purge(
+        self, stream: str, ids: Sequence[str] | None = None, *, progress: Progress | None = None
+    ) -> DeadLetterResult:
+        return run_steps_sync(self.client, _purge(stream, ids, progress))
 
     def close(self) -> None:
         """Close the client if it was built here from a URL."""

@@ -170,29 +170,9 @@ def xadd_many_waiting_sync(
 
 
 def roundtrip_waiting_sync(client: redis.Redis, payload: bytes, replies: int, wait: ReplicaWait) -> list[Any]:
-    """roundtrip_sync for commands ending with `wait`, whose reply may take the whole wait: longer than the
-    client's socket timeout allows one read. The write and the wait must share one connection (WAIT waits
-    for what its own connection wrote), so they go in one payload, as in roundtrip_sync."""
-    pool = client.connection_pool
-    conn: Any = pool.get_connection()
-    try:
-        conn.send_packed_command([payload], check_health=False)  # a list: see roundtrip_sync
-        out: list[Any] = []
-        for n in range(replies):
-            if n == replies - 1:
-                # Until the wait's reply is readable (or its time plus a margin passed), then read it with
-                # the socket timeout as usual. can_read is redis-py's public poll, in every version we take.
-                conn.can_read(timeout=wait.reply_timeout_s)
-            try:
-                out.append(conn.read_response(disable_decoding=True))
-            except ResponseError as exc:
-                out.append(exc)
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    return out
+    """roundtrip_sync for commands ending with `wait`, whose reply may take the whole wait. The write and the
+    wait must share one connection (WAIT waits for what its own connection wrote): one payload."""
+    return roundtrip_sync(client, payload, replies, last_reply_within_s=wait.reply_timeout_s)
 
 
 def pack_wait_check(wait: ReplicaWait) -> tuple[bytes, int]:
