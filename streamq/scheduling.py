@@ -23,6 +23,7 @@ from ._connection import RedisLike
 from ._wire import Steps, checked, run_steps_on, run_steps_on_sync
 from ._wire.publishing import SCHEDULE_ID_PREFIX, cancel_command
 from .errors import ConfigurationError
+from .partitions import partition_streams, recorded_partitions, side_by_side
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 100_000
@@ -95,9 +96,17 @@ def _text(value: bytes | str) -> str:
 
 
 def list_steps(stream: str, limit: int = DEFAULT_LIST_LIMIT) -> Steps[list[ScheduledEvent]]:
-    """The `limit` soonest delayed events of the stream, soonest first."""
+    """The `limit` soonest delayed events of the stream (of all its partitions), soonest first."""
     keys.validate_name("stream", stream)
     _check_limit(limit)
+    (partitions,) = yield from recorded_partitions([stream])
+    if not partitions:
+        return (yield from _list_one(stream, limit))
+    found = yield from side_by_side([_list_one(name, limit) for name in partition_streams(stream, partitions)])
+    return sorted((event for events in found for event in events), key=lambda e: e.due_ms)[:limit]
+
+
+def _list_one(stream: str, limit: int) -> Steps[list[ScheduledEvent]]:
     (due,) = checked((yield [("ZRANGE", keys.scheduled_key(stream), 0, limit - 1, "WITHSCORES")]))
     pairs = _pairs(due)
     if not pairs:
@@ -123,8 +132,12 @@ def cancel_steps(stream: str, schedule_ids: Sequence[str]) -> Steps[list[bool]]:
     ids = [check_schedule_id(i) for i in schedule_ids]
     if not ids:
         return []
-    (flags,) = checked((yield [cancel_command(stream, ids)]))
-    return [int(flag) == 1 for flag in flags]
+    # A partitioned stream's delayed events wait in their partition; schedule ids are unique, so each is
+    # cancelled wherever it is.
+    (partitions,) = yield from recorded_partitions([stream])
+    names = partition_streams(stream, partitions) if partitions else [stream]
+    replies = checked((yield [cancel_command(name, ids) for name in names]))
+    return [any(int(flags[n]) == 1 for flags in replies) for n in range(len(ids))]
 
 
 def scheduled_steps(stream: str) -> Steps[ScheduledSummary]:

@@ -438,3 +438,18 @@ async def test_a_plain_consumer_of_a_partitioned_stream_is_refused(redis_url: st
 
     with pytest.raises(ConfigurationError, match="is partitioned into 4"):
         await asyncio.wait_for(app.run(), 30)
+
+
+async def test_delayed_events_of_a_partitioned_stream_are_listed_and_cancelled_across_partitions(
+    redis_url: str, unique: str
+) -> None:
+    """A delayed keyed publish waits in its partition; the stream's scheduled list merges the partitions
+    (soonest first) and cancel finds each schedule id wherever it waits."""
+    async with streamq.Producer(redis_url, partitions={unique: 4}) as producer:
+        first = await producer.publish(unique, Ping(1), key="a", delay_ms=60_000)
+        second = await producer.publish(unique, Ping(2), key="b", delay_ms=30_000)
+        listed = await producer.scheduled(unique)
+        assert [event.schedule_id for event in listed] == [second, first]
+        assert await producer.cancel(unique, first)
+        assert not await producer.cancel(unique, first)
+        assert [event.schedule_id for event in await producer.scheduled(unique)] == [second]
