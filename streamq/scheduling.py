@@ -102,7 +102,8 @@ def list_steps(stream: str, limit: int = DEFAULT_LIST_LIMIT) -> Steps[list[Sched
     (partitions,) = yield from recorded_partitions([stream])
     if not partitions:
         return (yield from _list_one(stream, limit))
-    found = yield from side_by_side([_list_one(name, limit) for name in partition_streams(stream, partitions)])
+    names = partition_streams(stream, partitions)
+    found = yield from side_by_side([_list_one(name, limit) for name in names])
     return sorted((event for events in found for event in events), key=lambda e: e.due_ms)[:limit]
 
 
