@@ -38,6 +38,7 @@ SCENARIO_MODULES = (
     "benchmarks.scenarios_concurrency",
     "benchmarks.scenarios_pool",
     "benchmarks.scenarios_cluster",
+    "benchmarks.scenarios_metrics",
 )
 
 EPILOG = """\
@@ -49,6 +50,7 @@ examples:
   python -m benchmarks --scenarios streamq-e2e,streamq-scaling,streamq-growth --markdown out/system.md
   python -m benchmarks --scenarios 'streamq-scaling[2-workers]' --repeats 1
   python -m benchmarks --scenarios streamq-pool --repeats 3   the process pool: --processes 1, 2, auto
+  python -m benchmarks --scenarios 'streamq-metrics[off-on]'   consume with metrics on against off
   python -m benchmarks --scenarios streamq-cluster   partitions 1, 3, 6 on a local 3-primary cluster
   python -m benchmarks --redis-url redis://127.0.0.1:6400/0 --list
 """

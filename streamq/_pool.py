@@ -23,6 +23,8 @@ What it decides, and why:
 - SIGTERM or SIGINT: forwarded to every child as SIGTERM, which a worker treats as it treats SIGINT, and
   which stops a child still starting up without a KeyboardInterrupt traceback. Children settle what they
   hold within their own shutdown_grace_ms. A second signal is forwarded too: children stop at once.
+- Metrics (--metrics-port P): each child serves its own port, P + its slot's index (slot_args), and a
+  restarted child takes its slot's port again: one scrape target per process, no shared state to merge.
 - No orphans. Each child runs in a process group of its own, so a Ctrl-C at a terminal reaches the
   supervisor only (which forwards it once; otherwise every child would see it twice and stop at once).
   Each child asks the kernel for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG, Linux), so even a
@@ -140,10 +142,19 @@ class _Slot:
 class Pool:
     """Runs `argv` (a whole `python -m streamq worker ...` command) in `processes` children until stopped."""
 
-    def __init__(self, argv: Sequence[str], processes: int, *, burst: bool = False) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        processes: int,
+        *,
+        burst: bool = False,
+        slot_args: Callable[[int], Sequence[str]] | None = None,
+    ) -> None:
+        """`slot_args`: what the child of slot i gets after `argv` (its own metrics port, say)."""
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         self._argv = list(argv)
+        self._slot_args = slot_args
         self._burst = burst
         self._slots = [_Slot(index) for index in range(processes)]
         self._signals_received = 0  # counted by the handler; acted on by the loop, between its steps
@@ -238,8 +249,9 @@ class Pool:
 
     def _start(self, slot: _Slot) -> None:
         try:
+            argv = [*self._argv, *(self._slot_args(slot.index) if self._slot_args is not None else ())]
             slot.process = subprocess.Popen(
-                self._argv, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=_die_with_parent()
+                argv, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=_die_with_parent()
             )
         except OSError as exc:  # no such interpreter, out of processes: no restart would do better
             log.error("cannot start a worker process: stopping the pool", slot=slot.index, error=str(exc))
@@ -335,6 +347,12 @@ class Pool:
                 slot.process.wait()
 
 
-def run_pool(argv: Sequence[str], processes: int, *, burst: bool = False) -> int:
+def run_pool(
+    argv: Sequence[str],
+    processes: int,
+    *,
+    burst: bool = False,
+    slot_args: Callable[[int], Sequence[str]] | None = None,
+) -> int:
     """Run `argv` in `processes` supervised children; returns the pool's exit code."""
-    return Pool(argv, processes, burst=burst).run()
+    return Pool(argv, processes, burst=burst, slot_args=slot_args).run()

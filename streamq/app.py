@@ -50,11 +50,21 @@ from ._connection import (
 from ._worker.consumer import MAX_RECONNECT_DELAY_S, TRANSIENT, Consumer, _sleep_or_stop
 from ._worker.handlers import HandlerSet, HandlerSpec
 from ._worker.leases import LeaseKeeper
+from ._worker.observing import Observation
 from ._worker.partitioned import PartitionedConsumer
 from .errors import ConfigurationError, ServerError, describe_error
 from .events import Event
 from .exit_codes import ABANDONED, INTERRUPTED, OK
-from .settings import DEFAULT_SHUTDOWN_GRACE_MS, MAX_EXECUTOR_WORKERS, AppSettings, ConsumerSettings
+from .settings import (
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_LOOP_STALL_MS,
+    DEFAULT_METRICS_HOST,
+    DEFAULT_METRICS_REFRESH_MS,
+    DEFAULT_SHUTDOWN_GRACE_MS,
+    MAX_EXECUTOR_WORKERS,
+    AppSettings,
+    ConsumerSettings,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What signal.getsignal returns: a callable, SIG_DFL / SIG_IGN, or None for a handler set outside Python.
@@ -73,7 +83,8 @@ class App:
     async def bill(batch: streamq.Batch[OrderPlaced]) -> None: ...
 
     Options (see AppSettings, validated here): shutdown_grace_ms, executor_workers, freeze_gc,
-    connect_timeout_ms.
+    connect_timeout_ms; metrics_port, metrics_host, metrics_refresh_ms, loop_stall_ms and
+    heartbeat_interval_ms (see streamq/metrics.py).
     """
 
     def __init__(
@@ -84,6 +95,11 @@ class App:
         executor_workers: int | None = None,
         freeze_gc: bool = True,
         connect_timeout_ms: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_METRICS_HOST,
+        metrics_refresh_ms: int = DEFAULT_METRICS_REFRESH_MS,
+        loop_stall_ms: int = DEFAULT_LOOP_STALL_MS,
+        heartbeat_interval_ms: int | None = DEFAULT_HEARTBEAT_INTERVAL_MS,
     ) -> None:
         self.redis = redis
         # freeze_gc: gc.freeze() once started. What exists by then (modules, the app, the clients) lives as
@@ -95,7 +111,14 @@ class App:
             executor_workers=executor_workers,
             freeze_gc=freeze_gc,
             connect_timeout_ms=connect_timeout_ms,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_refresh_ms=metrics_refresh_ms,
+            loop_stall_ms=loop_stall_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
         )
+        # The port /metrics is served on while run() runs (with metrics_port=0, the one picked), else None.
+        self.served_metrics_port: int | None = None
         self.specs: list[tuple[ConsumerSettings, HandlerSet]] = []
         self.consumers: list[Consumer | PartitionedConsumer] = []
         self._stopping: asyncio.Event | None = None
@@ -201,7 +224,14 @@ class App:
         executor = ThreadPoolExecutor(
             max_workers=self._executor_workers(), thread_name_prefix=HANDLER_THREAD_PREFIX
         )
+        observation: Observation | None = None
         try:
+            observation = Observation(
+                self.settings, [cfg for cfg, _ in self.specs], lambda: self.consumers, self.counts, client,
+                keeper,
+            )  # fmt: skip
+            observation.start()
+            self.served_metrics_port = observation.port
             # Signals first: a SIGTERM while waiting for the server must stop the wait, not kill the process.
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -216,6 +246,7 @@ class App:
                 return  # stopped while waiting for the server
             shown = redact(resolve_url(target)) if isinstance(target, str | None) else "client given"
             log.info("connected", redis=shown, **server)
+            observation.connected()
             if server.get("maxmemory_policy") not in (None, "", "noeviction"):
                 log.warning(
                     "maxmemory-policy is not noeviction: the server may evict streams and lose events",
@@ -225,7 +256,9 @@ class App:
             self.consumers = [
                 consumer
                 for cfg, hs in self.specs
-                for consumer in _consumers(cfg, hs, client, keeper, executor)
+                for consumer in _consumers(
+                    cfg, hs, client, keeper, executor, observation.observer_for(cfg.stream, cfg.group)
+                )
             ]
             if self.settings.freeze_gc:
                 gc.collect()
@@ -234,6 +267,7 @@ class App:
                 asyncio.create_task(c.run(stopping, burst=burst), name=f"streamq-{c.name}")
                 for c in self.consumers
             ]
+            observation.start_loops()
             await self._supervise(stopping, fatal)
         except asyncio.CancelledError:
             # Cancel means: stop reading, settle or give back what is in hand, then return. The consumers
@@ -243,6 +277,9 @@ class App:
             raise
         finally:
             _restore_signal_handlers(loop, replaced)
+            if observation is not None:
+                await observation.stop()
+            self.served_metrics_port = None
             keeper.stop()
             executor.shutdown(wait=False, cancel_futures=True)
             if owned:
@@ -422,12 +459,15 @@ def _consumers(
     client: AsyncClient,
     keeper: LeaseKeeper,
     executor: ThreadPoolExecutor,
+    observer: Callable[[int, float], None] | None = None,
 ) -> list[Consumer] | list[PartitionedConsumer]:
     """What runs one registered consumer: its lanes, or for a partitioned stream the part that runs lanes
-    on each partition this worker owns."""
+    on each partition this worker owns. `observer`: what each lane calls once per settled batch (metrics)."""
     if settings.partitions is None:
-        return _lanes(settings, handlers, client, keeper, executor)
-    make_lanes = functools.partial(_lanes, handlers=handlers, client=client, keeper=keeper, executor=executor)
+        return _lanes(settings, handlers, client, keeper, executor, observer)
+    make_lanes = functools.partial(
+        _lanes, handlers=handlers, client=client, keeper=keeper, executor=executor, observer=observer
+    )
     return [PartitionedConsumer(settings, for_key(client, settings.stream), make_lanes, keeper)]
 
 
@@ -437,12 +477,13 @@ def _lanes(
     client: AsyncClient,
     keeper: LeaseKeeper,
     executor: ThreadPoolExecutor,
+    observer: Callable[[int, float], None] | None = None,
 ) -> list[Consumer]:
     """The lanes of one consumer: a lead, and concurrency - 1 lanes that share its background loops."""
     stream_client = for_key(client, settings.stream)
     registry_client = for_key(client, keys.REGISTRY_KEY)
     lead = Consumer(settings, handlers, stream_client, keeper, executor, registry_client=registry_client)
-    return [
+    lanes = [
         lead,
         *(
             Consumer(
@@ -458,6 +499,9 @@ def _lanes(
             for lane in range(1, settings.concurrency)
         ),
     ]
+    for lane in lanes:
+        lane.observer = observer
+    return lanes
 
 
 def _restore_signal_handlers(

@@ -13,6 +13,7 @@ hash tag, so a Lua script may touch the stream and its companions together on Re
     streamq:{orders}:paused              hash: `*` (every group) or a group name -> who paused it, when
     streamq:{orders}:totals              hash of the stream's own counters (trimmed, scheduled, ...)
     streamq:{orders}:partitions          string: the partition count of a partitioned stream (partitions.py)
+    streamq:{orders}:metrics-lease       string: the worker that refreshes the stream's gauges (metrics.py)
     streamq:{orders}:billing:retry       redeliveries for group `billing` only (retries, replays)
     streamq:{orders}:billing:delayed     sorted set: retries waiting for their backoff, scored by due time
     streamq:{orders}:billing:stats       hash of counters (acked, retried, dead, reclaimed, ...)
@@ -38,8 +39,8 @@ Names that could make two keys collide, or put a companion in another slot than 
 Why no two keys collide, for names that pass: a companion is `streamq:` + P + [`:` + group] + `:` + kind,
 where P is `{stream}` for a stream without braces and the stream itself for one with a tag. The kinds
 (stream-level `dlq`, `scheduled`, `scheduled-events`, `dedup`, `dedup-expiry`, `paused`, `totals`,
-`partitions`; group-level `retry`, `delayed`, `stats`, `rate`, `members`, `owners`) end differently, so a
-key tells its kind; the group
+`partitions`, `metrics-lease`; group-level `retry`, `delayed`, `stats`, `rate`, `members`, `owners`) end
+differently, so a key tells its kind; the group
 holds no `:`, so it is the field before the kind; P tells the stream, since a tagged stream is never
 `{` + brace-free + `}`.
 No stream name starts with `streamq:`, so no stream is another's companion or the registry.
@@ -158,6 +159,10 @@ def paused_key(stream: str) -> str:
 
 def totals_key(stream: str) -> str:
     return f"{_companion_prefix(stream)}:totals"
+
+
+def metrics_lease_key(stream: str) -> str:
+    return f"{_companion_prefix(stream)}:metrics-lease"
 
 
 def rate_key(stream: str, group: str) -> str:

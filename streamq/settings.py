@@ -45,6 +45,10 @@ MAX_EVENT_BYTES = 512 * 1024 * 1024  # bytes; the largest max_event_bytes (Redis
 # The app (App(...))
 DEFAULT_SHUTDOWN_GRACE_MS = 30_000  # time to finish and settle in-flight batches after the first signal
 DEFAULT_BURST_CONNECT_TIMEOUT_MS = 30_000  # burst mode gives up on an unreachable server after this long
+DEFAULT_HEARTBEAT_INTERVAL_MS = 60_000  # one `heartbeat` info line per worker this often
+DEFAULT_METRICS_HOST = "0.0.0.0"  # the metrics port listens on every interface (a pod's probes, a scraper)
+DEFAULT_METRICS_REFRESH_MS = 15_000  # how often the per stream/group gauges are read from Redis
+DEFAULT_LOOP_STALL_MS = 10_000  # /healthz fails once the event loop has not run for this long
 MAX_EXECUTOR_WORKERS = 1_024  # threads for plain `def` handlers
 
 # Producers
@@ -194,12 +198,27 @@ class AppSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # How long run() waits for an unreachable server; None: DEFAULT_BURST_CONNECT_TIMEOUT_MS in burst mode
     # (a burst run should end), for ever otherwise (a worker outlives a server restart).
     connect_timeout_ms: int | None = None
+    # Observability (streamq/metrics.py). metrics_port: serve /metrics, /healthz and /readyz on it (0: any
+    # free port; None: no server, no metrics kept). heartbeat_interval_ms: None, no heartbeat lines.
+    metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_refresh_ms: int = DEFAULT_METRICS_REFRESH_MS
+    loop_stall_ms: int = DEFAULT_LOOP_STALL_MS
+    heartbeat_interval_ms: int | None = DEFAULT_HEARTBEAT_INTERVAL_MS
 
     def __post_init__(self) -> None:
         _check_range("shutdown_grace_ms", self.shutdown_grace_ms, 0, DAY_MS)
         _check_optional_range("executor_workers", self.executor_workers, 1, MAX_EXECUTOR_WORKERS)
         _check_bool("freeze_gc", self.freeze_gc)
         _check_optional_range("connect_timeout_ms", self.connect_timeout_ms, 1, DAY_MS)
+        _check_optional_range("metrics_port", self.metrics_port, 0, 65_535)
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise ConfigurationError(
+                f"metrics_host must be a host name or address, got {self.metrics_host!r}"
+            )
+        _check_range("metrics_refresh_ms", self.metrics_refresh_ms, 100, DAY_MS)
+        _check_range("loop_stall_ms", self.loop_stall_ms, 100, DAY_MS)
+        _check_optional_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 100, DAY_MS)
 
     def connect_timeout_for(self, *, burst: bool) -> int | None:
         """How long, in ms, run() may wait for the server; None: for ever."""

@@ -71,6 +71,9 @@ class PartitionedConsumer:
         self._running: dict[int, _Partition] = {}
         self._finished_counts: dict[str, int] = {}
         self.rounds = 0
+        self.ready = False  # declared, and its last round of leases reached Redis
+        self.redis_errors = 0  # its own rounds that failed on the connection (its lanes count theirs)
+        self.reconnects = 0
         self.log = structlog.get_logger("streamq.partitions").bind(
             stream=self.stream, group=self.group, worker=self.name, partitions=self.partitions
         )
@@ -84,6 +87,10 @@ class PartitionedConsumer:
                     total[name] = total.get(name, 0) + value
         return total
 
+    def lanes(self) -> list[Consumer]:
+        """The lanes running now, on every partition this worker owns."""
+        return [lane for running in list(self._running.values()) for lane in running.lanes]
+
     def owned(self) -> list[int]:
         """The partitions this worker runs a consumer on now."""
         return sorted(self._running)
@@ -94,6 +101,7 @@ class PartitionedConsumer:
             await self._retrying(self._declare, stopping)
             while not stopping.is_set():
                 await self._retrying(lambda: self._round(burst=burst), stopping)
+                self.ready = not stopping.is_set()
                 self._raise_failed()
                 if burst and self._running and all(p.done() for p in self._running.values()):
                     break
@@ -193,8 +201,12 @@ class PartitionedConsumer:
         while not stopping.is_set():
             try:
                 await step()
+                if delay_s > 0.05:
+                    self.reconnects += 1
                 return
             except TRANSIENT as exc:
+                self.redis_errors += 1
+                self.ready = False
                 self.log.warning("redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s)
                 await _sleep_or_stop(stopping, delay_s)
                 delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
