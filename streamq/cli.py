@@ -21,12 +21,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__, _cli_control, _cli_retention, _cli_scheduled
+from . import (
+    __version__,
+    _cli_control,
+    _cli_dashboard,
+    _cli_inspect,
+    _cli_publish,
+    _cli_retention,
+    _cli_scheduled,
+)
 from ._cli_args import positive_int
 from ._cli_help import (
     DEMO_EPILOG,
@@ -51,12 +60,14 @@ from ._cli_output import (
     format_table,
     print_json,
 )
+from ._cli_progress import ProgressLine
+from ._cli_watch import add_top_command, add_watch_options, cmd_watch
 from ._connection import ENV_URL, redact, resolve_url
 from ._logs import DEFAULT_LEVEL, LEVELS, configure_logging
 from ._pool import run_pool
 from .app import App, run_app
 from .deadletter import DEFAULT_LIMIT, DeadLetterResult, SyncDeadLetters, check_ref
-from .errors import AppLoadError, ConfigurationError, StreamqError
+from .errors import AppLoadError, ConfigurationError, StreamqError, connection_failure
 from .exit_codes import ABANDONED, FAILURE, INTERRUPTED, OK, USAGE
 from .inspect import status_sync
 
@@ -133,6 +144,16 @@ def _processes(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return port
+
+
 def _dlq_id(text: str) -> str:
     try:
         return check_ref(text)
@@ -176,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N worker processes under a supervisor that restarts them; auto: one per core"
         " (default: 1, this process alone, no supervisor)",
     )  # fmt: skip
+    worker.add_argument(
+        "--metrics-port", metavar="PORT", type=_port, default=None,
+        help="serve /metrics (Prometheus), /healthz and /readyz on PORT (needs streamq[metrics]); with"
+        " --processes N, child i serves PORT + i (0: each picks a free port)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--metrics-host", metavar="HOST", default=None,
+        help="the address the metrics port listens on (default: the app's setting, else 0.0.0.0)",
+    )  # fmt: skip
 
     about = "show streams, groups, lag, pending and dead letters"
     show_status = command(commands, "status", about, STATUS_EPILOG, cmd_status)
@@ -185,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", action="store_true",
         help="also show each partition of a partitioned stream, under the stream's added-up figures",
     )  # fmt: skip
+    add_watch_options(show_status, with_switch=True)
+    add_top_command(commands, command)  # `streamq top`: the same as `status --watch`
 
     dlq = commands.add_parser(
         "dlq",
@@ -245,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_retention.add_commands(commands, command, common)
     _cli_scheduled.add_commands(commands, command)
     _cli_control.add_commands(commands, command)
+    _cli_dashboard.add_commands(commands, command)  # the web dashboard
+    _cli_inspect.add_commands(commands, command)  # where one event is
+    _cli_publish.add_commands(commands, command)  # events from JSON
 
     about = "publish, crash a worker, recover, and account for every event"
     demo = command(commands, "demo", about, DEMO_EPILOG, cmd_demo)
@@ -275,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return INTERRUPTED
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        return _fail(f"cannot reach Redis at {redact(resolve_url(args.redis_url))}: {exc}")
+        return _fail(connection_failure(exc, redact(resolve_url(args.redis_url))))
     except (StreamqError, RedisError) as exc:
         return _fail(str(exc))
     return code
@@ -326,7 +361,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes > 1:
         # The supervisor loads no user code: each child loads the app itself, as a single worker does.
         log.info("worker pool starting", app=args.app, processes=args.processes, burst=args.burst)
-        return run_pool(_pool_child_argv(args), args.processes, burst=args.burst)
+        return run_pool(
+            _pool_child_argv(args), args.processes, burst=args.burst, slot_args=_metrics_port_of_slot(args)
+        )
     try:
         app = load_app(args.app)
     except AppLoadError as exc:
@@ -338,6 +375,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app.redis = resolve_url(args.redis_url)
     elif args.redis_url is not None:
         log.warning("the app was built with its own Redis: --redis-url is ignored", app=args.app)
+    if args.metrics_port is not None or args.metrics_host is not None:
+        observability = {"metrics_port": args.metrics_port, "metrics_host": args.metrics_host}
+        app.settings = msgspec.structs.replace(
+            app.settings, **{name: value for name, value in observability.items() if value is not None}
+        )
     shown = redact(app.redis) if isinstance(app.redis, str) else "client given by the app"
     log.info("worker starting", app=args.app, redis=shown, consumers=len(app.specs), burst=args.burst)
     try:
@@ -345,7 +387,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             app, burst=args.burst, use_uvloop=not args.no_uvloop, connect_timeout_ms=args.connect_timeout_ms
         )
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        return _fail(f"cannot reach Redis at {shown}: {exc}")
+        return _fail(connection_failure(exc, shown))
     log.info("worker stopped", app=args.app, **app.counts())
     return code  # OK, ABANDONED or INTERRUPTED
 
@@ -365,13 +407,29 @@ def _pool_child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--no-uvloop")
     if args.connect_timeout_ms is not None:
         argv += ["--connect-timeout-ms", str(args.connect_timeout_ms)]
+    if args.metrics_host is not None:
+        argv += ["--metrics-host", args.metrics_host]
     return argv
+
+
+def _metrics_port_of_slot(args: argparse.Namespace) -> Callable[[int], list[str]] | None:
+    """One metrics port per child: slot i serves --metrics-port + i (a restarted child takes its slot's)."""
+    base = args.metrics_port
+    if base is None:
+        return None
+    if base + args.processes - 1 > 65_535:
+        raise ConfigurationError(f"--metrics-port {base} + {args.processes} processes runs past port 65535")
+    return lambda slot: ["--metrics-port", str(base + slot if base else 0)]
 
 
 # ---------------------------------------------------------------------------------------------- status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return cmd_watch(args)
+    if args.interval_ms is not None or args.count is not None:
+        return _usage(args, "--interval-ms and --count go with --watch")
     statuses = status_sync(resolve_url(args.redis_url), args.streams or None, per_partition=args.partitions)
     if args.json:
         print_json(statuses)
@@ -428,8 +486,11 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == args.all:
         return _usage(args, "give DLQ_IDs or --all (one or the other)")
-    with _dead_letters(args) as dead:
-        result = dead.replay(args.stream, None if args.all else args.ids, group=args.group)
+    # A progress line on stderr while it works, when stderr is a terminal (_cli_progress.py).
+    with _dead_letters(args) as dead, ProgressLine(f"replaying dead letters of {args.stream}:") as line:
+        result = dead.replay(
+            args.stream, None if args.all else args.ids, group=args.group, progress=line.update
+        )
     return _report(args, result, "replayed")
 
 
@@ -438,8 +499,8 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         return _usage(args, "give DLQ_IDs or --all (one or the other)")
     if args.all and not args.yes:
         return _usage(args, f"--all deletes every dead letter of {args.stream} for good: confirm with --yes")
-    with _dead_letters(args) as dead:
-        result = dead.purge(args.stream, None if args.all else args.ids)
+    with _dead_letters(args) as dead, ProgressLine(f"purging dead letters of {args.stream}:") as line:
+        result = dead.purge(args.stream, None if args.all else args.ids, progress=line.update)
     return _report(args, result, "purged")
 
 

@@ -43,6 +43,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -159,6 +160,14 @@ class Consumer:
             self._own_chores(client, settings)
         self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
         self._on_batch = on_batch
+        # Observed per batch, never per event (observing.py reads these; the metrics set `observer`, called
+        # with the events and the decode + handle seconds of each settled batch).
+        self.observer: Callable[[int, float], None] | None = None
+        self.handling = 0  # events being decoded and handled now
+        self.unsettled: deque[tuple[int, float]] = deque()  # (events, seconds) handled, settlement owed
+        self.ready = False  # its groups are made and Redis answered its last call
+        self.redis_errors = 0  # Redis calls that failed on the connection (then retried)
+        self.reconnects = 0  # times it worked again after such failures
         self._stopping = asyncio.Event()
         # How long the last batch took to decode and handle; unknown at first, so the first batch is not
         # read ahead of (a slow handler would hold two batches for its first call).
@@ -243,13 +252,19 @@ class Consumer:
         delay_s = 0.05
         try:
             await self._with_reconnect(self.setup, stopping)
+            self.ready = True
             while not stopping.is_set():
                 try:
                     worked = await self._tick(link, burst=burst)
+                    if not self.ready:
+                        self.ready = True
+                        self.reconnects += 1
                     delay_s = 0.05
                     if not worked and burst and await self._drained(link):
                         break
                 except TRANSIENT as exc:
+                    self.redis_errors += 1
+                    self.ready = False
                     self.log.warning(
                         "redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s
                     )
@@ -266,6 +281,8 @@ class Consumer:
             self.counts["given_back"] += await self.holdings.give_back()
             raise
         finally:
+            self.ready = False
+            self.unsettled.clear()
             await self.lanes.leave(self)
             await link.close()
             await reap_self(self.client, self.keys, self.group, self.name, self.log)
@@ -284,6 +301,7 @@ class Consumer:
                 await step()
                 return
             except TRANSIENT as exc:
+                self.redis_errors += 1
                 if stopping.is_set():
                     raise
                 self.log.warning("redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s)
@@ -499,6 +517,7 @@ class Consumer:
             # The connection broke with replies owed. What was handled is settled now, with retries; a
             # batch received and not handled yet is handled; one whose reply was lost stays pending under
             # this consumer and is reclaimed after the lease.
+            self.redis_errors += 1
             self.log.warning("connection lost mid-flow, settling what was handled", error=describe_error(exc))
             self.holdings.release(unread)
             unread = []
@@ -543,6 +562,19 @@ class Consumer:
             return await _wire.settle(link, self.group, self.name, settlement.plans())
 
     async def _work(self, batches: list[_wire.StreamBatch], deliveries: Deliveries | None) -> Settlement:
+        """_decode_and_handle, with its events counted in flight from now until their settlement."""
+        events = sum(len(batch.ids) for batch in batches)
+        self.handling += events
+        try:
+            settlement = await self._decode_and_handle(batches, deliveries)
+        finally:
+            self.handling -= events
+        self.unsettled.append((events, self._last_work_s))
+        return settlement
+
+    async def _decode_and_handle(
+        self, batches: list[_wire.StreamBatch], deliveries: Deliveries | None
+    ) -> Settlement:
         """Decode, handle, and plan the settlement of one read: the event's path, step by step."""
         started = time.perf_counter()
         assert self.decoder is not None
@@ -681,6 +713,7 @@ class Consumer:
                     done = await _wire.settle(link, self.group, self.name, plans, resent=resent)
                     break
                 except TRANSIENT as exc:
+                    self.redis_errors += 1
                     self.log.warning("settle failed, retrying", error=describe_error(exc), retry_in_s=delay_s)
                     await asyncio.sleep(delay_s)
                     delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
@@ -712,9 +745,18 @@ class Consumer:
         if settlement.counts["retried"] or settlement.counts["deferred"] or settlement.counts["held_back"]:
             self.mover.due_at(time.monotonic() + settlement.min_retry_delay_ms() / 1000)
         if settlement.counts["dead"]:
-            self.log.warning("dead-lettered", count=settlement.counts["dead"])
+            # One line per dead letter (at most DEAD_LOGGED per batch), so each can be found by its id.
+            letters = _dead_letters(settlement.plans(), done.lost_ids)
+            for entry_id, reason in letters[:DEAD_LOGGED]:
+                self.log.warning("dead-lettered", entry_id=entry_id, reason=reason)
+            if len(letters) > DEAD_LOGGED:
+                self.log.warning("dead-lettered, not logged one by one", count=len(letters) - DEAD_LOGGED)
         if self._on_batch is not None:
             self._on_batch(settlement.counts)
+        if self.unsettled:  # settlements are confirmed in the order their batches were handled
+            events, work_s = self.unsettled.popleft()
+            if self.observer is not None:
+                self.observer(events, work_s)
 
 
 async def _stopped_within(stopping: asyncio.Event, delay_s: float) -> bool:
@@ -734,6 +776,22 @@ async def _sleep_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
 def _plan_ids(plan: _wire.SettlePlan) -> list[bytes]:
     later = (*plan.retries, *plan.defers)
     return [*plan.acks, *(r[0] for r in later), *(d[0] for d in plan.dead)]
+
+
+DEAD_LOGGED = 20  # dead letters of one batch logged one by one; the rest are counted in one line
+
+
+def _dead_letters(plans: Sequence[_wire.SettlePlan], lost: Sequence[bytes]) -> list[tuple[str, str]]:
+    """(event id, reason) of each dead letter the plans wrote, leaving out those the lease was lost for."""
+    gone = set(lost)
+    found = []
+    for plan in plans:
+        for entry_id, fields in plan.dead:
+            if entry_id in gone:
+                continue
+            named = dict(zip(fields[::2], fields[1::2], strict=True))
+            found.append((str(named.get(b"id", _wire.decode_id(entry_id))), str(named.get(b"reason", ""))))
+    return found
 
 
 def _first_ids(ids: Any) -> list[str]:
