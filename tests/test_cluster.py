@@ -241,15 +241,15 @@ def test_every_command_takes_a_cluster_url(cluster: EmbeddedCluster, unique: str
     """The CLI's commands run against the cluster through its URL: a burst worker, status (named and all
     streams), dead letters, trim, pause and resume, delayed events, group delete."""
     stream = f"{unique}-cli"
-    app_file = tmp_path / "cluster_cli_app.py"
-    app_file.write_text(f"from cli_app import make_app\napp = make_app({stream!r}, 'g')\n")
+    module = f"cluster_cli_app_{unique.replace('-', '_')}"  # its own module: one per server binary's run
+    (tmp_path / f"{module}.py").write_text(f"from cli_app import make_app\napp = make_app({stream!r}, 'g')\n")
     with streamq.SyncProducer(cluster.url) as producer:
         producer.publish_many(stream, [Ping(1), Ping(-1)])
         schedule_id = producer.publish(stream, Ping(2), delay_ms=3_600_000)
     url = ["--redis-url", cluster.url]
     sys.path.insert(0, str(tmp_path))
     try:
-        assert main([*url, "worker", "cluster_cli_app:app", "--burst"]) == OK
+        assert main([*url, "worker", f"{module}:app", "--burst"]) == OK
     finally:
         sys.path.remove(str(tmp_path))
     assert main([*url, "status", stream, "--json"]) == OK
