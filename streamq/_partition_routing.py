@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import keys
-from ._publish_plan import DedupKeys, dedup_keys_for
+from ._publish_plan import DedupKeys, dedup_keys_for, per_event
 from ._wire import partitioning
 from .errors import ConfigurationError
 from .events import Event
@@ -90,14 +90,7 @@ class Routing:
 def partition_keys_for(events: list[Event], given: PartitionKeys) -> list[str | None] | None:
     if given is None:
         return None
-    if isinstance(given, str | bytes):
-        raise ConfigurationError(
-            "publish_many's key is a callable (event -> key or None) or a sequence of keys aligned with the"
-            " events, not one string"
-        )
-    found = [given(event) for event in events] if callable(given) else list(given)
-    if len(found) != len(events):
-        raise ConfigurationError(f"key has {len(found)} keys for {len(events)} events")
+    found = per_event(events, given, "key", "key", "keys")
     for key in found:
         check_partition_key(key)
     return found

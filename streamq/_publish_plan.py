@@ -22,7 +22,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._wire import ReplicaWait, publishing
 from .errors import ConfigurationError, ReplicationTimeout
@@ -192,20 +192,27 @@ def dedup_keys_for(events: list[Event], given: DedupKeys) -> list[str | None] | 
     so a call whose keys are all None stays on the fast path."""
     if given is None:
         return None
-    if isinstance(given, str | bytes):
-        raise ConfigurationError(
-            "publish_many's dedup_key is a callable (event -> key or None) or a sequence of keys aligned"
-            " with the events, not one string"
-        )
-    if callable(given):
-        found = [given(event) for event in events]
-    else:
-        found = list(given)
-        if len(found) != len(events):
-            raise ConfigurationError(f"dedup_key has {len(found)} keys for {len(events)} events")
+    found = per_event(events, given, "dedup_key", "key", "keys")
     for key in found:
         check_dedup_key(key)
     return found if any(key is not None for key in found) else None
+
+
+def per_event(events: list[Event], given: Any, name: str, what: str, unit: str) -> list[Any]:
+    """publish_many's per-event option `name` resolved to one value per event: a callable (event -> `what`
+    or None) is called on each, a sequence must be aligned with the events; one string is refused (it
+    would be read as a sequence of characters)."""
+    if isinstance(given, str | bytes):
+        raise ConfigurationError(
+            f"publish_many's {name} is a callable (event -> {what} or None) or a sequence of {unit} aligned"
+            " with the events, not one string"
+        )
+    if callable(given):
+        return [given(event) for event in events]
+    found = list(given)
+    if len(found) != len(events):
+        raise ConfigurationError(f"{name} has {len(found)} {unit} for {len(events)} events")
+    return found
 
 
 def check_dedup_key(key: object) -> None:
@@ -227,17 +234,7 @@ def header_fields_for(
         return [extra] * len(events)
     if isinstance(given, Mapping):
         return [check_headers(given, traced) + extra] * len(events)  # the same headers for every event
-    if isinstance(given, str | bytes):
-        raise ConfigurationError(
-            "publish_many's headers is a mapping (for every event), a callable (event -> mapping or None) or"
-            " a sequence of mappings aligned with the events"
-        )
-    if callable(given):
-        found = [given(event) for event in events]
-    else:
-        found = list(given)
-        if len(found) != len(events):
-            raise ConfigurationError(f"headers has {len(found)} entries for {len(events)} events")
+    found = per_event(events, given, "headers", "mapping", "entries")
     out = [extra if headers is None else check_headers(headers, traced) + extra for headers in found]
     return out if any(out) else None
 

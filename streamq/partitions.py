@@ -58,6 +58,11 @@ def partition_streams(stream: str, partitions: int) -> list[str]:
     return [partition_stream(stream, index) for index in range(partitions)]
 
 
+def streams_holding(stream: str, partitions: int | None) -> list[str]:
+    """The streams that hold `stream`'s events: its partitions when it is partitioned, else itself."""
+    return partition_streams(stream, partitions) if partitions else [stream]
+
+
 def check_partitioning(stream: str, partitions: int) -> None:
     """Raise ConfigurationError unless `stream` can be spread over `partitions` partitions."""
     keys.validate_name("stream", stream)

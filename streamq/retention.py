@@ -45,7 +45,7 @@ from ._wire import (
 )
 from ._wire import retention as wire
 from .errors import ConfigurationError, GroupInUse
-from .partitions import partition_streams, recorded_partitions
+from .partitions import recorded_partitions, streams_holding
 from .settings import ConsumerSettings
 
 COUNT_CAP = wire.COUNT_CAP  # entries counted with XRANGE at most, in dry runs and holdback
@@ -135,7 +135,7 @@ async def trim(
     results = []
     async with borrowed_async(client, "trim", __name__) as connection:
         (count,) = await run_steps(connection, recorded_partitions([stream]))
-        for name in _trimmed(stream, count):
+        for name in streams_holding(stream, count):
             reply = await wire.trim(
                 for_key(connection, name), name, keep_acked_ms=keep_acked_ms, max_len=max_len,
                 dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
@@ -159,18 +159,13 @@ def trim_sync(
     results = []
     with borrowed_sync(client, "trim", __name__) as connection:
         (count,) = run_steps_sync(connection, recorded_partitions([stream]))
-        for name in _trimmed(stream, count):
+        for name in streams_holding(stream, count):
             reply = wire.trim_sync(
                 for_key_sync(connection, name), name, keep_acked_ms=keep_acked_ms, max_len=max_len,
                 dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
             )  # fmt: skip
             results.append(_result(name, reply, dry_run))
     return _combined(stream, results, dry_run) if count else results[0]
-
-
-def _trimmed(stream: str, partitions: int | None) -> list[str]:
-    """What a trim of `stream` trims: the stream, or each of its partitions."""
-    return partition_streams(stream, partitions) if partitions else [stream]
 
 
 def _combined(stream: str, parts: list[TrimResult], dry_run: bool) -> TrimResult:
@@ -222,7 +217,7 @@ async def delete_group(
         if live and not force:
             raise GroupInUse(stream, group, live)
         replies = []
-        for name in _trimmed(stream, count):
+        for name in streams_holding(stream, count):
             reply = await wire.delete_group(
                 for_key(connection, name), name, group, live_idle_ms=live_idle_ms, force=force
             )
@@ -247,7 +242,7 @@ def delete_group_sync(
         if live and not force:
             raise GroupInUse(stream, group, live)
         replies = []
-        for name in _trimmed(stream, count):
+        for name in streams_holding(stream, count):
             reply = wire.delete_group_sync(
                 for_key_sync(connection, name), name, group, live_idle_ms=live_idle_ms, force=force
             )

@@ -23,7 +23,7 @@ from ._connection import RedisLike
 from ._wire import Steps, checked, run_steps_on, run_steps_on_sync
 from ._wire.publishing import SCHEDULE_ID_PREFIX, cancel_command
 from .errors import ConfigurationError
-from .partitions import partition_streams, recorded_partitions, side_by_side
+from .partitions import partition_streams, recorded_partitions, side_by_side, streams_holding
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 100_000
@@ -136,7 +136,7 @@ def cancel_steps(stream: str, schedule_ids: Sequence[str]) -> Steps[list[bool]]:
     # A partitioned stream's delayed events wait in their partition; schedule ids are unique, so each is
     # cancelled wherever it is.
     (partitions,) = yield from recorded_partitions([stream])
-    names = partition_streams(stream, partitions) if partitions else [stream]
+    names = streams_holding(stream, partitions)
     replies = checked((yield [cancel_command(name, ids) for name in names]))
     return [any(int(flags[n]) == 1 for flags in replies) for n in range(len(ids))]
 

@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 from .. import keys
 from .._connection import AsyncClient, for_key
 from ..errors import ConfigurationError, describe_error
-from ..partitions import partition_streams
+from ..partitions import streams_holding
 from ..settings import AppSettings, ConsumerSettings
 from .consumer import Consumer, consumer_name
 from .leases import LeaseKeeper
@@ -305,7 +305,7 @@ async def read_figures(
     is capped at the stream's length (servers overstate it once entries past its position were trimmed).
     """
     figures = StreamFigures(groups={group: GroupFigures() for group in groups})
-    for name in partition_streams(stream, partitions) if partitions is not None else [stream]:
+    for name in streams_holding(stream, partitions):
         client = client_for(name)
         length = int(await client.xlen(name))
         figures.length += length
