@@ -318,6 +318,11 @@ async def test_a_key_on_a_plain_stream_or_another_count_is_refused(redis_url: st
     async with streamq.Producer(redis_url, partitions={unique: 8}) as producer:
         with pytest.raises(ConfigurationError, match="has 4 partitions, not 8"):
             await producer.publish(unique, Ping(1), key="k")
+    async with streamq.Producer(redis_url) as producer:
+        with pytest.raises(ConfigurationError, match="key is a callable .* not one string"):
+            await producer.publish_many(unique, [Ping(1), Ping(2)], key="k")
+        with pytest.raises(ConfigurationError, match="key has 1 keys for 2 events"):
+            await producer.publish_many(unique, [Ping(1), Ping(2)], key=["k"])
     with pytest.raises(ConfigurationError, match="partitions must be"):
         streamq.Producer(redis_url, partitions={unique: 0})
 
