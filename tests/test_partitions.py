@@ -319,7 +319,7 @@ async def test_a_key_on_a_plain_stream_or_another_count_is_refused(redis_url: st
         with pytest.raises(ConfigurationError, match="has 4 partitions, not 8"):
             await producer.publish(unique, Ping(1), key="k")
     async with streamq.Producer(redis_url) as producer:
-        with pytest.raises(ConfigurationError, match="key is a callable .* not one string"):
+        with pytest.raises(ConfigurationError, match=r"key is a callable .* not one string"):
             await producer.publish_many(unique, [Ping(1), Ping(2)], key="k")
         with pytest.raises(ConfigurationError, match="key has 1 keys for 2 events"):
             await producer.publish_many(unique, [Ping(1), Ping(2)], key=["k"])
