@@ -462,6 +462,9 @@ class Consumer:
             self.settings.read_ahead
             and not self.settings.ordered  # the next batch may have to wait behind a failure of this one
             and not self._stopping.is_set()
+            # Paused: the flow ends with the batch in hand, so the pause is seen as at the loop's next read
+            # (a flow through a backlog would otherwise read on until the backlog is drained).
+            and not self.control.paused
             and self._last_work_s < READ_AHEAD_MAX_HANDLE_S
             and any(b.ids for b in batches)
             and not self.reclaimer.due()

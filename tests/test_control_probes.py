@@ -1,0 +1,70 @@
+"""Pause and rate-limit edge cases found by probing: a pause seen in the middle of a read-ahead flow, a
+rate limiter's schedule left by an earlier rate, and a pause hash of the wrong type."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio
+from helpers import async_wait_until
+
+import streamq
+from streamq.control import pause
+
+
+class Ping(streamq.Event, tag="test.control_probes.ping"):
+    n: int
+
+
+@asynccontextmanager
+async def _running(app: streamq.App) -> AsyncIterator[asyncio.Task[None]]:
+    earlier = app.consumers
+    task = asyncio.create_task(app.run())
+    try:
+        await async_wait_until(
+            lambda: app.consumers is not earlier or task.done(), message="the app's consumers"
+        )
+        yield task
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def _lag(client: redis.asyncio.Redis, stream: str, group: str) -> int:
+    for info in await client.xinfo_groups(stream):
+        if info["name"].decode() == group:
+            return int(info["lag"])
+    raise AssertionError(f"no group {group!r}")
+
+
+async def test_a_pause_stops_a_worker_that_is_reading_ahead_through_a_backlog(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A worker going through a backlog with quick handlers reads each next batch ahead, in the same write
+    as the settlement of the one before, without going back to its loop: a pause must end that flow too,
+    not only the loop's next read. Once the worker sees the pause it handles at most the batch in hand
+    and the one read ahead; the rest of the backlog stays undelivered while it idles paused."""
+    total, batch_size = 5_000, 5
+    handled: list[int] = []
+    app = streamq.App(redis_url)
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish_many(unique, [Ping(n) for n in range(total)])
+
+    @app.consumer(unique, group="g", batch_size=batch_size, lease_ms=5_000, block_ms=100)
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        handled.extend(e.n for e in batch.events)
+        await asyncio.sleep(0.001)  # quick enough to read ahead, slow enough not to drain at once
+
+    async with _running(app):
+        (consumer,) = app.consumers
+        await async_wait_until(lambda: len(handled) >= 10 * batch_size, message="the flow to be under way")
+        await pause(redis_url, unique, "g")
+        await async_wait_until(lambda: consumer.control.paused, message="the worker to see the pause")
+        seen_at = len(handled)
+        start = consumer._idle_reads
+        await async_wait_until(lambda: consumer._idle_reads >= start + 3, 30, message="paused ticks")
+        assert len(handled) <= seen_at + 2 * batch_size
+        assert await _lag(client, unique, "g") > 0
