@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio
 from helpers import async_wait_until
 
 import streamq
+from streamq import keys
+from streamq._wire import control as wire
 from streamq.control import pause
 
 
@@ -68,3 +69,23 @@ async def test_a_pause_stops_a_worker_that_is_reading_ahead_through_a_backlog(
         await async_wait_until(lambda: consumer._idle_reads >= start + 3, 30, message="paused ticks")
         assert len(handled) <= seen_at + 2 * batch_size
         assert await _lag(client, unique, "g") > 0
+
+
+async def test_a_raised_rate_is_not_held_back_by_the_schedule_of_the_old_one(
+    client: redis.asyncio.Redis, unique: str
+) -> None:
+    """One event at 1 event in 1000 s puts the group's schedule 1000 s ahead. Once the rate is raised to
+    1000/s (a config change, workers restarted), the next reservation waits what is left of the old
+    reservation at the new rate (about 1 ms), not the 1000 s; the one after that is spaced at 1000/s.
+    A lowered rate keeps the schedule: what was reserved at 1000/s comes first, then 1 s per event."""
+    key = keys.rate_key(unique, "up")
+    assert await wire.reserve(client, key, 1, 0.001) == 0.0
+    assert await wire.reserve(client, key, 1, 1000.0) <= 0.001
+    assert await wire.reserve(client, key, 1, 1000.0) <= 0.002
+    assert await client.pttl(key) <= 1_000 + wire.EXPIRE_MARGIN_MS  # the key's life shrank as well
+
+    key = keys.rate_key(unique, "down")
+    assert await wire.reserve(client, key, 1000, 1000.0) == 0.0
+    lowered = await wire.reserve(client, key, 1, 1.0)
+    assert 0.5 < lowered <= 1.0  # the 1000 events reserved at 1000/s take their 1 s, no more
+    assert 1.5 < await wire.reserve(client, key, 1, 1.0) <= 2.0

@@ -11,6 +11,13 @@ does not matter.
 The TAT is kept as whole milliseconds and nanoseconds apart ("<ms>.<6 digits>"): a Lua number (a double)
 holding Unix time in ms keeps only about 0.2 us of precision, less than the interval between two events
 at the highest rate allowed (0.1 us), so the arithmetic is done on the two integer parts.
+
+The key also records the rate of its last reservation ("<ms>.<6 digits>@<rate>"). When a reservation
+comes with a higher rate (the group's rate_limit was raised), the schedule still ahead is shortened in
+proportion: the events reserved at the old rate are due by then at the new one. Without that, a TAT set by
+a low rate (one event an hour costs an hour) would hold the group back for that long after the rate was
+raised and the workers restarted. A lowered rate leaves the schedule as it is: what was reserved at the
+old rate goes first, at the old pace, and the new spacing applies from there.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ MAX_RESERVATION_NS = 365 * 86_400 * 10**9
 EXPIRE_MARGIN_MS = 1_000
 
 RESERVE_SOURCE = f"""
--- KEYS[1]: the group's rate key; ARGV: the cost of the reservation (whole ms, and ns beyond them).
+-- KEYS[1]: the group's rate key; ARGV: the cost of the reservation (whole ms, and ns beyond them), and
+-- the rate it was computed at (events/s, as text).
 -- Returns how long to wait before handling the events reserved: {{ms, ns beyond them}}.
-local cost_ms, cost_ns = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost_ms, cost_ns, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local clock = redis.call('TIME')
 local micros = tonumber(clock[2])
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(micros / 1000)
@@ -42,12 +50,26 @@ local now_ns = (micros % 1000) * 1000
 local tat_ms, tat_ns = now_ms, now_ns
 local stored = redis.call('GET', KEYS[1])
 if stored then
-    local ms, ns = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d)$')
+    local ms, ns, old_rate = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d)@(.+)$')
+    if not ms then
+        ms, ns = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d)$')
+    end
     if ms then
         ms, ns = tonumber(ms), tonumber(ns)
         -- A TAT in the past is an idle limiter: the reservation starts now, no credit is saved up.
         if ms > now_ms or (ms == now_ms and ns > now_ns) then
             tat_ms, tat_ns = ms, ns
+            local rate_now = tonumber(rate)
+            old_rate = tonumber(old_rate)
+            if old_rate and rate_now and old_rate > 0 and rate_now > old_rate then
+                -- A raised rate: what is left of the schedule shrinks by old / new (see the module
+                -- docstring). Done in ms as a double: precise to a few ns, and only on a rate change.
+                local ahead = ((ms - now_ms) + (ns - now_ns) / 1000000) * old_rate / rate_now
+                local whole = math.floor(ahead)
+                local beyond = math.ceil((ahead - whole) * 1000000)
+                tat_ms, tat_ns = now_ms + whole, now_ns + beyond
+                tat_ms, tat_ns = tat_ms + math.floor(tat_ns / 1000000), tat_ns % 1000000
+            end
         end
     end
 end
@@ -58,7 +80,7 @@ end
 local next_ns = tat_ns + cost_ns
 local next_ms = tat_ms + cost_ms + math.floor(next_ns / 1000000)
 next_ns = next_ns % 1000000
-redis.call('SET', KEYS[1], string.format('%.0f.%06d', next_ms, next_ns),
+redis.call('SET', KEYS[1], string.format('%.0f.%06d@%s', next_ms, next_ns, rate),
            'PX', string.format('%.0f', next_ms - now_ms + {EXPIRE_MARGIN_MS}))
 return {{wait_ms, wait_ns}}
 """
@@ -74,6 +96,11 @@ def reservation_cost(n: int, rate: float) -> tuple[int, int]:
     return whole_ms, beyond_ns
 
 
+def _rate_text(rate: float) -> str:
+    """The rate as the script compares and stores it: a float's shortest exact text."""
+    return repr(float(rate))
+
+
 def _wait_s(reply: Any) -> float:
     wait_ms, wait_ns = (int(part) for part in reply)
     return max(0.0, wait_ms / 1000 + wait_ns / 1e9)
@@ -84,7 +111,7 @@ async def reserve(client: aioredis.Redis, rate_key: str, n: int, rate: float) ->
 
     Redis errors are raised as they come (ResponseError on ACL denial, a key of another type).
     """
-    args = reservation_cost(n, rate)
+    args = (*reservation_cost(n, rate), _rate_text(rate))
     try:
         reply = await client.evalsha(RESERVE.sha, 1, rate_key, *args)
     except redis.exceptions.NoScriptError:
@@ -94,7 +121,7 @@ async def reserve(client: aioredis.Redis, rate_key: str, n: int, rate: float) ->
 
 def reserve_sync(client: redis.Redis, rate_key: str, n: int, rate: float) -> float:
     """reserve() for blocking code."""
-    args = reservation_cost(n, rate)
+    args = (*reservation_cost(n, rate), _rate_text(rate))
     try:
         reply = client.evalsha(RESERVE.sha, 1, rate_key, *args)
     except redis.exceptions.NoScriptError:
