@@ -11,7 +11,8 @@ within `block_ms`); once they see it they read nothing new and reclaim nothing, 
 delayed set, and what they already hold is still handled, renewed and settled. A worker started while
 paused reads nothing until resumed. Resuming removes one field only: a group resumed while its stream is
 paused (`*`) stays paused, and so does a group paused by name when the stream is resumed. Pausing a
-partitioned stream pauses each of its partitions too (their workers read their partition's own hash).
+partitioned stream pauses each of its partitions too (their workers read their partition's own hash, and
+the stream's: a pause set before the stream had partitions is in the stream's hash only).
 
 pause, resume and pauses take a redis.asyncio.Redis or a URL (None: $STREAMQ_REDIS_URL, else
 localhost); pause_sync, resume_sync and pauses_sync the same for blocking code, with a redis.Redis.

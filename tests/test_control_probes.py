@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio
 from helpers import async_wait_until
@@ -13,7 +14,7 @@ from helpers import async_wait_until
 import streamq
 from streamq import keys
 from streamq._wire import control as wire
-from streamq.control import pause
+from streamq.control import pause, resume
 
 
 class Ping(streamq.Event, tag="test.control_probes.ping"):
@@ -89,3 +90,39 @@ async def test_a_raised_rate_is_not_held_back_by_the_schedule_of_the_old_one(
     lowered = await wire.reserve(client, key, 1, 1.0)
     assert 0.5 < lowered <= 1.0  # the 1000 events reserved at 1000/s take their 1 s, no more
     assert 1.5 < await wire.reserve(client, key, 1, 1.0) <= 2.0
+
+
+async def test_a_stream_paused_before_it_was_partitioned_holds_its_partitions_workers(
+    redis_url: str, unique: str
+) -> None:
+    """`streamq pause orders` before any partitioned worker has declared the stream's partitions writes the
+    stream's own pause hash only (there are no partitions to write to yet). The partition workers started
+    afterwards must honour it as well: a worker started while paused reads nothing until resumed, and
+    `streamq status` (which reads the stream's hash) says paused."""
+    handled: list[int] = []
+    await pause(redis_url, unique, reason="before the first deploy")
+    app = streamq.App(redis_url)
+
+    @app.consumer(unique, group="g", partitions=2, partition_lease_ms=1_000, block_ms=50)
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        handled.extend(e.n for e in batch.events)
+
+    def lanes() -> list[Any]:
+        return [lane for c in app.consumers for p in c._running.values() for lane in p.lanes]  # type: ignore[attr-defined]
+
+    async with _running(app):
+        await async_wait_until(lambda: len(lanes()) == 2, message="both partitions taken")
+        await async_wait_until(
+            lambda: all(lane.control.known for lane in lanes()), message="the pause state read"
+        )
+        assert all(lane.control.paused and lane.control.stream_paused for lane in lanes())
+        async with streamq.Producer(redis_url, partitions={unique: 2}) as producer:
+            await producer.publish_many(unique, [Ping(n) for n in range(10)], key=[str(n) for n in range(10)])
+        ticks = [lane._idle_reads for lane in lanes()]
+        await async_wait_until(
+            lambda: all(lane._idle_reads >= t + 3 for lane, t in zip(lanes(), ticks, strict=True)),
+            message="paused ticks on every partition",
+        )
+        assert handled == []
+        assert await resume(redis_url, unique)
+        await async_wait_until(lambda: sorted(handled) == list(range(10)), message="handled once resumed")

@@ -4,7 +4,9 @@ Pause. `run()` reads the stream's pause hash (fields `*` and this group) every c
 `paused` up to date; the consumer reads and reclaims nothing while it is set, and the retry mover moves
 nothing. Until the first reading has answered the state is unknown and counts as paused, so a worker
 started while paused never reads a batch first. A reading that fails (the server is down) keeps the last
-state known: a pause stays in force, and nothing could be read anyway.
+state known: a pause stays in force, and nothing could be read anyway. The consumer of a partition reads
+the logical stream's pause hash as well as its partition's: a pause set before the stream was partitioned
+(or before a partition existed) is in the logical stream's hash only, and must hold its workers too.
 
 Rate limit. `admit(n)` reserves n events of the group's rate on the server (see streamq/_wire/control.py)
 and sleeps until their turn; the entries stay held meanwhile (the lease keeper renews them). Every worker
@@ -33,6 +35,7 @@ from .._wire import TRANSIENT, is_denied
 from .._wire import control as wire
 from ..control import EVERY_GROUP, PauseInfo, decode_pause
 from ..errors import ConfigurationError, describe_error
+from ..partitions import logical_stream
 from ..settings import ConsumerSettings
 
 # While the pause state is still unknown (no reading has answered yet), wait_resumed waits for the first
@@ -64,7 +67,10 @@ class Control:
         self.stopping: asyncio.Event | None = None
         self._resumed = asyncio.Event()  # known and not paused
         self._answered = asyncio.Event()  # known
-        self._paused_key = keys.paused_key(settings.stream)
+        parent = logical_stream(settings.stream)
+        # Its own pause hash first, then its logical stream's when it is a partition (module docstring).
+        names = [settings.stream] if parent is None else [settings.stream, parent[0]]
+        self._paused_keys = [keys.paused_key(name) for name in names]
         self._rate_key = keys.rate_key(settings.stream, settings.group)
         self._fields = (EVERY_GROUP, settings.group)
 
@@ -83,21 +89,29 @@ class Control:
     async def refresh(self) -> None:
         """Read the pause state once; on a transient error keep the last one known."""
         try:
-            every, group = await wire.pause_fields(self.client, self._paused_key, self._fields)
+            read = [await self._read(key) for key in self._paused_keys]
         except TRANSIENT as exc:
             self.log.debug("pause state unreadable, keeping the last one known", error=describe_error(exc))
             return
+        # The partition's own record first; a pause set since it existed is in both hashes alike.
+        every = next((fields[0] for fields in read if fields[0] is not None), None)
+        group = next((fields[1] for fields in read if fields[1] is not None), None)
+        self._apply(every, group)
+
+    async def _read(self, key: str) -> list[bytes | None]:
+        """The `*` and group fields of one pause hash; what waiting will not cure as a ConfigurationError."""
+        try:
+            return await wire.pause_fields(self.client, key, self._fields)
         except ResponseError as exc:
             if is_denied(exc):
                 raise ConfigurationError(
-                    f"the Redis user may not read the pause state (HMGET on {self._paused_key!r}): {exc}"
+                    f"the Redis user may not read the pause state (HMGET on {key!r}): {exc}"
                 ) from exc
             if str(exc).startswith("WRONGTYPE"):
                 raise ConfigurationError(
-                    f"key {self._paused_key!r} exists and is not streamq's pause hash: {exc}"
+                    f"key {key!r} exists and is not streamq's pause hash: {exc}"
                 ) from exc
             raise
-        self._apply(every, group)
 
     def _apply(self, every: bytes | None, group: bytes | None) -> None:
         raw, scope = (every, EVERY_GROUP) if every is not None else (group, self.settings.group)
