@@ -44,7 +44,7 @@ def add_commands(commands: Any, command: Any) -> None:
                     cmd_pause)  # fmt: skip
     pause.add_argument("stream", metavar="STREAM")
     pause.add_argument("--group", metavar="G", default=None, help="the group to pause (default: every group)")
-    pause.add_argument("--reason", metavar="TEXT", default="", help="why: shown in the workers' logs")
+    pause.add_argument("--reason", metavar="TEXT", default="", help="why (one line): in logs and status")
     pause.add_argument("--json", action="store_true", help="print the pause as JSON")
     resume = command(commands, "resume", "resume a paused group, or a paused stream", RESUME_EPILOG,
                      cmd_resume)  # fmt: skip

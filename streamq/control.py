@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 from typing import Any
 
@@ -50,6 +51,10 @@ __all__ = [
 
 EVERY_GROUP = "*"  # the pause hash's field for a pause of every group of the stream
 MAX_REASON_CHARS = 1_000  # a reason is a note for people, shown in logs and tables: keep it short
+# Control characters (C0, DEL, C1) and the Unicode line breaks: a record is printed on terminals (`streamq
+# status`, `resume`) and in one-line log entries, where these would break the line or be run as terminal
+# escape sequences by whoever looks at it.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class PauseInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -62,13 +67,24 @@ class PauseInfo(msgspec.Struct, kw_only=True, frozen=True):
     user: str = ""  # the OS user of that process, when known
 
 
+def _shown(text: str) -> str:
+    """`text` with its control characters escaped (ESC as \\x1b, a newline as \\n): safe to print."""
+    return _UNSAFE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
 def decode_pause(raw: bytes) -> PauseInfo:
     """A field of the pause hash as PauseInfo. A field that is not a record streamq wrote (set by hand)
-    still means paused: it is shown as the reason, never dropped."""
+    still means paused: it is shown as the reason, never dropped. Control characters in a record written by
+    hand come back escaped (see _UNSAFE); streamq's own pause refuses them."""
     try:
-        return msgspec.json.decode(raw, type=PauseInfo)
+        info = msgspec.json.decode(raw, type=PauseInfo)
     except msgspec.DecodeError:
-        return PauseInfo(since_ms=0, reason=raw[:200].decode(errors="replace"))
+        return PauseInfo(since_ms=0, reason=_shown(raw[:200].decode(errors="replace")))
+    if any(_UNSAFE.search(text) for text in (info.reason, info.host, info.user)):
+        info = msgspec.structs.replace(
+            info, reason=_shown(info.reason), host=_shown(info.host), user=_shown(info.user)
+        )
+    return info
 
 
 def _scope(group: str | None) -> str:
@@ -86,7 +102,8 @@ def _who() -> dict[str, Any]:
 
 
 def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # A field written by hand may be any bytes: shown, never a crash of `streamq status`.
+    return _shown(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
 
 
 def pause_steps(stream: str) -> Steps[dict[str, PauseInfo]]:
@@ -105,8 +122,11 @@ def _paused_keys(stream: str) -> Steps[list[str]]:
 
 def _pause(stream: str, group: str | None, reason: str) -> Steps[PauseInfo]:
     scope = _scope(group)
-    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
-        raise ConfigurationError(f"reason must be a text of at most {MAX_REASON_CHARS} characters")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or _UNSAFE.search(reason):
+        raise ConfigurationError(
+            f"reason must be one line of text, at most {MAX_REASON_CHARS} characters, without control"
+            f" characters; got {reason!r:.80}"
+        )
     names = yield from _paused_keys(stream)
     (clock,) = checked((yield [("TIME",)]))
     info = PauseInfo(since_ms=int(clock[0]) * 1000 + int(clock[1]) // 1000, reason=reason, **_who())

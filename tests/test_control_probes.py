@@ -4,17 +4,22 @@ rate limiter's schedule left by an earlier rate, and a pause hash of the wrong t
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+import redis
 import redis.asyncio
 from helpers import async_wait_until
 
 import streamq
 from streamq import keys
 from streamq._wire import control as wire
-from streamq.control import pause, resume
+from streamq.cli import main
+from streamq.control import pause, pause_sync, pauses_sync, resume
+from streamq.errors import ConfigurationError
 
 
 class Ping(streamq.Event, tag="test.control_probes.ping"):
@@ -126,3 +131,29 @@ async def test_a_stream_paused_before_it_was_partitioned_holds_its_partitions_wo
         assert handled == []
         assert await resume(redis_url, unique)
         await async_wait_until(lambda: sorted(handled) == list(range(10)), message="handled once resumed")
+
+
+def test_a_pause_record_is_printed_with_its_control_characters_escaped(
+    redis_url: str, sync_client: redis.Redis, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reason is one line of text: `streamq pause --reason` refuses control characters (a newline breaks
+    the one-line notes of `streamq status` and the workers' log lines; an escape sequence would be run by
+    the terminal of whoever looks). A record written by hand (any bytes, in the field name too) is shown
+    with them escaped by `streamq status` and `streamq resume`, never crashing them."""
+    base = ["--redis-url", redis_url, "--log-level", "error"]
+    for reason in ("two\nlines", "\x1b[2Jcleared", "bell\x07", "sep\u2028arator"):
+        with pytest.raises(ConfigurationError, match="one line of text"):
+            pause_sync(redis_url, unique, "g", reason=reason)
+    assert pauses_sync(redis_url, unique) == {}
+
+    sync_client.xadd(unique, {"d": b"x"})
+    sync_client.xgroup_create(unique, "g", id="0")
+    record = json.dumps({"since_ms": 1, "reason": "a\x1b]0;owned\x07b\nc", "host": "h\x1b[2J", "user": "u"})
+    sync_client.hset(keys.paused_key(unique), mapping={"g": record, b"bad\xff\x1b[2J": b"\x1b[31mred"})
+    shown = pauses_sync(redis_url, unique)
+    assert shown["g"].reason == "a\\x1b]0;owned\\x07b\\nc" and shown["g"].host == "h\\x1b[2J"
+    for command in (["status", unique], ["resume", unique, "--group", "nope"]):
+        assert main([*command, *base]) == 0
+        out = capsys.readouterr().out
+        assert "\\x1b]0;owned" in out and "\\x1b[31mred" in out
+        assert not any(c in out for c in "\x1b\x07\u2028"), out
