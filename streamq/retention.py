@@ -44,6 +44,7 @@ from ._wire import (
     run_steps_sync,
 )
 from ._wire import retention as wire
+from ._wire.replies import raise_for_key
 from .errors import ConfigurationError, GroupInUse
 from .partitions import recorded_partitions, streams_holding
 from .settings import ConsumerSettings
@@ -105,7 +106,9 @@ class Holdback(msgspec.Struct, kw_only=True):
     # has not read past bound_id yet.
     reason: Literal["pending", "unread"]
     bound_id: str  # entries from this id on are kept for it
-    since_ms: int  # the time part of bound_id: when the entry it holds on to was appended
+    # When the oldest entry kept for it was appended (the time part of its id; bound_id itself may be no
+    # entry's: a group that has read nothing is at 0-1).
+    since_ms: int
     kept: int  # entries kept only because of it (between bound_id and next_id); at least, when capped
     capped: bool
     next_id: str | None  # where trimming would stop without it (another group's bound); None: the end
@@ -214,6 +217,13 @@ async def delete_group(
     _check_group(stream, group, live_idle_ms)
     async with borrowed_async(client, "delete_group", __name__) as connection:
         count, live = await run_steps(connection, _partitioned_group(stream, group))
+        if count and not force:
+            # Every partition is checked before any is deleted: a refusal leaves the whole group as it was.
+            for name in streams_holding(stream, count):
+                found = await wire.delete_group(
+                    for_key(connection, name), name, group, live_idle_ms=live_idle_ms, force=False, check=True
+                )
+                live = _joined(live, found.live)
         if live and not force:
             raise GroupInUse(stream, group, live)
         replies = []
@@ -239,6 +249,14 @@ def delete_group_sync(
     _check_group(stream, group, live_idle_ms)
     with borrowed_sync(client, "delete_group", __name__) as connection:
         count, live = run_steps_sync(connection, _partitioned_group(stream, group))
+        if count and not force:
+            # Every partition is checked before any is deleted: a refusal leaves the whole group as it was.
+            for name in streams_holding(stream, count):
+                found = wire.delete_group_sync(
+                    for_key_sync(connection, name), name, group, live_idle_ms=live_idle_ms, force=False,
+                    check=True,
+                )  # fmt: skip
+                live = _joined(live, found.live)
         if live and not force:
             raise GroupInUse(stream, group, live)
         replies = []
@@ -272,8 +290,25 @@ def _partitioned_group(stream: str, group: str) -> Steps[tuple[int | None, list[
     return count, live
 
 
+def _joined(live: list[tuple[str, int]], more: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Live consumers of several partitions, each named once (one worker reads several partitions)."""
+    joined = list(live)
+    named = {name for name, _ in live}
+    for name, ms in more:
+        if name not in named:
+            named.add(name)
+            joined.append((name, ms))
+    return joined
+
+
 def _forget_members(stream: str, group: str) -> Steps[None]:
-    checked((yield [("DEL", keys.members_key(stream, group)), ("DEL", keys.owners_key(stream, group))]))
+    """A partitioned group's own keys on the logical stream: its workers, its partitions' owners and its
+    pause (a pause of a partitioned stream's group is also kept in the stream's own hash, which status
+    reads: control.py)."""
+    checked((yield [
+        ("DEL", keys.members_key(stream, group)), ("DEL", keys.owners_key(stream, group)),
+        ("HDEL", keys.paused_key(stream), group),
+    ]))  # fmt: skip
 
 
 def _all_deleted(stream: str, group: str, parts: list[GroupDeleted], force: bool) -> GroupDeleted:
@@ -305,12 +340,21 @@ def _id_order(entry_id: str) -> tuple[int, int]:
 
 
 def _successor(entry_id: str) -> str:
-    ms, seq = _id_order(entry_id)
-    return f"{ms}-{seq + 1}"
+    """The id after `entry_id`, as the TRIM script has it: a sequence number of 14 digits or more keeps the
+    id itself (one entry more kept), which also keeps the largest sequence number from becoming an id the
+    server refuses."""
+    ms, _, seq = entry_id.partition("-")
+    if len(seq) < 14:
+        return f"{ms}-{int(seq or 0) + 1}"
+    return entry_id
 
 
-# Counts entries in a range on the server: XRANGE's entries are not sent to the client.
-_COUNT_RANGE = "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))"
+# Counts entries in a range on the server (XRANGE's entries are not sent to the client), and gives the
+# first one's id: when the oldest entry kept was appended.
+_COUNT_RANGE = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
+return {#found, found[1] and found[1][1] or ''}
+"""
 
 
 def holdback_steps(stream: str, *, keep_acked_ms: int = 0) -> Steps[Holdback | None]:
@@ -325,6 +369,8 @@ def holdback_steps(stream: str, *, keep_acked_ms: int = 0) -> Steps[Holdback | N
     (groups_raw,) = yield [("XINFO GROUPS", stream)]
     if isinstance(groups_raw, ResponseError) and "no such key" in str(groups_raw):
         return None
+    if isinstance(groups_raw, ResponseError):
+        raise_for_key(stream, groups_raw)  # a key of another type, a denial: ConfigurationError
     (groups_raw,) = checked([groups_raw])
     if not groups_raw:
         return None
@@ -352,11 +398,11 @@ def holdback_steps(stream: str, *, keep_acked_ms: int = 0) -> Steps[Holdback | N
             return None  # the keep window keeps these entries whatever the group does
         if next_id is None or _id_order(window) < _id_order(next_id):
             end = f"({window}"
-    (kept,) = checked((yield [("EVAL", _COUNT_RANGE, 1, stream, bound, end, COUNT_CAP)]))
+    ((kept, first),) = checked((yield [("EVAL", _COUNT_RANGE, 1, stream, bound, end, COUNT_CAP)]))
     if int(kept) == 0:
         return None
     return Holdback(
-        stream=stream, group=group, reason=reason, bound_id=bound, since_ms=_id_order(bound)[0],
+        stream=stream, group=group, reason=reason, bound_id=bound, since_ms=_id_order(_s(first))[0],
         kept=int(kept), capped=int(kept) >= COUNT_CAP, next_id=next_id,
     )  # fmt: skip
 

@@ -87,6 +87,8 @@ TRIM_SOURCE = (
     + """
 local stream, totals, dlq = KEYS[1], KEYS[2], KEYS[3]
 local retention, keep_ms = ARGV[1] == '1', tonumber(ARGV[2])
+-- The caps go to XTRIM as the integers given (ARGV), not as Lua numbers: a double above 2^53 is sent back
+-- rounded, and 2^63-1, the largest cap allowed, as a value XTRIM refuses.
 local max_len, dlq_age, dlq_len = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local dry, cap = ARGV[6] == '1', tonumber(ARGV[7])
 local now = nil
@@ -144,7 +146,7 @@ if max_len and after > max_len then
         after = max_len
     else
         drop_first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
-        redis.call('XTRIM', stream, 'MAXLEN', max_len)
+        redis.call('XTRIM', stream, 'MAXLEN', ARGV[3])
         drop_after = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
         dropped = after - redis.call('XLEN', stream)
         after = after - dropped
@@ -167,7 +169,7 @@ if dlq_before > 0 and (dlq_age or dlq_len) then
         dlq_after = dlq_before - old
     else
         if dlq_age then redis.call('XTRIM', dlq, 'MINID', '~', ms_id(now_once() - dlq_age)) end
-        if dlq_len then redis.call('XTRIM', dlq, 'MAXLEN', '~', dlq_len) end
+        if dlq_len then redis.call('XTRIM', dlq, 'MAXLEN', '~', ARGV[5]) end
         dlq_after = redis.call('XLEN', dlq)
         expired = dlq_before - dlq_after
     end
@@ -188,11 +190,13 @@ return {removed, dropped, after, safe or '', held_by or '', cut or '', drop_firs
 # its leases every lease/3, both of which reset idle). In one script, so no consumer can turn up between
 # the check and the delete. A missing key or group holds no consumer and is nothing to destroy.
 # KEYS: stream, retry stream, delayed zset, stats hash, rate string, paused hash.
-# ARGV: group, live idle ms, force ('1': delete even with live consumers).
-# Returns {0, name, idle ms, name, idle ms, ...} (live consumers, nothing done) or
+# ARGV: group, live idle ms, force ('1': delete even with live consumers), check ('1': only say which
+# consumers are live, delete nothing: a partitioned stream's partitions are all checked before any is
+# deleted, so that a refusal leaves the group whole).
+# Returns {0, name, idle ms, name, idle ms, ...} (live consumers, nothing done; always with check) or
 # {1, destroyed on the stream (0/1), entries that were pending, consumers}.
 DELETE_GROUP_SOURCE = """
-local group, live_ms, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local group, live_ms, force, check = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4] == '1'
 local function tolerant(...)
     local ok, reply = pcall(redis.call, ...)
     if ok then return reply end
@@ -217,7 +221,7 @@ for k = 1, 2 do
     local summary = tolerant('XPENDING', KEYS[k], group)
     if summary then pending = pending + tonumber(summary[1]) end
 end
-if #live > 0 and not force then
+if check or (#live > 0 and not force) then
     table.insert(live, 1, 0)
     return live
 end
@@ -312,22 +316,69 @@ def trim_call(
 
 
 def delete_group_call(
-    stream: str, group: str, *, live_idle_ms: int, force: bool
+    stream: str, group: str, *, live_idle_ms: int, force: bool, check: bool = False
 ) -> tuple[list[str], list[Arg]]:
     """DELETE_GROUP's keys and arguments."""
     script_keys = [
         stream, keys.retry_key(stream, group), keys.delayed_key(stream, group), keys.stats_key(stream, group),
         keys.rate_key(stream, group), keys.paused_key(stream),
     ]  # fmt: skip
-    return script_keys, [group, live_idle_ms, b"1" if force else b"0"]
+    return script_keys, [group, live_idle_ms, b"1" if force else b"0", b"1" if check else b"0"]
 
 
-def _raise_mapped(stream: str, exc: ResponseError, what: str) -> None:
+def _raise_mapped(stream: str, exc: ResponseError, what: str, wrong: tuple[str, str] | None = None) -> None:
+    """`wrong`: (key, what it should be) of the first key of the call found of another type, if any."""
     if is_denied(exc):
         raise ConfigurationError(
             f"the Redis user may not run the commands that {what} {stream!r}: {exc}"
         ) from exc
+    if wrong is not None:
+        key, kind = wrong
+        raise ConfigurationError(f"key {key!r} exists and is not {kind}: {exc}") from exc
+    if "WRONGTYPE" in str(exc):
+        # A script's error can come prefixed with where it was raised ("user_script:10: WRONGTYPE ..."),
+        # which raise_for_key does not recognise.
+        raise ConfigurationError(f"a key of {stream!r} is of another type than streamq's: {exc}") from exc
     raise_for_key(stream, exc)
+
+
+# Which keys of a script's call can raise WRONGTYPE, what TYPE each must be (or none) and what to call it:
+# to say which key is of another type, which the error's text does not. Looked up only after such an error.
+_KeyKinds = Sequence[tuple[int, str, str]]  # (index in the script's keys, TYPE, name)
+_TRIM_KINDS: _KeyKinds = ((0, "stream", "a stream"), (2, "stream", "a stream"), (1, "hash", "a hash"))
+_DELETE_KINDS: _KeyKinds = ((0, "stream", "a stream"), (1, "stream", "a stream"), (5, "hash", "a hash"))
+
+
+def _first_wrong(script_keys: list[str], kinds: _KeyKinds, types: list[Any]) -> tuple[str, str] | None:
+    for (index, kind, name), found in zip(kinds, types, strict=True):
+        if isinstance(found, Exception):
+            return None  # TYPE refused (an ACL without it): say what is known, not a guess
+        text = decode_id(found) if isinstance(found, bytes | str) else str(found)
+        if text not in (kind, "none"):
+            return script_keys[index], name
+    return None
+
+
+async def _wrong_type(
+    client: aioredis.Redis, exc: ResponseError, script_keys: list[str], kinds: _KeyKinds
+) -> tuple[str, str] | None:
+    if "WRONGTYPE" not in str(exc):
+        return None
+    pipe = client.pipeline(transaction=False)
+    for index, _, _ in kinds:
+        pipe.type(script_keys[index])
+    return _first_wrong(script_keys, kinds, await pipe.execute(raise_on_error=False))
+
+
+def _wrong_type_sync(
+    client: redis.Redis, exc: ResponseError, script_keys: list[str], kinds: _KeyKinds
+) -> tuple[str, str] | None:
+    if "WRONGTYPE" not in str(exc):
+        return None
+    pipe = client.pipeline(transaction=False)
+    for index, _, _ in kinds:
+        pipe.type(script_keys[index])
+    return _first_wrong(script_keys, kinds, pipe.execute(raise_on_error=False))
 
 
 async def _run(client: aioredis.Redis, script: Script, script_keys: list[str], args: list[Arg]) -> Any:
@@ -363,7 +414,7 @@ async def trim(
     try:
         return _parse_trim(await _run(client, TRIM, script_keys, args))
     except ResponseError as exc:
-        _raise_mapped(stream, exc, "trim")
+        _raise_mapped(stream, exc, "trim", await _wrong_type(client, exc, script_keys, _TRIM_KINDS))
         raise
 
 
@@ -386,29 +437,31 @@ def trim_sync(
     try:
         return _parse_trim(_run_sync(client, TRIM, script_keys, args))
     except ResponseError as exc:
-        _raise_mapped(stream, exc, "trim")
+        _raise_mapped(stream, exc, "trim", _wrong_type_sync(client, exc, script_keys, _TRIM_KINDS))
         raise
 
 
 async def delete_group(
-    client: aioredis.Redis, stream: str, group: str, *, live_idle_ms: int, force: bool
+    client: aioredis.Redis, stream: str, group: str, *, live_idle_ms: int, force: bool, check: bool = False
 ) -> GroupDeleteReply:
-    """Run DELETE_GROUP (see DELETE_GROUP_SOURCE)."""
-    script_keys, args = delete_group_call(stream, group, live_idle_ms=live_idle_ms, force=force)
+    """Run DELETE_GROUP (see DELETE_GROUP_SOURCE); with check, only find its live consumers."""
+    script_keys, args = delete_group_call(stream, group, live_idle_ms=live_idle_ms, force=force, check=check)
     try:
         return _parse_delete(await _run(client, DELETE_GROUP, script_keys, args))
     except ResponseError as exc:
-        _raise_mapped(stream, exc, "delete a group of")
+        wrong = await _wrong_type(client, exc, script_keys, _DELETE_KINDS)
+        _raise_mapped(stream, exc, "delete a group of", wrong)
         raise
 
 
 def delete_group_sync(
-    client: redis.Redis, stream: str, group: str, *, live_idle_ms: int, force: bool
+    client: redis.Redis, stream: str, group: str, *, live_idle_ms: int, force: bool, check: bool = False
 ) -> GroupDeleteReply:
     """delete_group() for blocking code."""
-    script_keys, args = delete_group_call(stream, group, live_idle_ms=live_idle_ms, force=force)
+    script_keys, args = delete_group_call(stream, group, live_idle_ms=live_idle_ms, force=force, check=check)
     try:
         return _parse_delete(_run_sync(client, DELETE_GROUP, script_keys, args))
     except ResponseError as exc:
-        _raise_mapped(stream, exc, "delete a group of")
+        wrong = _wrong_type_sync(client, exc, script_keys, _DELETE_KINDS)
+        _raise_mapped(stream, exc, "delete a group of", wrong)
         raise
