@@ -157,3 +157,25 @@ def test_a_pause_record_is_printed_with_its_control_characters_escaped(
         out = capsys.readouterr().out
         assert "\\x1b]0;owned" in out and "\\x1b[31mred" in out
         assert not any(c in out for c in "\x1b\x07\u2028"), out
+
+
+async def test_entries_reclaimed_under_a_rate_limit_come_one_read_at_a_time(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A read under rate_limit=R takes at most R events (the burst the README allows): so does a claim of a
+    dead worker's entries. 15 entries left pending by a dead consumer, reclaimed under rate_limit=5 and
+    batch_size=100, reach the handler 5 at a time at most, not 15 at once."""
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish_many(unique, [Ping(n) for n in range(15)])
+    await client.xgroup_create(unique, "g", id="0")
+    await client.xreadgroup("g", "dead-worker", {unique: ">"}, count=100)  # read, never settled
+    sizes: list[int] = []
+    app = streamq.App(redis_url, freeze_gc=False)
+
+    @app.consumer(unique, group="g", batch_size=100, rate_limit=5, lease_ms=200, block_ms=50)
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        sizes.append(len(batch.events))
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert sum(sizes) == 15
+    assert max(sizes) <= 5, sizes

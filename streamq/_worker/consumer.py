@@ -137,7 +137,8 @@ class Consumer:
         )
         if settings.concurrency > 1:
             self.log = self.log.bind(lane=lane)
-        # A rate limit caps what one read takes: a read is admitted whole before it is handled.
+        # A rate limit caps what one read takes, and one claim of a dead worker's entries likewise: each is
+        # admitted whole and handed to the handler at once, so more than the rate would be a burst above it.
         batch_size = settings.batch_size
         if settings.rate_limit is not None:
             batch_size = max(1, min(batch_size, int(settings.rate_limit)))
@@ -146,7 +147,7 @@ class Consumer:
         self.retries_reader = Reader(self.group, self.name, [self.retry_key], batch_size=batch_size)
         self.reclaimer = Reclaimer(
             self.keys, self.group, self.name, lease_ms=settings.lease_ms,
-            every_ms=settings.reclaim_every_ms, count=settings.batch_size,
+            every_ms=settings.reclaim_every_ms, count=batch_size,
         )  # fmt: skip
         self.counts = {
             "fetched": 0, "acked": 0, "retried": 0, "deferred": 0, "dead": 0, "held_back": 0, "reclaimed": 0,
