@@ -141,9 +141,28 @@ def cancel_steps(stream: str, schedule_ids: Sequence[str]) -> Steps[list[bool]]:
     return [any(int(flags[n]) == 1 for flags in replies) for n in range(len(ids))]
 
 
+def summary_steps(stream: str) -> Steps[ScheduledSummary]:
+    """scheduled_steps for a stream whose delayed events may wait in its partitions: they are added up (the
+    counts and counters summed, the soonest due time of all), as `streamq status` shows them."""
+    keys.validate_name("stream", stream)
+    (partitions,) = yield from recorded_partitions([stream])
+    if not partitions:
+        return (yield from scheduled_steps(stream))
+    parts = yield from side_by_side([scheduled_steps(name) for name in partition_streams(stream, partitions)])
+    dues = [part.next_due_ms for part in parts if part.next_due_ms is not None]
+    return ScheduledSummary(
+        stream=stream,
+        scheduled_count=sum(part.scheduled_count for part in parts),
+        next_due_ms=min(dues, default=None),
+        dedup_keys=sum(part.dedup_keys for part in parts),
+        totals={name: sum(part.totals[name] for part in parts) for name in FLOW_COUNTERS},
+    )
+
+
 def scheduled_steps(stream: str) -> Steps[ScheduledSummary]:
     """How many delayed events wait, the soonest due time, the dedup keys kept, and the stream's counters
-    of delayed delivery and dedup, in one round trip."""
+    of delayed delivery and dedup, in one round trip: of this one stream key (a partition's, or a stream
+    that is not partitioned; summary_steps adds a partitioned stream's up)."""
     keys.validate_name("stream", stream)
     count, soonest, dedup_keys, totals_raw = checked(
         (
@@ -195,8 +214,8 @@ def cancel_sync(client: str | redis.Redis | None, stream: str, schedule_ids: Seq
 
 
 async def scheduled_summary(client: RedisLike, stream: str) -> ScheduledSummary:
-    return await run_steps_on(client, scheduled_steps(stream), "scheduled_summary", __name__)
+    return await run_steps_on(client, summary_steps(stream), "scheduled_summary", __name__)
 
 
 def scheduled_summary_sync(client: str | redis.Redis | None, stream: str) -> ScheduledSummary:
-    return run_steps_on_sync(client, scheduled_steps(stream), "scheduled_summary", __name__)
+    return run_steps_on_sync(client, summary_steps(stream), "scheduled_summary", __name__)
