@@ -25,8 +25,8 @@ entries may stay. Workers do this on their own every trim_interval_ms; this is f
 running worker, or to see what holds trimming back.
 
 --max-len N is a hard cap: entries beyond it are dropped even if a group has not acknowledged them (their
-count and id range are printed). --dry-run removes nothing; its count is of the entries below the cut, up to
-10000 ("at least" beyond), an upper bound of what the trim frees.
+count and id range are printed). --dry-run removes nothing; its count is of the entries below the cut,
+exact unless 10000 or more are on each side of it ("at least"), an upper bound of what the trim frees.
 
 examples:
   streamq trim orders --dry-run

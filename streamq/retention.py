@@ -10,7 +10,8 @@ group delete`, `streamq status`).
   stream (about 100 entries each), so up to a node of acknowledged entries stays; counts are exact. An
   optional max_len is a hard cap that does drop entries some group still needs, and says how many.
   A dry run computes what would be removed without removing anything; its count of entries below the cut
-  is exact up to COUNT_CAP, and an upper bound of what the approximate trim would remove.
+  is exact when fewer than COUNT_CAP entries are below it or from it on (else `estimated`: at least that
+  many), and an upper bound of what the approximate trim would remove.
 - delete_group / delete_group_sync: XGROUP DESTROY on the stream and on the group's retry stream, with the
   group's retries waiting, counters, rate limiter and pause, refused (GroupInUse) while a consumer of the
   group is live. A group nobody consumes any more pins trimming for ever: deleting it lets trimming go on.
@@ -83,7 +84,7 @@ class TrimResult(msgspec.Struct, kw_only=True):
     dropped_first: str | None  # the first id dropped over max_len (not in dry runs)
     dropped_until: str | None  # the first id kept after those dropped (not in dry runs)
     dead_letters_expired: int
-    estimated: bool  # a dry run's count reached COUNT_CAP: at least that many
+    estimated: bool  # a dry run's count reached COUNT_CAP on both sides of the cut: at least that many
     # A partitioned stream: each partition's own result (the counts above add them up; the ids are None).
     partitions: list[TrimResult] | None = None
 

@@ -13,7 +13,7 @@ from streamq.cli import FAILURE, OK, main
 from streamq.control import pause_sync, pauses_sync
 from streamq.errors import ConfigurationError, GroupInUse
 from streamq.partitions import partition_streams
-from streamq.retention import delete_group_sync, holdback_sync, trim_sync
+from streamq.retention import COUNT_CAP, delete_group_sync, holdback_sync, trim_sync
 from streamq.settings import MAX_MAXLEN
 
 MAX_SEQ = 2**64 - 1  # the largest sequence number (and time part) of a stream id
@@ -155,3 +155,19 @@ def test_group_delete_of_a_partitioned_stream_removes_its_pause(
     assert set(pauses_sync(sync_client, unique)) == {"other"}
     for name in partition_streams(unique, 2):
         assert set(pauses_sync(sync_client, name)) == {"other"}
+
+
+def test_a_dry_run_of_a_long_acknowledged_stream_does_not_predict_drops(
+    sync_client: redis.Redis, unique: str
+) -> None:
+    """More acknowledged entries than a dry run counts below the cut: what max_len would drop is taken
+    from what stays, not from a capped count (which said thousands would be dropped, and none were)."""
+    n = COUNT_CAP + 500
+    _fill(sync_client, unique, n)
+    sync_client.xgroup_create(unique, "g", "0")
+    while read := _read(sync_client, unique, "g", 5000):
+        sync_client.xack(unique, "g", *read)
+    dry = trim_sync(sync_client, unique, max_len=100, dry_run=True)
+    assert (dry.removed, dry.dropped, dry.length_after, dry.estimated) == (n, 0, 0, False)
+    real = trim_sync(sync_client, unique, max_len=100)
+    assert (real.removed, real.dropped, real.length_after) == (n, 0, 0)

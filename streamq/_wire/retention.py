@@ -128,7 +128,12 @@ local after = length
 if cut then
     if dry then
         removed = count_below(stream, cut)
-        if removed >= cap then estimated = 1 end
+        if removed >= cap then
+            -- Too many below the cut to count: count what stays instead, which is often few (a stream
+            -- acknowledged to its end), so that what max_len would drop is not taken from a low count.
+            local kept = #redis.call('XRANGE', stream, cut, '+', 'COUNT', cap)
+            if kept < cap then removed = length - kept else estimated = 1 end
+        end
         after = length - removed
     else
         redis.call('XTRIM', stream, 'MINID', '~', cut)
