@@ -218,8 +218,22 @@ def per_event(events: list[Event], given: Any, name: str, what: str, unit: str) 
 def check_dedup_key(key: object) -> None:
     if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_DEDUP_KEY_CHARS):
         raise ConfigurationError(
-            f"a dedup key must be None or a string of 1 to {MAX_DEDUP_KEY_CHARS} characters, got {key!r}"
+            f"a dedup key must be None or a string of 1 to {MAX_DEDUP_KEY_CHARS} characters,"
+            f" got {_shown(key)}"
         )
+    if key is not None:
+        try:
+            key.encode()
+        except UnicodeEncodeError as exc:
+            # A lone surrogate fails only when the key is packed, chunk by chunk: after earlier chunks of
+            # the call were published. Refused here, with every other check, before anything is written.
+            raise ConfigurationError(f"a dedup key must be valid text: {exc}") from None
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """repr(value), cut short: an error about a megabyte-long key should not carry the megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... (cut; its repr has {len(text)} characters)"
 
 
 def header_fields_for(
