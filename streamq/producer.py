@@ -48,7 +48,7 @@ import redis
 from . import _wire, tracing
 from ._backpressure import AsyncBacklogGate, SyncBacklogGate
 from ._connection import RedisLike, async_client, for_key, for_key_sync, sync_client
-from ._partition_routing import PartitionKeys, Routing, check_partition_key, needs_partitions, take
+from ._partition_routing import Part, PartitionKeys, Routing, check_partition_key, needs_partitions, take
 from ._partition_routing import lookup as partition_lookup
 from ._partition_routing import lookup_sync as partition_lookup_sync
 from ._publish_plan import MAX_DEDUP_KEY_CHARS as MAX_DEDUP_KEY_CHARS
@@ -95,6 +95,23 @@ class PublishResult(msgspec.Struct, frozen=True):
 
 def is_schedule_id(value: str) -> bool:
     return value.startswith(publishing.SCHEDULE_ID_PREFIX)
+
+
+def _plan_parts(
+    planner: Planner, parts: list[Part], events: list[Event], dedup: DedupKeys,
+    fields: list[HeaderFields] | None, options: dict[str, Any],
+) -> list[PublishPlan]:  # fmt: skip
+    """Every partition's share of a call planned (checked, encoded) before any is sent: an event too large
+    or a bad dedup key in one share refuses the whole call, not only its share after others were written."""
+    return [
+        planner.plan(
+            part.stream, [events[i] for i in part.positions], options["chunk_size"], options["maxlen"],
+            delay_ms=options["delay_ms"], at=options["at"],
+            dedup_keys=dedup if callable(dedup) else take(dedup, part.positions),
+            dedup_ttl_ms=options["dedup_ttl_ms"], header_fields=take(fields, part.positions),
+        )
+        for part in parts
+    ]  # fmt: skip
 
 
 def _results(replies: list[publishing.PublishReply]) -> list[PublishResult]:
@@ -318,8 +335,11 @@ class Producer:
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
             dedup_ttl_ms=dedup_ttl_ms, header_fields=header_fields,
         )  # fmt: skip
+        return await self._send(plan)
+
+    async def _send(self, plan: PublishPlan) -> list[PublishResult]:
         if plan.fast is not None:
-            ids = await self._fast(stream, plan.fast, plan.fast_headers)
+            ids = await self._fast(plan.stream, plan.fast, plan.fast_headers)
             return [PublishResult(entry_id) for entry_id in ids]
         return await self._scripted(plan)
 
@@ -342,16 +362,13 @@ class Producer:
         the results in the events' order."""
         dedup = dedup_key if dedup_key is None or callable(dedup_key) else list(dedup_key)
         parts = self._routing.split(stream, count, events, key, dedup)
-        outcomes = await asyncio.gather(*(
-            self._plain_results(
-                part.stream, [events[i] for i in part.positions],
-                dedup_key=dedup if callable(dedup) else take(dedup, part.positions),
-                header_fields=take(fields, part.positions), **options,
-            )
-            for part in parts
-        ))  # fmt: skip
+        plans = _plan_parts(self._planner, parts, events, dedup, fields, options)
+        # return_exceptions: a part that fails does not leave the others writing after the call has raised.
+        outcomes = await asyncio.gather(*(self._send(plan) for plan in plans), return_exceptions=True)
         results: list[PublishResult] = [PublishResult("")] * len(events)
         for part, got in zip(parts, outcomes, strict=True):
+            if isinstance(got, BaseException):
+                raise got
             for position, result in zip(part.positions, got, strict=True):
                 results[position] = result
         return results
@@ -603,8 +620,11 @@ class SyncProducer:
             stream, events, chunk_size, maxlen, delay_ms=delay_ms, at=at, dedup_keys=dedup_key,
             dedup_ttl_ms=dedup_ttl_ms, header_fields=header_fields,
         )  # fmt: skip
+        return self._send(plan)
+
+    def _send(self, plan: PublishPlan) -> list[PublishResult]:
         if plan.fast is not None:
-            ids = self._fast(stream, plan.fast, plan.fast_headers)
+            ids = self._fast(plan.stream, plan.fast, plan.fast_headers)
             return [PublishResult(entry_id) for entry_id in ids]
         return self._scripted(plan)
 
@@ -628,13 +648,10 @@ class SyncProducer:
         dedup = dedup_key if dedup_key is None or callable(dedup_key) else list(dedup_key)
         with self._count_lock:
             parts = self._routing.split(stream, count, events, key, dedup)
+        plans = _plan_parts(self._planner, parts, events, dedup, fields, options)
         results: list[PublishResult] = [PublishResult("")] * len(events)
-        for part in parts:
-            got = self._plain_results(
-                part.stream, [events[i] for i in part.positions],
-                dedup_key=dedup if callable(dedup) else take(dedup, part.positions),
-                header_fields=take(fields, part.positions), **options,
-            )  # fmt: skip
+        for part, plan in zip(parts, plans, strict=True):
+            got = self._send(plan)
             for position, result in zip(part.positions, got, strict=True):
                 results[position] = result
         return results
