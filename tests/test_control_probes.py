@@ -179,3 +179,31 @@ async def test_entries_reclaimed_under_a_rate_limit_come_one_read_at_a_time(
     await asyncio.wait_for(app.run_until_idle(), 30)
     assert sum(sizes) == 15
     assert max(sizes) <= 5, sizes
+
+
+async def test_a_read_of_new_entries_and_due_retries_together_stays_within_the_rate(
+    redis_url: str, unique: str
+) -> None:
+    """A worker reads the stream and its group's retry stream in one XREADGROUP, whose COUNT applies to
+    each: under rate_limit=R a read of new entries while retries are due could take 2R events and hand
+    them to the handler at once. Every handler call takes at most R events."""
+    rate, total = 10, 30
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish_many(unique, [Ping(n) for n in range(total)])
+    sizes: list[int] = []
+    handled: set[int] = set()
+    app = streamq.App(redis_url, freeze_gc=False)
+
+    @app.consumer(unique, group="g", batch_size=100, rate_limit=rate, lease_ms=5_000, block_ms=50,
+                  retry_poll_ms=10)  # fmt: skip
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        sizes.append(len(batch))
+        for message in batch:
+            if message.event.n < rate and message.attempt == 1:
+                batch.retry(message, delay_ms=0)  # due at once: in the retry stream by the next read
+            else:
+                handled.add(message.event.n)
+
+    await asyncio.wait_for(app.run_until_idle(), 60)
+    assert handled == set(range(total))
+    assert max(sizes) <= rate, sizes

@@ -58,7 +58,7 @@ from ..batch import Message
 from ..errors import ConfigurationError, describe_error
 from ..events import Decoder
 from ..settings import ConsumerSettings
-from .control import Control
+from .control import Control, read_count
 from .decoding import decode
 from .handlers import HandlerSet
 from .handling import handle
@@ -139,9 +139,7 @@ class Consumer:
             self.log = self.log.bind(lane=lane)
         # A rate limit caps what one read takes, and one claim of a dead worker's entries likewise: each is
         # admitted whole and handed to the handler at once, so more than the rate would be a burst above it.
-        batch_size = settings.batch_size
-        if settings.rate_limit is not None:
-            batch_size = max(1, min(batch_size, int(settings.rate_limit)))
+        batch_size = read_count(settings.batch_size, settings.rate_limit)
         self.reader = Reader(self.group, self.name, self.keys, batch_size=batch_size)
         # An ordered partition reads only its retries while one waits, so that new events stay behind it.
         self.retries_reader = Reader(self.group, self.name, [self.retry_key], batch_size=batch_size)

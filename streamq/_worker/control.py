@@ -11,10 +11,12 @@ the logical stream's pause hash as well as its partition's: a pause set before t
 Rate limit. `admit(n)` reserves n events of the group's rate on the server (see streamq/_wire/control.py)
 and sleeps until their turn; the entries stay held meanwhile (the lease keeper renews them). Every worker
 of the group, in every process, reserves from the same key, so adding workers does not raise the rate.
-  - Burst: a limiter that was idle lets one read through at once (at most min(batch_size, rate) events,
-    the consumer caps its reads so); after that, events are spaced 1 / rate apart. In any window of
-    w seconds, at most rate * w events plus one read's worth start being handled.
-  - A rate under 1 event/s: reads of one event, each waiting 1 / rate seconds for its turn.
+  - Burst: a limiter that was idle lets one read through at once; after that, events are spaced 1 / rate
+    apart. In any window of w seconds, at most rate * w events plus one read's worth start being handled.
+    One read is at most `rate` events (min(batch_size, rate)): a read (or a claim) takes up to its COUNT
+    from each of its two keys, the stream and the group's retry stream, so the consumer's COUNT is half
+    the rate (read_count). Below 2 events/s it is 1: a read may hold one new event and one due retry.
+  - A rate under 1 event/s: reads of one event (two with a retry), each waiting for its turn.
   - A worker that dies or stops after reserving does not give its reservation back: it is spent, and the
     group runs below its rate for that long. Waiting ends as soon as the worker stops (`stopping`, or
     `stop()`): the task is cancelled, so the consumer gives back the entries it holds unhandled.
@@ -145,9 +147,8 @@ class Control:
     # ------------------------------------------------------------------------------------------ rate
 
     def read_count(self, count: int) -> int:
-        """How many entries one read may ask for: one reservation's worth at most (the allowed burst)."""
-        rate = self.settings.rate_limit
-        return count if rate is None else max(1, min(count, int(rate)))
+        """The COUNT of one read (and claim): see read_count() below."""
+        return read_count(count, self.settings.rate_limit)
 
     async def admit(self, n: int) -> None:
         """Wait until n more events may be handled under the group's rate limit.
@@ -190,6 +191,13 @@ class Control:
 
     def _stop_events(self) -> list[asyncio.Event]:
         return [self.done] if self.stopping is None else [self.done, self.stopping]
+
+
+def read_count(count: int, rate: float | None) -> int:
+    """The COUNT a consumer reads and claims with, given its batch_size (`count`) and rate limit: COUNT
+    applies to each of the read's two keys (the stream, the retry stream), so half the rate keeps a read
+    within one second's worth of events, the burst a read may start at once (see the module docstring)."""
+    return count if rate is None else max(1, min(count, int(rate) // 2))
 
 
 async def _first_of(events: list[asyncio.Event], timeout_s: float) -> bool:
