@@ -363,6 +363,16 @@ class Producer:
         dedup = dedup_key if dedup_key is None or callable(dedup_key) else list(dedup_key)
         parts = self._routing.split(stream, count, events, key, dedup)
         plans = _plan_parts(self._planner, parts, events, dedup, fields, options)
+        gate = self._gate
+        if gate is not None and len(plans) > 1:
+            # Every share's partition has room before any share is written, so BacklogFull means nothing
+            # was published. Each send then finds its partition's reading fresh: no second read.
+            waits = await asyncio.gather(
+                *(self._room(gate, plan.stream) for plan in plans), return_exceptions=True
+            )
+            for refused in waits:
+                if refused is not None:
+                    raise refused
         # return_exceptions: a part that fails does not leave the others writing after the call has raised.
         outcomes = await asyncio.gather(*(self._send(plan) for plan in plans), return_exceptions=True)
         results: list[PublishResult] = [PublishResult("")] * len(events)
@@ -372,6 +382,13 @@ class Producer:
             for position, result in zip(part.positions, got, strict=True):
                 results[position] = result
         return results
+
+    async def _room(self, gate: AsyncBacklogGate, stream: str) -> None:
+        link = _wire.Link(for_key(self.client, stream))
+        try:
+            await gate.wait_for_room(link, stream)
+        finally:
+            await link.close()
 
     async def _before_writing(self, link: _wire.Link, stream: str) -> None:
         """What a call checks before its first write: that the server runs the replica wait (once per
@@ -649,6 +666,11 @@ class SyncProducer:
         with self._count_lock:
             parts = self._routing.split(stream, count, events, key, dedup)
         plans = _plan_parts(self._planner, parts, events, dedup, fields, options)
+        if self._gate is not None and len(plans) > 1:
+            # As in Producer: room in every share's partition before any is written. One after another,
+            # so a call whose partitions are all over waits up to backlog_timeout_ms for each.
+            for plan in plans:
+                self._gate.wait_for_room(for_key_sync(self.client, plan.stream), plan.stream)
         results: list[PublishResult] = [PublishResult("")] * len(events)
         for part, plan in zip(parts, plans, strict=True):
             got = self._send(plan)

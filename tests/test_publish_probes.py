@@ -9,8 +9,8 @@ import redis.asyncio
 
 import streamq
 from streamq import keys
-from streamq.errors import ConfigurationError, EventTooLarge
-from streamq.partitions import partition_streams
+from streamq.errors import BacklogFull, ConfigurationError, EventTooLarge
+from streamq.partitions import partition_of, partition_streams
 
 
 class Item(streamq.Event, tag="test.publish_probes.item"):
@@ -91,3 +91,28 @@ async def test_a_partitioned_call_is_refused_whole(
         results = await producer.publish_many_results(unique, events, dedup_key=lambda item: f"d{item.n}")
     assert not any(result.duplicate for result in results)
     assert await _written(client, unique, partitions=4) == 2 * 9  # 9 entries, 9 dedup keys
+
+
+async def test_backlog_full_over_partitions_publishes_nothing(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """A call whose events go to two partitions, one of them over max_backlog: BacklogFull, and the share
+    of the partition with room is not written either (it was, before the other share was refused)."""
+    first, second = partition_streams(unique, 2)
+    for name in (first, second):
+        await client.xgroup_create(name, "g", "0", mkstream=True)
+    for _ in range(10):
+        await client.xadd(first, {"d": b"x"})
+    spread = [key for key in (f"k{n}" for n in range(50)) if partition_of(key, 2) == 1][:2]
+    spread += [key for key in (f"k{n}" for n in range(50)) if partition_of(key, 2) == 0][:2]
+    options = {"partitions": {unique: 2}, "max_backlog": 5, "backlog_timeout_ms": 0}
+    async with streamq.Producer(redis_url, **options) as producer:
+        with pytest.raises(BacklogFull, match="owes 10 entries"):
+            await producer.publish_many(unique, _items(4), key=spread)
+    with streamq.SyncProducer(redis_url, **options) as sync_producer, pytest.raises(BacklogFull):
+        sync_producer.publish_many(unique, _items(4), dedup_key=spread)
+    assert (await client.xlen(first), await client.xlen(second)) == (10, 0)
+    await client.xtrim(first, maxlen=0)  # room again: the call goes through whole
+    async with streamq.Producer(redis_url, **options) as producer:
+        await producer.publish_many(unique, _items(4), key=spread)
+    assert (await client.xlen(first), await client.xlen(second)) == (2, 2)
