@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._cli_args import whole_number
-from ._cli_output import format_table, format_timestamp, print_json
+from ._cli_output import format_table, print_json
 from ._connection import resolve_url
 from .errors import ConfigurationError
 from .exit_codes import FAILURE, OK
@@ -35,7 +35,8 @@ examples:
   streamq scheduled cancel orders sched-4f0c...
 """
 LIST_EPILOG = """\
-Soonest first. DUE is UTC, IN the time left (negative: due, waiting for a worker to move it).
+Soonest first. DUE is UTC, IN the time left by this machine's clock (negative: due, waiting for a
+worker to move it); when it is due is decided by the Redis server's clock.
 
 examples:
   streamq scheduled list orders --limit 20
@@ -85,6 +86,10 @@ def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser])
     cancelling.add_argument("--json", action="store_true", help="print what was done as JSON")
 
 
+def _left(ms: int) -> str:
+    return f"{ms / 1000:.1f}s"
+
+
 def cmd_scheduled_list(args: argparse.Namespace) -> int:
     url = resolve_url(args.redis_url)
     events = list_scheduled_sync(url, args.stream, limit=args.limit)
@@ -103,8 +108,9 @@ def cmd_scheduled_list(args: argparse.Namespace) -> int:
         print(f"no delayed events for {args.stream}")
         return OK
     now_ms = int(time.time() * 1000)
+    # e.due, not format_timestamp, which shows a due time of 0 (1970-01-01, an `at=` long past) as "-".
     rows = [
-        [e.schedule_id, format_timestamp(e.due_ms), f"{(e.due_ms - now_ms) / 1000:.1f}s", e.size, e.type]
+        [e.schedule_id, e.due.isoformat(timespec="seconds"), _left(e.due_ms - now_ms), e.size, e.type]
         for e in events
     ]
     print(format_table(["SCHEDULE_ID", "DUE", "IN", "BYTES", "TYPE"], rows))

@@ -12,7 +12,7 @@ client (left open: it is yours) or a URL.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -30,6 +30,19 @@ MAX_LIST_LIMIT = 100_000
 # The stream's own counters (keys.totals_key) that delayed delivery, dedup and counted trimming keep.
 FLOW_COUNTERS = ("scheduled", "scheduled_moved", "cancelled", "deduplicated", "dropped_by_maxlen")
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+# The due times a datetime can hold. `at=` takes any aware datetime, and one near datetime's ends in another
+# timezone is due in year 0 or 10000 in UTC; a score written by hand may even be infinite. Such a due time
+# is shown at the nearest end: taken as it is, it failed every listing of the stream (and its summary).
+FIRST_DUE_MS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MS
+LAST_DUE_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MS
+
+
+def due_ms_of(score: float) -> int:
+    """A scheduled set's score -> a due time in Unix ms that a datetime can hold."""
+    return FIRST_DUE_MS if score <= FIRST_DUE_MS else LAST_DUE_MS if score >= LAST_DUE_MS else int(score)
+
 
 class ScheduledEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One delayed event not yet moved into its stream."""
@@ -41,7 +54,8 @@ class ScheduledEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def due(self) -> datetime:
-        return datetime.fromtimestamp(self.due_ms / 1000, UTC)
+        # Whole ms from the epoch, not a float of seconds (fromtimestamp): exact at the calendar's ends.
+        return _EPOCH + due_ms_of(self.due_ms) * _MS
 
 
 class ScheduledSummary(msgspec.Struct, kw_only=True):
@@ -116,7 +130,7 @@ def _list_one(stream: str, limit: int) -> Steps[list[ScheduledEvent]]:
     return [
         ScheduledEvent(
             schedule_id=_text(member),
-            due_ms=int(score),
+            due_ms=due_ms_of(score),
             size=len(payload) if payload is not None else 0,
             type=type_of(payload) if payload is not None else None,
         )
@@ -184,7 +198,7 @@ def scheduled_steps(stream: str) -> Steps[ScheduledSummary]:
     return ScheduledSummary(
         stream=stream,
         scheduled_count=int(count),
-        next_due_ms=int(pairs[0][1]) if pairs else None,
+        next_due_ms=due_ms_of(pairs[0][1]) if pairs else None,
         dedup_keys=int(dedup_keys),
         totals={name: found.get(name, 0) for name in FLOW_COUNTERS},
     )
