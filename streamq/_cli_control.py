@@ -7,14 +7,18 @@ errors (Redis unreachable, a bad name) are raised for cli.main to report.
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import redis
 
 from ._connection import resolve_url
 from .control import EVERY_GROUP, PauseInfo, pause_sync, pauses_sync, resume_sync
+from .errors import StreamqError
 from .exit_codes import OK
+from .inspect import stream_status_sync
 
 PAUSE_EPILOG = """\
 A pause is stored in Redis and lasts until `streamq resume`, whatever workers start or stop meanwhile.
@@ -70,9 +74,28 @@ def _print_json(value: Any) -> None:
     print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
 
 
+def _nothing_to_hold(url: str, stream: str, group: str | None) -> str | None:
+    """A note when the pause holds nothing yet: a mistyped name is paused as readily as the right one (a
+    pause set ahead of the stream or group is kept, and holds it once it exists). Best effort: a user who
+    may not read the stream's status gets no note."""
+    try:
+        status = stream_status_sync(url, stream)
+    except (redis.RedisError, StreamqError):
+        return None
+    if not status.exists:
+        return f"note: stream {stream} does not exist (yet); check the name"
+    if group not in (None, EVERY_GROUP) and group not in {g.name for g in status.groups}:
+        return f"note: stream {stream} has no group {group} (yet); check the name"
+    return None
+
+
 def cmd_pause(args: argparse.Namespace) -> int:
-    info = pause_sync(resolve_url(args.redis_url), args.stream, args.group, args.reason)
+    url = resolve_url(args.redis_url)
+    info = pause_sync(url, args.stream, args.group, args.reason)
     scope = args.group or EVERY_GROUP
+    note = _nothing_to_hold(url, args.stream, args.group)
+    if note is not None:
+        print(note, file=sys.stderr)  # stderr: --json output stays one JSON document
     if args.json:
         _print_json({"stream": args.stream, "scope": scope, "pause": info})
     else:

@@ -207,3 +207,23 @@ async def test_a_read_of_new_entries_and_due_retries_together_stays_within_the_r
     await asyncio.wait_for(app.run_until_idle(), 60)
     assert handled == set(range(total))
     assert max(sizes) <= rate, sizes
+
+
+def test_cli_pause_notes_a_stream_or_group_that_does_not_exist(
+    redis_url: str, sync_client: redis.Redis, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`streamq pause orders --group bilings` (a typo) is kept like any pause (one set ahead of a deploy
+    must be), but says on stderr that there is no such group, so the operator does not walk away thinking
+    billing is paused; the same for a stream that does not exist. --json output stays one document."""
+    base = ["--redis-url", redis_url, "--log-level", "error"]
+    assert main(["pause", unique, "--json", *base]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["scope"] == "*" and f"stream {unique} does not exist" in err
+    sync_client.xadd(unique, {"d": b"x"})
+    sync_client.xgroup_create(unique, "billing", id="0")
+    assert main(["pause", unique, "--group", "bilings", *base]) == 0
+    assert "has no group bilings" in capsys.readouterr().err
+    for command in (["pause", unique, "--group", "billing"], ["pause", unique]):
+        assert main([*command, *base]) == 0
+        assert capsys.readouterr().err == ""
+    assert set(pauses_sync(redis_url, unique)) == {"*", "bilings", "billing"}
