@@ -171,3 +171,15 @@ def test_a_dry_run_of_a_long_acknowledged_stream_does_not_predict_drops(
     assert (dry.removed, dry.dropped, dry.length_after, dry.estimated) == (n, 0, 0, False)
     real = trim_sync(sync_client, unique, max_len=100)
     assert (real.removed, real.dropped, real.length_after) == (n, 0, 0)
+
+
+def test_trim_of_an_empty_stream_counts_its_groups(
+    capsys: pytest.CaptureFixture[str], redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """A stream emptied by trimming still has its groups: `streamq trim` must not say it has none."""
+    sync_client.xgroup_create(unique, "g", "$", mkstream=True)
+    result = trim_sync(sync_client, unique)
+    assert (result.groups, result.removed, result.length_after, result.held_by) == (1, 0, 0, "g")
+    assert main(["trim", unique, "--redis-url", redis_url]) == OK
+    out = capsys.readouterr().out
+    assert "no consumer group" not in out and f"{unique}: length 0" in out

@@ -102,7 +102,9 @@ local safe, held_by, cut = nil, nil, nil
 local drop_first, drop_after = '', ''
 local n_groups = 0
 local length = redis.call('XLEN', stream)
-if length > 0 then
+-- An empty stream may have groups too (all trimmed, or made with MKSTREAM): count them, or `streamq trim`
+-- says it has none. EXISTS only then: XINFO fails on a key that is not there.
+if length > 0 or redis.call('EXISTS', stream) == 1 then
     local groups = redis.call('XINFO', 'GROUPS', stream)
     n_groups = #groups
     for i = 1, #groups do
