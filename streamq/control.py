@@ -106,9 +106,21 @@ def _s(value: Any) -> str:
     return _shown(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
 
 
+def _checked_hashes(replies: list[Any], names: list[str]) -> list[Any]:
+    """checked(), with a key of another type in the way of a pause hash named (a bare WRONGTYPE does not
+    say which key, and the operator has to find and remove it)."""
+    for name, reply in zip(names, replies, strict=True):
+        if isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE"):
+            raise ConfigurationError(
+                f"key {name!r} exists and is not streamq's pause hash: {reply}"
+            ) from reply
+    return checked(replies)
+
+
 def pause_steps(stream: str) -> Steps[dict[str, PauseInfo]]:
     """The pauses of `stream`: {`*` or group name: PauseInfo}, empty when nothing is paused."""
-    (raw,) = checked((yield [("HGETALL", keys.paused_key(stream))]))
+    name = keys.paused_key(stream)
+    (raw,) = _checked_hashes((yield [("HGETALL", name)]), [name])
     return {_s(field): decode_pause(value if isinstance(value, bytes) else _s(value).encode())
             for field, value in raw.items()}  # fmt: skip
 
@@ -131,13 +143,13 @@ def _pause(stream: str, group: str | None, reason: str) -> Steps[PauseInfo]:
     (clock,) = checked((yield [("TIME",)]))
     info = PauseInfo(since_ms=int(clock[0]) * 1000 + int(clock[1]) // 1000, reason=reason, **_who())
     record = msgspec.json.encode(info)
-    checked((yield [("HSET", key, scope, record) for key in names]))
+    _checked_hashes((yield [("HSET", key, scope, record) for key in names]), names)
     return info
 
 
 def _resume(stream: str, group: str | None) -> Steps[bool]:
     names = yield from _paused_keys(stream)
-    removed = checked((yield [("HDEL", key, _scope(group)) for key in names]))
+    removed = _checked_hashes((yield [("HDEL", key, _scope(group)) for key in names]), names)
     return bool(removed[0])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ import streamq
 from streamq import keys
 from streamq._wire import control as wire
 from streamq.cli import main
-from streamq.control import pause, pause_sync, pauses_sync, resume
+from streamq.control import pause, pause_sync, pauses_sync, resume, resume_sync
 from streamq.errors import ConfigurationError
 
 
@@ -227,3 +228,20 @@ def test_cli_pause_notes_a_stream_or_group_that_does_not_exist(
         assert main([*command, *base]) == 0
         assert capsys.readouterr().err == ""
     assert set(pauses_sync(redis_url, unique)) == {"*", "bilings", "billing"}
+
+
+def test_a_key_of_another_type_in_place_of_the_pause_hash_is_named(
+    redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """A string left where the stream's pause hash goes (by hand, by another program): pause, resume and
+    pauses say which key is in the way, as the workers do (they stop with the same ConfigurationError), not
+    a bare WRONGTYPE the operator cannot act on."""
+    name = keys.paused_key(unique)
+    sync_client.set(name, "not a hash")
+    for call in (
+        lambda: pause_sync(redis_url, unique, "g"),
+        lambda: resume_sync(redis_url, unique, "g"),
+        lambda: pauses_sync(redis_url, unique),
+    ):
+        with pytest.raises(ConfigurationError, match=f"key '{re.escape(name)}' exists and is not"):
+            call()
