@@ -126,6 +126,11 @@ def describe_trim(result: TrimResult) -> list[str]:
     lines.append(f"{stream}: length {'would be ' if result.dry_run else ''}{result.length_after}")
     if result.held_by is not None:
         lines.append(f"{stream}: held back by group {result.held_by} at {result.safe_id}")
+    # A partitioned stream's result adds its partitions up and names no group: say per partition who holds
+    # trimming back, what the command is also for.
+    for part in result.partitions or []:
+        if part.held_by is not None and part.length_after > 0:
+            lines.append(f"{part.stream}: held back by group {part.held_by} at {part.safe_id}")
     return lines
 
 

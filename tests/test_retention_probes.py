@@ -183,3 +183,19 @@ def test_trim_of_an_empty_stream_counts_its_groups(
     assert main(["trim", unique, "--redis-url", redis_url]) == OK
     out = capsys.readouterr().out
     assert "no consumer group" not in out and f"{unique}: length 0" in out
+
+
+def test_trim_of_a_partitioned_stream_says_who_holds_each_partition_back(
+    capsys: pytest.CaptureFixture[str], redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """`streamq trim` is also for seeing what holds trimming back: on a partitioned stream it says so per
+    partition (the summed result names no group)."""
+    names = _partitioned(sync_client, unique, "fast", 2)
+    for name in names:
+        sync_client.xgroup_create(name, "slow", "0")
+        sync_client.xack(name, "fast", *_read(sync_client, name, "fast", 10))
+    sync_client.xack(names[0], "slow", *_read(sync_client, names[0], "slow", 10))
+    assert main(["trim", unique, "--dry-run", "--redis-url", redis_url]) == OK
+    out = capsys.readouterr().out
+    assert f"{names[1]}: held back by group slow at 0-1" in out
+    assert f"{names[0]}: held back" not in out  # nothing left there to hold
