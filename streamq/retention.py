@@ -219,7 +219,8 @@ async def delete_group(
     async with borrowed_async(client, "delete_group", __name__) as connection:
         count, live = await run_steps(connection, _partitioned_group(stream, group))
         if count and not force:
-            # Every partition is checked before any is deleted: a refusal leaves the whole group as it was.
+            # Every partition is checked before any is deleted, so a refusal leaves the group whole (unless a
+            # consumer turns live between the check and the delete: each partition is a script of its own).
             for name in streams_holding(stream, count):
                 found = await wire.delete_group(
                     for_key(connection, name), name, group, live_idle_ms=live_idle_ms, force=False, check=True
@@ -251,7 +252,8 @@ def delete_group_sync(
     with borrowed_sync(client, "delete_group", __name__) as connection:
         count, live = run_steps_sync(connection, _partitioned_group(stream, group))
         if count and not force:
-            # Every partition is checked before any is deleted: a refusal leaves the whole group as it was.
+            # Every partition is checked before any is deleted, so a refusal leaves the group whole (unless a
+            # consumer turns live between the check and the delete: each partition is a script of its own).
             for name in streams_holding(stream, count):
                 found = wire.delete_group_sync(
                     for_key_sync(connection, name), name, group, live_idle_ms=live_idle_ms, force=False,

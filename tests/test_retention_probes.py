@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pytest
 import redis
+import redis.asyncio
 
 from streamq import keys
 from streamq.cli import FAILURE, OK, main
 from streamq.control import pause_sync, pauses_sync
 from streamq.errors import ConfigurationError, GroupInUse
 from streamq.partitions import partition_streams
-from streamq.retention import COUNT_CAP, delete_group_sync, holdback_sync, trim_sync
+from streamq.retention import COUNT_CAP, delete_group, delete_group_sync, holdback_sync, trim_sync
 from streamq.settings import MAX_MAXLEN
 
 MAX_SEQ = 2**64 - 1  # the largest sequence number (and time part) of a stream id
@@ -199,3 +200,16 @@ def test_trim_of_a_partitioned_stream_says_who_holds_each_partition_back(
     out = capsys.readouterr().out
     assert f"{names[1]}: held back by group slow at 0-1" in out
     assert f"{names[0]}: held back" not in out  # nothing left there to hold
+
+
+async def test_group_delete_of_a_partitioned_stream_refused_deletes_nothing_async(
+    client: redis.asyncio.Redis, sync_client: redis.Redis, unique: str
+) -> None:
+    """The same refusal from asyncio code: nothing of the group is deleted."""
+    names = _partitioned(sync_client, unique, "g", 3)
+    _read(sync_client, names[2], "g", 1, consumer="live-one")
+    with pytest.raises(GroupInUse):
+        await delete_group(client, unique, "g")
+    for name in names:
+        assert [g["name"] for g in sync_client.xinfo_groups(name)] == [b"g"]
+        assert sync_client.exists(keys.delayed_key(name, "g"))
