@@ -64,7 +64,12 @@ def _scope_text(stream: str, scope: str) -> str:
 
 
 def _describe(info: PauseInfo) -> str:
-    since = datetime.fromtimestamp(info.since_ms / 1000, UTC).isoformat(timespec="seconds")
+    # 0: a record written by hand, when unknown
+    since = (
+        datetime.fromtimestamp(info.since_ms / 1000, UTC).isoformat(timespec="seconds")
+        if info.since_ms
+        else "?"
+    )
     who = f" by {info.user or '?'}@{info.host}" if info.host else ""
     reason = f": {info.reason}" if info.reason else ""
     return f"since {since}{who}{reason}"

@@ -24,7 +24,7 @@ import getpass
 import os
 import re
 import socket
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import redis
@@ -57,10 +57,16 @@ MAX_REASON_CHARS = 1_000  # a reason is a note for people, shown in logs and tab
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+# The latest time a record may hold: the end of year 9999, the last a datetime can show. A record written
+# by hand with a time beyond it is read as unreadable (shown as text), not a crash of whoever prints it.
+MAX_SINCE_MS = 253_402_300_799_999
+
+
 class PauseInfo(msgspec.Struct, kw_only=True, frozen=True):
     """Who paused a group (or a stream), when and why."""
 
-    since_ms: int  # when it was paused, by the server's clock (Unix ms); 0 when the record is unreadable
+    # When it was paused, by the server's clock (Unix ms); 0 when the record is unreadable.
+    since_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_SINCE_MS)]
     reason: str = ""
     host: str = ""  # the machine that paused it
     pid: int = 0  # the process that paused it

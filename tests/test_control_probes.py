@@ -245,3 +245,22 @@ def test_a_key_of_another_type_in_place_of_the_pause_hash_is_named(
     ):
         with pytest.raises(ConfigurationError, match=f"key '{re.escape(name)}' exists and is not"):
             call()
+
+
+def test_a_pause_record_with_a_time_out_of_range_is_shown_not_a_crash(
+    redis_url: str, sync_client: redis.Redis, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record written by hand whose time no datetime can show (year 3 million, or before 1970) is read as
+    an unreadable record (its text as the reason): `streamq status` and `streamq resume` print it instead
+    of dying with ValueError."""
+    base = ["--redis-url", redis_url, "--log-level", "error"]
+    sync_client.xadd(unique, {"d": b"x"})
+    sync_client.hset(
+        keys.paused_key(unique), mapping={"g": '{"since_ms": 99999999999999999}', "h": '{"since_ms": -1}'}
+    )
+    shown = pauses_sync(redis_url, unique)
+    assert shown["g"].since_ms == 0 and "99999999999999999" in shown["g"].reason
+    assert shown["h"].since_ms == 0
+    for command in (["status", unique], ["resume", unique]):
+        assert main([*command, *base]) == 0
+        assert "99999999999999999" in capsys.readouterr().out
