@@ -93,9 +93,18 @@ async def test_a_raised_rate_is_not_held_back_by_the_schedule_of_the_old_one(
 
     key = keys.rate_key(unique, "down")
     assert await wire.reserve(client, key, 1000, 1000.0) == 0.0
-    lowered = await wire.reserve(client, key, 1, 1.0)
-    assert 0.5 < lowered <= 1.0  # the 1000 events reserved at 1000/s take their 1 s, no more
-    assert 1.5 < await wire.reserve(client, key, 1, 1.0) <= 2.0
+    reserved = await _tat_ms(client, key)
+    # The 1000 events reserved at 1000/s keep their 1 s, no more, no less; then 1 s per event.
+    assert await wire.reserve(client, key, 1, 1.0) <= 1.0
+    assert await _tat_ms(client, key) == (reserved[0] + 1_000, reserved[1])
+    assert await wire.reserve(client, key, 1, 1.0) <= 2.0
+    assert await _tat_ms(client, key) == (reserved[0] + 2_000, reserved[1])
+
+
+async def _tat_ms(client: redis.asyncio.Redis, key: str) -> tuple[int, int]:
+    """The TAT a rate key holds: (whole ms, ns beyond them)."""
+    ms, ns = (await client.get(key)).decode().split("@")[0].split(".")
+    return int(ms), int(ns)
 
 
 async def test_a_stream_paused_before_it_was_partitioned_holds_its_partitions_workers(
