@@ -24,6 +24,9 @@ and a stream without groups is never trimmed. Whole nodes of the stream are free
 entries may stay. Workers do this on their own every trim_interval_ms; this is for streams without a
 running worker, or to see what holds trimming back.
 
+Dead letters are expired only with --dlq-max-age-ms or --dlq-max-len (a worker applies its
+dlq_max_age_ms and dlq_max_len).
+
 --max-len N is a hard cap: entries beyond it are dropped even if a group has not acknowledged them (their
 count and id range are printed). --dry-run removes nothing; its count is of the entries below the cut,
 exact unless 10000 or more are on each side of it ("at least"), an upper bound of what the trim frees.
@@ -32,6 +35,7 @@ examples:
   streamq trim orders --dry-run
   streamq trim orders --keep-acked-ms 86400000      keep a day of acknowledged entries
   streamq trim orders --max-len 1000000 --json
+  streamq trim orders --dlq-max-age-ms 1209600000      also expire dead letters older than 14 days
 """
 
 GROUP_EPILOG = """\
@@ -74,6 +78,14 @@ def add_commands(commands: Any, command: Any, common: argparse.ArgumentParser | 
         "--max-len", metavar="N", type=positive_int, default=None,
         help="then drop the oldest entries beyond N, acknowledged or not (default: no cap)",
     )  # fmt: skip
+    trim.add_argument(
+        "--dlq-max-age-ms", metavar="N", type=positive_int, default=None,
+        help="also expire dead letters older than N ms (default: dead letters are left alone)",
+    )  # fmt: skip
+    trim.add_argument(
+        "--dlq-max-len", metavar="N", type=positive_int, default=None,
+        help="also trim the dead letters to about N, the oldest first (default: no cap)",
+    )  # fmt: skip
     trim.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     # A command with actions, like `dlq`: `streamq group delete STREAM GROUP`.
@@ -97,7 +109,8 @@ def cmd_trim(args: argparse.Namespace) -> int:
     with working(f"{'measuring' if args.dry_run else 'trimming'} {args.stream}"):
         result = trim_sync(
             resolve_url(args.redis_url), args.stream, keep_acked_ms=args.keep_acked_ms,
-            max_len=args.max_len, dry_run=args.dry_run,
+            max_len=args.max_len, dry_run=args.dry_run, dlq_max_age_ms=args.dlq_max_age_ms,
+            dlq_max_len=args.dlq_max_len,
         )  # fmt: skip
     if args.json:
         print_json(result)
@@ -110,9 +123,13 @@ def cmd_trim(args: argparse.Namespace) -> int:
 def describe_trim(result: TrimResult) -> list[str]:
     """`streamq trim`'s report, a line per fact."""
     stream = result.stream
-    if result.groups == 0:
-        return [f"{stream}: no consumer group, nothing trimmed (length {result.length_after})"]
     at_least = "at least " if result.estimated else ""
+    expired = []
+    if result.dead_letters_expired:
+        verb = "would expire up to" if result.dry_run else "expired"
+        expired = [f"{stream}: {verb} {at_least}{result.dead_letters_expired} dead letters"]
+    if result.groups == 0:
+        return [f"{stream}: no consumer group, nothing trimmed (length {result.length_after})", *expired]
     if result.dry_run:
         lines = [f"{stream}: would trim up to {at_least}{result.removed} acknowledged entries"]
     else:
@@ -124,6 +141,7 @@ def describe_trim(result: TrimResult) -> list[str]:
         span = f" ({result.dropped_first} up to {result.dropped_until})" if result.dropped_first else ""
         lines.append(f"{stream}: {verb} {result.dropped} entries over --max-len{span}")
     lines.append(f"{stream}: length {'would be ' if result.dry_run else ''}{result.length_after}")
+    lines += expired
     if result.held_by is not None:
         lines.append(f"{stream}: held back by group {result.held_by} at {result.safe_id}")
     # A partitioned stream's result adds its partitions up and names no group: say per partition who holds

@@ -213,3 +213,34 @@ async def test_group_delete_of_a_partitioned_stream_refused_deletes_nothing_asyn
     for name in names:
         assert [g["name"] for g in sync_client.xinfo_groups(name)] == [b"g"]
         assert sync_client.exists(keys.delayed_key(name, "g"))
+
+
+def test_streamq_trim_expires_dead_letters_when_asked(
+    capsys: pytest.CaptureFixture[str], redis_url: str, sync_client: redis.Redis, unique: str
+) -> None:
+    """`streamq trim` is for streams without a running worker, whose dead letters nothing else expires:
+    --dlq-max-age-ms does it, and says how many; without it they are left alone."""
+    now_ms = int(sync_client.time()[0]) * 1000
+    dlq = keys.dlq_key(unique)
+    for i in range(5):
+        sync_client.xadd(dlq, {"x": i}, id=f"{now_ms - 3_600_000 + i}-0")  # an hour old
+    sync_client.xadd(dlq, {"x": 9})
+    assert main(["trim", unique, "--redis-url", redis_url]) == OK
+    assert sync_client.xlen(dlq) == 6
+    capsys.readouterr()
+    assert main(["trim", unique, "--dlq-max-age-ms", "600000", "--redis-url", redis_url]) == OK
+    assert f"{unique}: expired 5 dead letters" in capsys.readouterr().out
+    assert sync_client.xlen(dlq) == 1
+
+
+def test_a_few_old_dead_letters_expire(sync_client: redis.Redis, unique: str) -> None:
+    """A dead-letter stream of a handful of letters is one node of the stream: an approximate trim never
+    frees it, so its letters outlived dlq_max_age_ms for ever. They expire, and only the old ones."""
+    now_ms = int(sync_client.time()[0]) * 1000
+    dlq = keys.dlq_key(unique)
+    old = [sync_client.xadd(dlq, {"x": i}, id=f"{now_ms - 3_600_000 + i}-0") for i in range(5)]
+    recent = sync_client.xadd(dlq, {"x": 9})
+    dry = trim_sync(sync_client, unique, dlq_max_age_ms=600_000, dry_run=True)
+    result = trim_sync(sync_client, unique, dlq_max_age_ms=600_000)
+    assert dry.dead_letters_expired == result.dead_letters_expired == len(old)
+    assert [entry_id for entry_id, _ in sync_client.xrange(dlq)] == [recent]

@@ -175,7 +175,9 @@ if dlq_before > 0 and (dlq_age or dlq_len) then
         expired = old
         dlq_after = dlq_before - old
     else
-        if dlq_age then redis.call('XTRIM', dlq, 'MINID', '~', ms_id(now_once() - dlq_age)) end
+        -- Exact: `~` frees whole nodes only, so a dead-letter stream of fewer than about 100 entries (one
+        -- node) would keep its letters for ever, whatever their age. Dead letters are few; exact is cheap.
+        if dlq_age then redis.call('XTRIM', dlq, 'MINID', ms_id(now_once() - dlq_age)) end
         if dlq_len then redis.call('XTRIM', dlq, 'MAXLEN', '~', ARGV[5]) end
         dlq_after = redis.call('XLEN', dlq)
         expired = dlq_before - dlq_after
