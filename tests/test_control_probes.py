@@ -273,3 +273,23 @@ def test_a_pause_record_with_a_time_out_of_range_is_shown_not_a_crash(
     for command in (["status", unique], ["resume", unique]):
         assert main([*command, *base]) == 0
         assert "99999999999999999" in capsys.readouterr().out
+
+
+async def test_the_lowest_rates_are_capped_to_one_event_a_year_not_an_overflow(
+    redis_url: str, client: redis.asyncio.Redis, unique: str
+) -> None:
+    """rate_limit=1e-300 is a number above 0, so it is taken; one event then costs more nanoseconds than a
+    float holds (inf), which must be capped to a year like any rate under one event a year, not raise
+    OverflowError in the worker: the first event goes through, and the next one would wait a year."""
+    handled: list[int] = []
+    async with streamq.Producer(redis_url) as producer:
+        await producer.publish_many(unique, [Ping(0)])
+    app = streamq.App(redis_url, freeze_gc=False)
+
+    @app.consumer(unique, group="g", rate_limit=1e-300, lease_ms=2_000, block_ms=50)
+    async def handle(batch: streamq.Batch[Ping]) -> None:
+        handled.extend(e.n for e in batch.events)
+
+    await asyncio.wait_for(app.run_until_idle(), 30)
+    assert handled == [0]
+    assert await wire.reserve(client, keys.rate_key(unique, "g"), 1, 5e-324) > 300 * 86_400

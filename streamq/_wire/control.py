@@ -90,8 +90,10 @@ RESERVE = Script("rate_reserve", RESERVE_SOURCE)
 
 def reservation_cost(n: int, rate: float) -> tuple[int, int]:
     """What n events cost at `rate` events per second: (whole ms, ns beyond them), rounded up so that
-    rounding never lets an event through early."""
-    cost_ns = min(math.ceil(n * 1e9 / rate), MAX_RESERVATION_NS)
+    rounding never lets an event through early. Capped before rounding: at the lowest rates (1e-300 is
+    above 0) the cost in ns is more than a float holds, inf, which no int can take."""
+    cost = n * 1e9 / rate
+    cost_ns = MAX_RESERVATION_NS if cost >= MAX_RESERVATION_NS else math.ceil(cost)
     whole_ms, beyond_ns = divmod(cost_ns, 1_000_000)
     return whole_ms, beyond_ns
 
