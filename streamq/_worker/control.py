@@ -13,9 +13,9 @@ and sleeps until their turn; the entries stay held meanwhile (the lease keeper r
 of the group, in every process, reserves from the same key, so adding workers does not raise the rate.
   - Burst: a limiter that was idle lets one read through at once; after that, events are spaced 1 / rate
     apart. In any window of w seconds, at most rate * w events plus one read's worth start being handled.
-    One read is at most `rate` events (min(batch_size, rate)): a read (or a claim) takes up to its COUNT
-    from each of its two keys, the stream and the group's retry stream, so the consumer's COUNT is half
-    the rate (read_count). Below 2 events/s it is 1: a read may hold one new event and one due retry.
+    One read is at most `rate` events: a read (or a claim) takes up to its COUNT from each of its two
+    keys, the stream and the group's retry stream, so the consumer's COUNT is at most half the rate
+    (read_count). Below 2 events/s it is 1: a read may hold one new event and one due retry.
   - A rate under 1 event/s: reads of one event (two with a retry), each waiting for its turn.
   - A worker that dies or stops after reserving does not give its reservation back: it is spent, and the
     group runs below its rate for that long. Waiting ends as soon as the worker stops (`stopping`, or
