@@ -35,7 +35,8 @@ from redis.exceptions import NoPermissionError, ResponseError
 from . import keys
 from ._connection import RedisLike
 from ._wire import Steps, T, checked, run_steps_on, run_steps_on_sync
-from .control import PauseInfo, pause_steps
+from .control import EVERY_GROUP, PauseInfo, pause_steps
+from .errors import ConfigurationError
 from .partitions import logical_stream, partition_streams, recorded_partitions, side_by_side
 from .retention import Holdback, holdback_steps
 from .scheduling import scheduled_steps
@@ -162,7 +163,7 @@ def _plain_status(stream: str) -> Steps[StreamStatus]:
                 stats=stats,
             )
         )
-    paused = yield from pause_steps(stream)
+    paused = yield from _pauses_shown(stream)
     holdback = yield from holdback_steps(stream)
     scheduled = yield from scheduled_steps(stream)
     (totals_raw,) = checked((yield [("HGETALL", keys.totals_key(stream))]))
@@ -184,6 +185,16 @@ def _plain_status(stream: str) -> Steps[StreamStatus]:
     )
 
 
+def _pauses_shown(stream: str) -> Steps[dict[str, PauseInfo]]:
+    """pause_steps, with a key of another type in place of the pause hash shown as a stream-wide pause
+    whose reason names it: the workers of the stream refuse to run while it is there, so to an operator it
+    is one, and one misconfigured stream must not take every other stream's status down with it."""
+    try:
+        return (yield from pause_steps(stream))
+    except ConfigurationError as exc:
+        return {EVERY_GROUP: PauseInfo(since_ms=0, reason=str(exc))}
+
+
 def _retry_pending(reply: Any) -> int:
     """XPENDING's count on a group's retry stream, which is made at the group's first retry: none before."""
     if isinstance(reply, ResponseError) and not isinstance(reply, NoPermissionError):
@@ -194,7 +205,7 @@ def _retry_pending(reply: Any) -> int:
 def _partitioned_status(stream: str, partitions: int, per_partition: bool) -> Steps[StreamStatus]:
     """The partitions' status read side by side (as many round trips as one stream takes), added up."""
     readers: list[Steps[Any]] = [_plain_status(name) for name in partition_streams(stream, partitions)]
-    readers.append(pause_steps(stream))  # the logical stream's own pauses
+    readers.append(_pauses_shown(stream))  # the logical stream's own pauses
     found = yield from side_by_side(readers)
     parts: list[StreamStatus] = found[:-1]
     own_pauses: dict[str, PauseInfo] = found[-1]

@@ -17,7 +17,7 @@ hash tag, so a Lua script may touch the stream and its companions together on Re
     streamq:{orders}:billing:retry       redeliveries for group `billing` only (retries, replays)
     streamq:{orders}:billing:delayed     sorted set: retries waiting for their backoff, scored by due time
     streamq:{orders}:billing:stats       hash of counters (acked, retried, dead, reclaimed, ...)
-    streamq:{orders}:billing:rate        string: the group's rate limiter state (next free slot, in ms)
+    streamq:{orders}:billing:rate        string: the group's rate limiter (`<next free ms>.<ns>@<rate>`)
     streamq:{orders}:billing:members     sorted set: a partitioned group's live workers, by lease expiry
     streamq:{orders}:billing:owners      hash: partition -> the worker that owns it and until when
     streamq:registry                     set of streams that have had a worker (for `streamq status`)

@@ -21,6 +21,7 @@ from streamq._wire import control as wire
 from streamq.cli import main
 from streamq.control import pause, pause_sync, pauses_sync, resume, resume_sync
 from streamq.errors import ConfigurationError
+from streamq.inspect import status_sync
 
 
 class Ping(streamq.Event, tag="test.control_probes.ping"):
@@ -293,3 +294,22 @@ async def test_the_lowest_rates_are_capped_to_one_event_a_year_not_an_overflow(
     await asyncio.wait_for(app.run_until_idle(), 30)
     assert handled == [0]
     assert await wire.reserve(client, keys.rate_key(unique, "g"), 1, 5e-324) > 300 * 86_400
+
+
+def test_status_shows_a_key_in_the_way_of_the_pause_hash_and_the_other_streams_too(
+    redis_url: str, sync_client: redis.Redis, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`streamq status` over many streams must not fail as a whole because one has a string where its
+    pause hash goes: that stream is shown paused (its workers refuse to run while the key is there) with
+    the key named, and the others as usual."""
+    bad, good = f"{unique}-bad", f"{unique}-good"
+    for stream in (bad, good):
+        sync_client.xadd(stream, {"d": b"x"})
+    sync_client.set(keys.paused_key(bad), "not a hash")
+    shown = {st.stream: st for st in status_sync(redis_url, [bad, good])}
+    assert shown[good].paused == {} and shown[good].length == 1
+    assert set(shown[bad].paused) == {"*"}
+    assert keys.paused_key(bad) in shown[bad].paused["*"].reason
+    assert main(["status", bad, good, "--redis-url", redis_url, "--log-level", "error"]) == 0
+    out = capsys.readouterr().out
+    assert keys.paused_key(bad) in out and good in out
