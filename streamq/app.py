@@ -55,6 +55,7 @@ from ._worker.partitioned import PartitionedConsumer
 from .errors import ConfigurationError, ServerError, describe_error
 from .events import Event
 from .exit_codes import ABANDONED, INTERRUPTED, OK
+from .partitions import logical_stream
 from .settings import (
     DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_LOOP_STALL_MS,
@@ -482,7 +483,12 @@ def _lanes(
     """The lanes of one consumer: a lead, and concurrency - 1 lanes that share its background loops."""
     stream_client = for_key(client, settings.stream)
     registry_client = for_key(client, keys.REGISTRY_KEY)
-    lead = Consumer(settings, handlers, stream_client, keeper, executor, registry_client=registry_client)
+    parent = logical_stream(settings.stream)  # a partition reads its logical stream's pause hash too
+    parent_client = for_key(client, parent[0]) if parent is not None else None
+    lead = Consumer(
+        settings, handlers, stream_client, keeper, executor,
+        registry_client=registry_client, parent_client=parent_client,
+    )  # fmt: skip
     lanes = [
         lead,
         *(

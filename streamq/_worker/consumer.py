@@ -115,10 +115,12 @@ class Consumer:
         lead: Consumer | None = None,
         lane: int = 0,
         registry_client: aioredis.Redis | None = None,
+        parent_client: aioredis.Redis | None = None,
     ) -> None:
         """`lead`: the first lane of this consumer, whose pause state, rate limiter and background loops
         this lane shares (None: this consumer is a lead, or has one lane). `client` serves the stream's
-        keys; `registry_client` the registry's (on a cluster, another slot; None: `client`)."""
+        keys; `registry_client` the registry's and `parent_client` the logical stream's when the stream is a
+        partition (on a cluster, other slots; None: `client`)."""
         self.settings = settings
         self.handlers = handlers
         self.client = client
@@ -156,7 +158,7 @@ class Consumer:
             self.control, self.mover = lead.control, lead.mover
             self.trimmer, self.scheduler, self.lanes = lead.trimmer, lead.scheduler, lead.lanes
         else:
-            self._own_chores(client, settings)
+            self._own_chores(client, settings, parent_client)
         self.fatal: BaseException | None = None  # a background part failed for good: the consumer stops
         self._on_batch = on_batch
         # Observed per batch, never per event (observing.py reads these; the metrics set `observer`, called
@@ -181,9 +183,13 @@ class Consumer:
         # where a group deleted under it is recreated.
         self._settled_through: bytes | None = None
 
-    def _own_chores(self, client: aioredis.Redis, settings: ConsumerSettings) -> None:
+    def _own_chores(
+        self, client: aioredis.Redis, settings: ConsumerSettings, parent_client: aioredis.Redis | None
+    ) -> None:
         """The pause state, rate limiter and background loops of a lead lane, shared with its other lanes."""
-        self.control = Control(client, settings, log=self.log, counts=self.counts)
+        self.control = Control(
+            client, settings, log=self.log, counts=self.counts, parent_client=parent_client
+        )
         self.mover = RetryMover(
             client,
             keys.delayed_key(settings.stream, settings.group),

@@ -52,8 +52,16 @@ class Control:
     """Whether the group may read, and how fast it may handle."""
 
     def __init__(
-        self, client: aioredis.Redis, settings: ConsumerSettings, *, log: Any, counts: dict[str, int]
+        self,
+        client: aioredis.Redis,
+        settings: ConsumerSettings,
+        *,
+        log: Any,
+        counts: dict[str, int],
+        parent_client: aioredis.Redis | None = None,
     ) -> None:
+        """`client` serves the stream's keys; `parent_client` its logical stream's when the stream is a
+        partition (on a cluster, another slot; None: `client`)."""
         self.client = client
         self.settings = settings
         self.log = log
@@ -70,9 +78,11 @@ class Control:
         self._resumed = asyncio.Event()  # known and not paused
         self._answered = asyncio.Event()  # known
         parent = logical_stream(settings.stream)
-        # Its own pause hash first, then its logical stream's when it is a partition (module docstring).
-        names = [settings.stream] if parent is None else [settings.stream, parent[0]]
-        self._paused_keys = [keys.paused_key(name) for name in names]
+        # Its own pause hash first, then its logical stream's when it is a partition (module docstring),
+        # each read through the client of its slot.
+        self._pause_sources = [(client, keys.paused_key(settings.stream))]
+        if parent is not None:
+            self._pause_sources.append((parent_client or client, keys.paused_key(parent[0])))
         self._rate_key = keys.rate_key(settings.stream, settings.group)
         self._fields = (EVERY_GROUP, settings.group)
 
@@ -91,7 +101,7 @@ class Control:
     async def refresh(self) -> None:
         """Read the pause state once; on a transient error keep the last one known."""
         try:
-            read = [await self._read(key) for key in self._paused_keys]
+            read = [await self._read(source, key) for source, key in self._pause_sources]
         except TRANSIENT as exc:
             self.log.debug("pause state unreadable, keeping the last one known", error=describe_error(exc))
             return
@@ -100,10 +110,10 @@ class Control:
         group = next((fields[1] for fields in read if fields[1] is not None), None)
         self._apply(every, group)
 
-    async def _read(self, key: str) -> list[bytes | None]:
+    async def _read(self, client: aioredis.Redis, key: str) -> list[bytes | None]:
         """The `*` and group fields of one pause hash; what waiting will not cure as a ConfigurationError."""
         try:
-            return await wire.pause_fields(self.client, key, self._fields)
+            return await wire.pause_fields(client, key, self._fields)
         except ResponseError as exc:
             if is_denied(exc):
                 raise ConfigurationError(
