@@ -63,8 +63,14 @@ def _clip(text: str, width: int = ERROR_COLUMN_WIDTH) -> str:
 
 
 def format_timestamp(ms: int) -> str:
-    """A time in Unix milliseconds as ISO 8601 UTC to the second; 0 (never) as `-`."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else "-"
+    """A time in Unix milliseconds as ISO 8601 UTC to the second; 0 (never) as `-`. One no datetime can
+    hold (an entry id written by hand, `XADD s 999999999999999-0`) is shown as its number, not a crash."""
+    if not ms:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms since 1970"
 
 
 def format_dead_letters(letters: Sequence[DeadLetter]) -> str:
@@ -159,9 +165,14 @@ def stream_notes(st: StreamStatus) -> list[str]:
         what = "oldest entry it has pending" if held.reason == "pending" else "first entry it has not read"
         kept = f"at least {held.kept}" if held.capped else str(held.kept)
         where = f" in {held.stream}" if held.stream != st.stream else ""
+        if held.tied:  # at one entry: deleting one of them alone would free nothing
+            groups = ", ".join([held.group, *held.tied])
+            who, them, why = f"groups {groups}", "them", f"all at {held.bound_id}"
+        else:
+            who, them, why = f"group {held.group}", "it", f"its {what}, {held.bound_id}"
         notes.append(
-            f"trimming held back by group {held.group}{where}: {kept} entries kept for it alone, since"
-            f" {format_timestamp(held.since_ms)} (its {what}, {held.bound_id})"
+            f"trimming held back by {who}{where}: {kept} entries kept for {them} alone, since"
+            f" {format_timestamp(held.since_ms)} ({why})"
         )
     if st.scheduled:
         notes.append(

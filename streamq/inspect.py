@@ -128,9 +128,15 @@ def _plain_status(stream: str) -> Steps[StreamStatus]:
         )
     (length, exists) = checked([length, exists])
     if not exists:
+        # No stream yet, but delayed events may wait for it (and a pause): with no worker running, nothing
+        # has made the stream, and this is where an operator looks for them.
+        paused = yield from _pauses_shown(stream)
+        scheduled = yield from scheduled_steps(stream)
         return StreamStatus(
-            stream=stream, exists=False, key_type="none", length=0, dead_letters=int(dead), groups=[]
-        )
+            stream=stream, exists=False, key_type="none", length=0, dead_letters=int(dead), groups=[],
+            paused=paused, scheduled=scheduled.scheduled_count,
+            next_scheduled_due_ms=scheduled.next_due_ms, dedup_keys=scheduled.dedup_keys,
+        )  # fmt: skip
     (groups_raw,) = checked([groups_raw])
     names = [_s(info["name"]) for info in groups_raw]
     replies = yield [

@@ -113,6 +113,9 @@ class Holdback(msgspec.Struct, kw_only=True):
     kept: int  # entries kept only because of it (between bound_id and next_id); at least, when capped
     capped: bool
     next_id: str | None  # where trimming would stop without it (another group's bound); None: the end
+    # Other groups at the very same position: the entries are kept for all of them, and deleting one alone
+    # frees nothing.
+    tied: list[str] = msgspec.field(default_factory=list)
 
 
 def _result(stream: str, reply: wire.TrimReply, dry_run: bool) -> TrimResult:
@@ -393,6 +396,7 @@ def holdback_steps(stream: str, *, keep_acked_ms: int = 0) -> Steps[Holdback | N
     bounds.sort()
     _, group, bound, reason = bounds[0]
     later = [b for b in bounds[1:] if b[0] > bounds[0][0]]
+    tied = [b[1] for b in bounds[1:] if b[0] == bounds[0][0]]
     next_id = later[0][2] if later else None
     end = f"({next_id}" if next_id is not None else "+"
     if keep_acked_ms > 0:
@@ -406,7 +410,7 @@ def holdback_steps(stream: str, *, keep_acked_ms: int = 0) -> Steps[Holdback | N
         return None
     return Holdback(
         stream=stream, group=group, reason=reason, bound_id=bound, since_ms=_id_order(_s(first))[0],
-        kept=int(kept), capped=int(kept) >= COUNT_CAP, next_id=next_id,
+        kept=int(kept), capped=int(kept) >= COUNT_CAP, next_id=next_id, tied=tied,
     )  # fmt: skip
 
 
