@@ -49,10 +49,10 @@ Deletes GROUP from STREAM and from its retry stream (XGROUP DESTROY), with its r
 rate limiter and pause. Its pending entries are dropped with it, and trimming no longer waits for it: a
 group nobody consumes any more otherwise keeps every entry from its position on.
 
-Refused while a consumer of the group is live (idle less than {DEFAULT_LIVE_IDLE_MS // 1000} s: a running
-worker reads every block_ms). Stop its workers first: a worker running on a deleted group recreates it,
-and the refusal does not see a paused worker, nor, on Redis before 7.2, one that has had nothing to read
-for a minute. --force deletes it anyway (consumers of a worker that has just died look live for a minute).
+Refused while a worker of the group runs: one whose word in the group's live set holds (renewed every
+few seconds, also while paused or idle), or a consumer idle less than {DEFAULT_LIVE_IDLE_MS // 1000} s. Stop
+its workers first: a worker running on a deleted group recreates it. --force deletes it anyway (the
+consumers of a worker that has just died look live for a minute).
 
 examples:
   streamq group delete orders old-billing

@@ -18,6 +18,7 @@ hash tag, so a Lua script may touch the stream and its companions together on Re
     streamq:{orders}:billing:delayed     sorted set: retries waiting for their backoff, scored by due time
     streamq:{orders}:billing:stats       hash of counters (acked, retried, dead, reclaimed, ...)
     streamq:{orders}:billing:rate        string: the group's rate limiter (`<next free ms>.<ns>@<rate>`)
+    streamq:{orders}:billing:live        sorted set: the group's running workers, by when their word lapses
     streamq:{orders}:billing:members     sorted set: a partitioned group's live workers, by lease expiry
     streamq:{orders}:billing:owners      hash: partition -> the worker that owns it and until when
     streamq:registry                     set of streams that have had a worker (for `streamq status`)
@@ -39,10 +40,9 @@ Names that could make two keys collide, or put a companion in another slot than 
 Why no two keys collide, for names that pass: a companion is `streamq:` + P + [`:` + group] + `:` + kind,
 where P is `{stream}` for a stream without braces and the stream itself for one with a tag. The kinds
 (stream-level `dlq`, `scheduled`, `scheduled-events`, `dedup`, `dedup-expiry`, `paused`, `totals`,
-`partitions`, `metrics-lease`; group-level `retry`, `delayed`, `stats`, `rate`, `members`, `owners`) end
-differently, so a key tells its kind; the group
-holds no `:`, so it is the field before the kind; P tells the stream, since a tagged stream is never
-`{` + brace-free + `}`.
+`partitions`, `metrics-lease`; group-level `retry`, `delayed`, `stats`, `rate`, `live`, `members`,
+`owners`) end differently, so a key tells its kind; the group holds no `:`, so it is the field before
+the kind; P tells the stream, since a tagged stream is never `{` + brace-free + `}`.
 No stream name starts with `streamq:`, so no stream is another's companion or the registry.
 Why each companion shares its stream's slot: `streamq:` holds no brace, so a tagged stream's first
 `{...}` is the companion's too; a stream without braces is the whole tag of `{stream}`.
@@ -167,6 +167,10 @@ def metrics_lease_key(stream: str) -> str:
 
 def rate_key(stream: str, group: str) -> str:
     return f"{_companion_prefix(stream)}:{_group(group)}:rate"
+
+
+def live_key(stream: str, group: str) -> str:
+    return f"{_companion_prefix(stream)}:{_group(group)}:live"
 
 
 # A partitioned stream's own keys (beside its partitions, which are streams of their own: partitions.py).

@@ -23,6 +23,7 @@ GROUP_KINDS: dict[str, Callable[[str, str], str]] = {
     "delayed": keys.delayed_key,
     "stats": keys.stats_key,
     "rate": keys.rate_key,
+    "live": keys.live_key,
     "members": keys.members_key,
     "owners": keys.owners_key,
 }

@@ -131,6 +131,40 @@ def reserve_sync(client: redis.Redis, rate_key: str, n: int, rate: float) -> flo
     return _wait_s(reply)
 
 
+# Presence: a running worker puts its consumer name in the group's live set (keys.live_key), scored by the
+# server time its word lapses, every LIVE_EVERY_MS. `streamq group delete` refuses while anyone's word is
+# good: a consumer's idle time in XINFO CONSUMERS does not show a worker that reads nothing (paused, or on
+# Redis 7.0 one whose stream is quiet: an empty read does not reset idle there).
+LIVE_TTL_MS = 15_000
+LIVE_EVERY_MS = 5_000
+
+# KEYS[1]: the group's live set. ARGV: the consumer's name, how long its word holds (ms; 0: it leaves).
+# Drops the lapsed words of others; the set expires with the last word in it.
+ANNOUNCE_SOURCE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ttl > 0 then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+    redis.call('PEXPIRE', KEYS[1], ttl)
+else
+    redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+ANNOUNCE = Script("announce", ANNOUNCE_SOURCE)
+
+
+async def announce(client: aioredis.Redis, live_key: str, consumer: str, ttl_ms: int) -> None:
+    """Say that `consumer` runs for ttl_ms more (0: that it has stopped)."""
+    try:
+        await client.evalsha(ANNOUNCE.sha, 1, live_key, consumer, ttl_ms)
+    except redis.exceptions.NoScriptError:
+        await client.eval(ANNOUNCE.source, 1, live_key, consumer, ttl_ms)
+
+
 async def pause_fields(
     client: aioredis.Redis, paused_key: str, fields: tuple[str, ...]
 ) -> list[bytes | None]:

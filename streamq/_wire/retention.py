@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .. import keys
 from ..errors import ConfigurationError
+from .control import LIVE_TTL_MS
 from .replies import decode_id, is_denied, raise_for_key
 from .transport import Arg, Script
 
@@ -195,15 +196,20 @@ return {removed, dropped, after, safe or '', held_by or '', cut or '', drop_firs
 )
 
 # Delete a group from a stream and its retry stream with everything streamq keeps for it, unless one of
-# its consumers is live (idle less than ARGV[2] ms on either key: a worker reads every block_ms and renews
-# its leases every lease/3, both of which reset idle). In one script, so no consumer can turn up between
-# the check and the delete. A missing key or group holds no consumer and is nothing to destroy.
-# KEYS: stream, retry stream, delayed zset, stats hash, rate string, paused hash.
+# its consumers is live: its word in the group's live set has not lapsed (a running worker renews it every
+# few seconds, see _wire/control.py), or it was idle less than ARGV[2] ms on either key (a worker reads
+# every block_ms and renews its leases every lease/3, both of which reset idle; this also catches workers
+# of versions that gave no word). The idle time alone misses a running worker that reads nothing: a
+# paused one, or on Redis 7.0 one whose stream is quiet (an empty read does not reset idle there).
+# In one script, so no consumer can turn up between the check and the delete. A missing key or group holds
+# no consumer and is nothing to destroy.
+# KEYS: stream, retry stream, delayed zset, stats hash, rate string, paused hash, live set.
 # ARGV: group, live idle ms, force ('1': delete even with live consumers), check ('1': only say which
 # consumers are live, delete nothing: a partitioned stream's partitions are all checked before any is
-# deleted, so that a refusal leaves the group whole).
-# Returns {0, name, idle ms, name, idle ms, ...} (live consumers, nothing done; always with check) or
-# {1, destroyed on the stream (0/1), entries that were pending, consumers}.
+# deleted, so that a refusal leaves the group whole), how long a word holds (ms).
+# Returns {0, name, idle ms, name, idle ms, ...} (live consumers, nothing done; always with check; for a
+# word, the ms since it was given) or {1, destroyed on the stream (0/1), entries that were pending,
+# consumers}.
 DELETE_GROUP_SOURCE = """
 local group, live_ms, force, check = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4] == '1'
 local function tolerant(...)
@@ -230,13 +236,26 @@ for k = 1, 2 do
     local summary = tolerant('XPENDING', KEYS[k], group)
     if summary then pending = pending + tonumber(summary[1]) end
 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local words = redis.call('ZRANGE', KEYS[7], now, '+inf', 'BYSCORE', 'WITHSCORES')
+for i = 1, #words, 2 do
+    local known = false
+    for j = 1, #live, 2 do
+        if live[j] == words[i] then known = true end
+    end
+    if not known then
+        live[#live + 1] = words[i]
+        live[#live + 1] = math.max(0, tonumber(ARGV[5]) - (tonumber(words[i + 1]) - now))
+    end
+end
 if check or (#live > 0 and not force) then
     table.insert(live, 1, 0)
     return live
 end
 local destroyed = tolerant('XGROUP', 'DESTROY', KEYS[1], group) or 0
 tolerant('XGROUP', 'DESTROY', KEYS[2], group)
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
 redis.call('HDEL', KEYS[6], group)
 return {1, destroyed, pending, n_consumers}
 """
@@ -330,9 +349,10 @@ def delete_group_call(
     """DELETE_GROUP's keys and arguments."""
     script_keys = [
         stream, keys.retry_key(stream, group), keys.delayed_key(stream, group), keys.stats_key(stream, group),
-        keys.rate_key(stream, group), keys.paused_key(stream),
+        keys.rate_key(stream, group), keys.paused_key(stream), keys.live_key(stream, group),
     ]  # fmt: skip
-    return script_keys, [group, live_idle_ms, b"1" if force else b"0", b"1" if check else b"0"]
+    flags = [b"1" if force else b"0", b"1" if check else b"0"]
+    return script_keys, [group, live_idle_ms, *flags, LIVE_TTL_MS]
 
 
 def _raise_mapped(stream: str, exc: ResponseError, what: str, wrong: tuple[str, str] | None = None) -> None:

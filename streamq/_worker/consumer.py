@@ -188,8 +188,9 @@ class Consumer:
     ) -> None:
         """The pause state, rate limiter and background loops of a lead lane, shared with its other lanes."""
         self.control = Control(
-            client, settings, log=self.log, counts=self.counts, parent_client=parent_client
-        )
+            client, settings, log=self.log, counts=self.counts, parent_client=parent_client,
+            consumer=self.name,
+        )  # fmt: skip
         self.mover = RetryMover(
             client,
             keys.delayed_key(settings.stream, settings.group),
@@ -289,6 +290,8 @@ class Consumer:
             self.ready = False
             self.unsettled.clear()
             await self.lanes.leave(self)
+            if not self.lanes.running:  # the last lane out: the worker stops
+                await self.control.leave()
             await link.close()
             await reap_self(self.client, self.keys, self.group, self.name, self.log)
             self.log.info("consumer stopped", **self.counts)

@@ -59,9 +59,11 @@ class Control:
         log: Any,
         counts: dict[str, int],
         parent_client: aioredis.Redis | None = None,
+        consumer: str = "",
     ) -> None:
         """`client` serves the stream's keys; `parent_client` its logical stream's when the stream is a
-        partition (on a cluster, another slot; None: `client`)."""
+        partition (on a cluster, another slot; None: `client`). `consumer`: the name this worker gives in
+        the group's live set (see announce; empty: it gives none)."""
         self.client = client
         self.settings = settings
         self.log = log
@@ -85,6 +87,9 @@ class Control:
             self._pause_sources.append((parent_client or client, keys.paused_key(parent[0])))
         self._rate_key = keys.rate_key(settings.stream, settings.group)
         self._fields = (EVERY_GROUP, settings.group)
+        self._consumer = consumer
+        self._live_key = keys.live_key(settings.stream, settings.group)
+        self._next_announce = 0.0  # loop time of the next announcement: at once
 
     def stop(self) -> None:
         self.done.set()
@@ -92,11 +97,46 @@ class Control:
     # ------------------------------------------------------------------------------------------ pause
 
     async def run(self) -> None:
-        """Read the pause state every control_every_ms until `done` is set."""
+        """Read the pause state every control_every_ms, and say this worker runs every LIVE_EVERY_MS,
+        until `done` is set."""
         every_s = self.settings.control_every_ms / 1000
         while not self.done.is_set():
             await self.refresh()
+            await self._announce()
             await _first_of([self.done], every_s)
+
+    async def _announce(self) -> None:
+        """Renew this worker's word in the group's live set when due: what `streamq group delete` reads to
+        refuse while the group has a running worker, even one that reads nothing (paused, a quiet stream).
+        A failure only delays it: the word outlasts two missed renewals."""
+        loop = asyncio.get_running_loop()
+        if not self._consumer or loop.time() < self._next_announce:
+            return
+        try:
+            await wire.announce(self.client, self._live_key, self._consumer, wire.LIVE_TTL_MS)
+        except (*TRANSIENT, ResponseError) as exc:
+            # A denial (an ACL written before this key existed) must not stop the worker: it only makes
+            # group delete fall back on idle times. Said once, at warning level.
+            if isinstance(exc, ResponseError) and is_denied(exc):
+                self.log.warning(
+                    "may not announce this worker (group delete will not see it while it reads nothing)",
+                    key=self._live_key, error=describe_error(exc),
+                )  # fmt: skip
+                self._consumer = ""
+                return
+            self.log.debug("could not announce this worker, trying again", error=describe_error(exc))
+            self._next_announce = loop.time() + self.settings.control_every_ms / 1000
+            return
+        self._next_announce = loop.time() + wire.LIVE_EVERY_MS / 1000
+
+    async def leave(self) -> None:
+        """Take this worker's word back (it stops): best effort; otherwise it lapses within LIVE_TTL_MS."""
+        if not self._consumer:
+            return
+        try:
+            await asyncio.wait_for(wire.announce(self.client, self._live_key, self._consumer, 0), 2)
+        except (TimeoutError, *TRANSIENT, ResponseError) as exc:
+            self.log.debug("could not take this worker's word back", error=describe_error(exc))
 
     async def refresh(self) -> None:
         """Read the pause state once; on a transient error keep the last one known."""
