@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _wire, keys
@@ -333,10 +333,10 @@ class App:
         while not stopping.is_set():
             try:
                 return await _wire.check_server(client)
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ResponseError) as exc:
                 if stopping.is_set():
                     return None
-                if not _server_down(exc):
+                if not _wire.passes(exc) and (not isinstance(exc, TRANSIENT) or not _server_down(exc)):
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ServerError(

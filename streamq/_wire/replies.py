@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, OutOfMemoryError, ResponseError
+from redis.exceptions import NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._cluster import REDIRECTIONS
@@ -108,6 +108,18 @@ def raise_for_key(stream: str, error: ResponseError) -> None:
     if isinstance(error, NoPermissionError):
         raise ConfigurationError(f"the Redis user may not run this command on {stream!r}: {text}") from error
     raise error
+
+
+def passes(error: BaseException) -> bool:
+    """An error reply that says the server cannot serve now but will: BUSY (another client's script has
+    run past its time limit; it ends, or SCRIPT KILL ends it), READONLY (the server was made a replica, as
+    in a failover under way), MASTERDOWN (a replica that lost its primary). Like TRANSIENT, whoever sees
+    one waits and tries again, instead of a worker stopping for another client's script. (-LOADING is
+    redis-py's BusyLoadingError, a ConnectionError, already in TRANSIENT.)"""
+    if not isinstance(error, ResponseError):
+        return False
+    text = str(error)
+    return text.startswith(("BUSY ", "READONLY", "MASTERDOWN")) or isinstance(error, ReadOnlyError)
 
 
 def is_denied(error: ResponseError) -> bool:

@@ -268,7 +268,15 @@ class Consumer:
                     delay_s = 0.05
                     if not worked and burst and await self._drained(link):
                         break
-                except TRANSIENT as exc:
+                except (*TRANSIENT, ResponseError) as exc:
+                    if not isinstance(exc, TRANSIENT) and not _wire.passes(exc):
+                        if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                            raise
+                        # The stream or group vanished (XGROUP DESTROY, a DEL, a server restarted without
+                        # persistence). A read blocked at that moment fails with UNBLOCKED (Redis >= 7.0).
+                        await self._with_reconnect(self._recreate_group, stopping)
+                        continue
+                    # Unreachable, or it cannot serve for now (another client's long script: BUSY).
                     self.redis_errors += 1
                     self.ready = False
                     self.log.warning(
@@ -276,12 +284,6 @@ class Consumer:
                     )
                     await _sleep_or_stop(stopping, delay_s)
                     delay_s = min(delay_s * 2, MAX_RECONNECT_DELAY_S)
-                except ResponseError as exc:
-                    if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                        raise
-                    # The stream or group vanished (XGROUP DESTROY, a DEL, a server restarted without
-                    # persistence). A read blocked at that moment fails with UNBLOCKED (Redis >= 7.0).
-                    await self._with_reconnect(self._recreate_group, stopping)
             self._raise_if_failed()
         except asyncio.CancelledError:
             self.counts["given_back"] += await self.holdings.give_back()
@@ -308,7 +310,9 @@ class Consumer:
             try:
                 await step()
                 return
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ResponseError) as exc:
+                if not isinstance(exc, TRANSIENT) and not _wire.passes(exc):
+                    raise
                 self.redis_errors += 1
                 if stopping.is_set():
                     raise
@@ -723,7 +727,9 @@ class Consumer:
                 try:
                     done = await _wire.settle(link, self.group, self.name, plans, resent=resent)
                     break
-                except TRANSIENT as exc:
+                except (*TRANSIENT, ResponseError) as exc:
+                    if not isinstance(exc, TRANSIENT) and not _wire.passes(exc):
+                        raise
                     self.redis_errors += 1
                     self.log.warning("settle failed, retrying", error=describe_error(exc), retry_in_s=delay_s)
                     await asyncio.sleep(delay_s)

@@ -24,9 +24,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 
 from .. import keys
 from .._wire import partitioning as wire
+from .._wire import passes
 from ..errors import describe_error
 from ..partitions import partition_stream, refuse_other_count
 from ..settings import ConsumerSettings
@@ -204,7 +206,9 @@ class PartitionedConsumer:
                 if delay_s > 0.05:
                     self.reconnects += 1
                 return
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ResponseError) as exc:
+                if not isinstance(exc, TRANSIENT) and not passes(exc):
+                    raise
                 self.redis_errors += 1
                 self.ready = False
                 self.log.warning("redis unavailable, retrying", error=describe_error(exc), retry_in_s=delay_s)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from .._wire import passes
 from ..errors import ConfigurationError, WorkerFailed, describe_error
 
 
@@ -42,6 +43,7 @@ async def supervise(
 ) -> None:
     """Run `body` (a loop that returns once `done` is set), restarting it when it fails."""
     failures = 0
+    waits = 0  # the server said in a row that it cannot serve for now (BUSY, READONLY): not failures
     while not done.is_set():
         started = time.monotonic()
         try:
@@ -52,6 +54,18 @@ async def supervise(
             on_fatal(exc)
             return
         except Exception as exc:
+            if passes(exc):
+                # Another client's long script, a failover under way: it ends by itself, and a worker
+                # must not stop for it. Waited out like an unreachable server, and not counted as a failure.
+                waits += 1
+                log.warning("server cannot serve for now, waiting", loop=name, error=describe_error(exc))
+                try:
+                    async with asyncio.timeout(min(MAX_BACKOFF_S, 0.05 * 2**waits)):
+                        await done.wait()
+                except TimeoutError:
+                    pass
+                continue
+            waits = 0
             if time.monotonic() - started >= HEALTHY_AFTER_S:
                 failures = 0
             failures += 1
