@@ -18,8 +18,11 @@ chunk's round trip; too few replicas in its reply raise ReplicationTimeout (repl
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
+import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -128,12 +131,33 @@ class Planner:
         fields: Sequence[HeaderFields] = header_fields or [()] * len(payloads)
         planned = [
             publishing.Planned(
-                key or "", publishing.SCHEDULE_ID_PREFIX + uuid.uuid4().hex if due_mode else "", payload, h
+                key or "", new_schedule_id() if due_mode else "", payload, h
             )
             for key, payload, h in zip(keys, payloads, fields, strict=True)
         ]
         scripted = [planned[start : start + size] for start in range(0, len(planned), size)]
         return PublishPlan(stream, None, scripted, trim, approximate, due_mode, due_value, ttl_ms)
+
+
+_schedule_counter = itertools.count()
+_schedule_clock = [0]  # the last microsecond an id was made at: ids never go back with the clock
+_schedule_lock = threading.Lock()  # SyncProducer is shared by threads
+
+
+def new_schedule_id() -> str:
+    """`sched-` and 32 hex digits: the time in microseconds, a counter of this process, then randomness.
+
+    Delayed events due at one millisecond are moved in the order of their ids (the scheduled set orders
+    equal scores by member), so ids that sort in publish order keep a `publish_many(..., at=T)` in order
+    when it enters the stream, as an ordered partition needs; random ids (uuid4) shuffled it. The random
+    part keeps ids of different processes apart."""
+    with _schedule_lock:
+        micros = _schedule_clock[0] = max(_schedule_clock[0], time.time_ns() // 1_000)
+        count = next(_schedule_counter)
+    return (
+        f"{publishing.SCHEDULE_ID_PREFIX}{micros % 16**14:014x}{count % 16**6:06x}"
+        f"{secrets.token_hex(6)}"
+    )
 
 
 def replication_timeout(
