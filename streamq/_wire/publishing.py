@@ -11,7 +11,8 @@ by its due time in ms (keys.scheduled_key). Moving it writes the very entry the 
 written (`XADD stream * d payload [header fields]`). A delayed event published with a dedup key also keeps
 that key beside its payload, under `<schedule id>#key`, so cancelling it frees the key; one with headers
 keeps them under `<schedule id>#h` (the flat name, value, ... list as msgpack, packed and unpacked by the
-scripts with the server's cmsgpack). Listing goes by the sorted set and never sees those fields.
+scripts with the server's cmsgpack); one published with maxlen keeps it under `<schedule id>#m`, applied
+when it is moved (its append). Listing goes by the sorted set and never sees those fields.
 
 Headers ride in every PUBLISH call as a count and the fields, per event: an event without any costs one
 argument ('0').
@@ -29,6 +30,7 @@ import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import keys
+from ..settings import MAX_HEADERS, MAX_TRACE_HEADER_BYTES
 from .commands import ReplicaWait, roundtrip_waiting_sync
 from .replies import decode_id, raise_for_key
 from .transport import Arg, Link, Script, pack, roundtrip_sync
@@ -109,6 +111,10 @@ for i = 1, n do
             redis.call('HSET', events, sid, payload)
             if key ~= '' then redis.call('HSET', events, sid .. '#key', key) end
             if nh > 0 then redis.call('HSET', events, sid .. '#h', cmsgpack.pack(extra)) end
+            -- maxlen caps each append, and a delayed event's append is its move: the cap goes with it.
+            if maxlen ~= '' then
+                redis.call('HSET', events, sid .. '#m', (approximate and '~' or '=') .. maxlen)
+            end
             scheduled = scheduled + 1
             id = sid
         elseif maxlen ~= '' then
@@ -143,32 +149,63 @@ return out
 # Move due delayed events into their stream, each exactly once: the read of what is due, the XADDs and the
 # removals are one atomic step, so movers racing over the same events (every worker of every group runs
 # one) never both move one, and a mover killed at any point has moved a whole step or nothing.
-# KEYS: stream, scheduled, scheduled events, totals. ARGV: limit.
+# A call stops after `limit` events or once it has moved `max bytes` of payloads (at least one event):
+# the server runs nothing else meanwhile, and a count alone let 1000 events of 1 MiB hold it for over a
+# second. What is left is due now, which the reply says (0 ms), so the mover calls again at once.
+# KEYS: stream, scheduled, scheduled events, totals. ARGV: limit, max bytes.
 # Returns {moved, ms until the next is due or -1}.
 MOVE_SCHEDULED_SOURCE = (
     _PRELUDE
     + """
+-- The header fields as the publish script packed them: a flat list of strings, names and values. Anything
+-- else (a hand-edited field, another tool's) is left out rather than raised: an error here would fail every
+-- move of the stream from then on, and stop its workers, for want of headers beside an intact payload. The
+-- most a publish writes: MAX_HEADERS, and the trace context's, at least 2 bytes each; unpack() takes that.
+local function header_fields(packed)
+    if not packed then return {} end
+    local ok, extra = pcall(cmsgpack.unpack, packed)
+    if not ok or type(extra) ~= 'table' or #extra % 2 ~= 0 or #extra > """
+    + str(2 * (MAX_HEADERS + MAX_TRACE_HEADER_BYTES // 2))
+    + """ then return {} end
+    for j = 1, #extra do
+        if type(extra[j]) ~= 'string' then return {} end
+    end
+    return extra
+end
 local stream, sched, events, totals = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local refused = check_stream(stream)
 if refused then return refused end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local moved = 0
+local budget = tonumber(ARGV[2])
+local moved, bytes, dropped = 0, 0, 0
 for i = 1, #due do
+    if bytes >= budget then break end
     local sid = due[i]
     local payload = redis.call('HGET', events, sid)
     -- No payload: only a hand-edited hash gets here; the schedule is dropped rather than retried for ever.
     if payload then
-        local packed = redis.call('HGET', events, sid .. '#h')
-        local extra = {}
-        if packed then extra = cmsgpack.unpack(packed) end
-        redis.call('XADD', stream, '*', 'd', payload, unpack(extra))
+        local extra = header_fields(redis.call('HGET', events, sid .. '#h'))
+        -- The maxlen given at publish ('~N' or '=N'), counted as the publish script counts it; an
+        -- unreadable one (a hand edit) is no cap, like unreadable headers. N stays the digits given: as a
+        -- Lua number, one past 1e14 would reach XADD as a float it refuses.
+        local cap = redis.call('HGET', events, sid .. '#m')
+        local op, n = cap and cap:sub(1, 1), cap and cap:sub(2):match('^%d+$')
+        if n and (op == '~' or op == '=') then
+            local before = redis.call('XLEN', stream)
+            redis.call('XADD', stream, 'MAXLEN', op, n, '*', 'd', payload, unpack(extra))
+            dropped = dropped + before + 1 - redis.call('XLEN', stream)
+        else
+            redis.call('XADD', stream, '*', 'd', payload, unpack(extra))
+        end
         moved = moved + 1
+        bytes = bytes + #payload
     end
-    redis.call('HDEL', events, sid, sid .. '#key', sid .. '#h')
+    redis.call('HDEL', events, sid, sid .. '#key', sid .. '#h', sid .. '#m')
     redis.call('ZREM', sched, sid)
 end
 if moved > 0 then redis.call('HINCRBY', totals, 'scheduled_moved', moved) end
+if dropped > 0 then redis.call('HINCRBY', totals, 'dropped_by_maxlen', dropped) end
 local nxt = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
 if #nxt == 0 then return {moved, -1} end
 return {moved, math.max(0, tonumber(nxt[2]) - now)}
@@ -185,7 +222,7 @@ for i = 1, #ARGV do
     local sid = ARGV[i]
     if redis.call('ZREM', sched, sid) == 1 then
         local key = redis.call('HGET', events, sid .. '#key')
-        redis.call('HDEL', events, sid, sid .. '#key', sid .. '#h')
+        redis.call('HDEL', events, sid, sid .. '#key', sid .. '#h', sid .. '#m')
         if key and redis.call('HGET', index, key) == sid then
             redis.call('HDEL', index, key)
             redis.call('ZREM', expiry, key)
@@ -243,6 +280,8 @@ BACKLOG = Script("backlog", BACKLOG_SOURCE)
 SCHEDULE_ID_PREFIX = "sched-"
 KEY_SUFFIX = "#key"  # the field beside a delayed event's payload that holds its dedup key
 HEADERS_SUFFIX = "#h"  # the field beside a delayed event's payload that holds its headers
+MAXLEN_SUFFIX = "#m"  # the field beside a delayed event's payload that holds its maxlen ('~N' or '=N')
+MOVE_BYTES = 4 * 1024 * 1024  # payload bytes one move call takes at most (past its first event)
 
 
 class Planned(NamedTuple):
@@ -354,11 +393,12 @@ def pack_move_scheduled(stream: str, limit: int) -> bytes:
     script_keys = (
         stream, keys.scheduled_key(stream), keys.scheduled_events_key(stream), keys.totals_key(stream),
     )  # fmt: skip
-    return MOVE_SCHEDULED.pack(script_keys, [limit])
+    return MOVE_SCHEDULED.pack(script_keys, [limit, MOVE_BYTES])
 
 
 async def move_scheduled(link: Link, stream: str, limit: int) -> tuple[int, int]:
-    """Move up to `limit` due delayed events into `stream`; returns (moved, ms to the next due or -1)."""
+    """Move up to `limit` due delayed events, and about MOVE_BYTES of payloads (at least one event), into
+    `stream`; returns (moved, ms to the next due: 0 when more are due now, -1 when none waits)."""
     try:
         (reply,) = await link.scripts([pack_move_scheduled(stream, limit)])
     except ResponseError as exc:
