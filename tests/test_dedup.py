@@ -130,7 +130,8 @@ async def test_a_key_is_forgotten_after_its_ttl(
 async def test_expired_keys_are_purged_a_bounded_number_per_call(
     redis_url: str, client: redis.asyncio.Redis, unique: str
 ) -> None:
-    """A keyed publish forgets at most 100 expired keys: bounded work per call, and the index shrinks."""
+    """A keyed publish of one event forgets at most 100 expired keys (a call of more events, one per
+    event): bounded work per call, and the index shrinks."""
     index, expiry = keys.dedup_index_key(unique), keys.dedup_expiry_key(unique)
     async with streamq.Producer(redis_url, dedup_ttl_ms=1) as producer:
         await producer.publish_many(

@@ -56,8 +56,10 @@ local function check_stream(key)
 end
 """
 
-# How many expired dedup keys one publish forgets: bounded work per call, and steady publishing forgets
-# them faster than they expire.
+# How many expired dedup keys one publish forgets: PURGE_PER_CALL, or as many as the call has events if
+# more. Bounded work per call, proportional to its size, and never fewer than the call can add: a flat 100
+# let each publish_many of 1000 keyed events add 1000 keys and forget 100, so expired keys piled up
+# without end under steady batches.
 PURGE_PER_CALL = 100
 
 # Publish one chunk: dedup check, then XADD (with MAXLEN when given) or scheduling, per event, atomically.
@@ -76,9 +78,11 @@ local refused = check_stream(stream)
 if refused then return refused end
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, purge)
-if #expired > 0 then
-    redis.call('HDEL', index, unpack(expired))
-    redis.call('ZREM', expiry, unpack(expired))
+for i = 1, #expired, 1000 do
+    -- In slices: unpack fails past a few thousand values, and a chunk may have up to a million events.
+    local last = math.min(i + 999, #expired)
+    redis.call('HDEL', index, unpack(expired, i, last))
+    redis.call('ZREM', expiry, unpack(expired, i, last))
 end
 local due = now
 if mode == 'd' then due = now + when elseif mode == 'a' then due = when end
@@ -239,17 +243,61 @@ return out
 
 # The largest backlog over the stream's groups: entries not delivered yet (lag) plus delivered and not
 # settled (pending). XINFO GROUPS gives lag from Redis 7.0 on, but not always (nil after deletions inside
-# the group's range, and absent before 7.0): then the entries after the group's last-delivered id are
-# counted, at most ARGV[1] of them, which is all a "more than max_backlog?" question needs. A lag above the
-# stream's length (a server's miscount after trimming) is taken as the length.
+# the group's range, after a group is created or moved to an id of the stream's middle, and absent before
+# 7.0). Then the entries after the group's last-delivered id are counted, in pages of BACKLOG_PAGE, up to
+# the lower of ARGV[1] (the count cap: all a "more than max_backlog?" question needs) and BACKLOG_SCAN
+# entries or BACKLOG_SCAN_BYTES of them. Counting them all up to a large max_backlog would copy every
+# entry into the script: at 100 000 entries of 1 KB, about a second with the server blocked and hundreds
+# of MB, at every check. Past that the lag is taken as an upper bound that never under-counts: the
+# stream's length, or entries-added minus the group's entries-read when the server still has that count
+# (it over-counts only by the entries deleted inside the group's range). A lag above the stream's length
+# (a server's miscount after trimming) is taken as the length.
 # KEYS: stream. ARGV: count cap. Returns {group, backlog, lag, pending}; {'', 0, 0, 0} without groups.
+BACKLOG_SCAN = 1_000
+BACKLOG_SCAN_BYTES = 4 * 1024 * 1024
+BACKLOG_PAGE = 20  # entries held at once: at most 20 MiB of the largest events
 BACKLOG_SOURCE = (
     _PRELUDE
+    + f"""
+local SCAN, SCAN_BYTES, PAGE = {BACKLOG_SCAN}, {BACKLOG_SCAN_BYTES}, {BACKLOG_PAGE}
+"""
     + """
 local stream, cap = KEYS[1], tonumber(ARGV[1])
 if stream_type(stream) ~= 'stream' then return {'', 0, 0, 0} end
 local worst = {'', 0, 0, 0}
 local length = redis.call('XLEN', stream)
+local added = nil
+local function entries_added()
+    if added == nil then
+        added = false
+        -- pcall: the producer's documented ACL (SECURITY.md) grants XINFO GROUPS and XRANGE only; without
+        -- XINFO STREAM the bound is the stream's length.
+        local s = redis.pcall('XINFO', 'STREAM', stream)
+        if type(s) == 'table' and not s['err'] then
+            for j = 1, #s, 2 do
+                if s[j] == 'entries-added' then added = tonumber(s[j + 1]) or false end
+            end
+        end
+    end
+    return added
+end
+-- Entries after `last`, counted up to `limit` entries or SCAN_BYTES of them, a page at a time (one page
+-- held at once); true when that counted them all.
+local function count_after(last, limit)
+    local n, bytes, from = 0, 0, '(' .. last
+    while n < limit and bytes < SCAN_BYTES do
+        local want = math.min(PAGE, limit - n)
+        local page = redis.call('XRANGE', stream, from, '+', 'COUNT', want)
+        n = n + #page
+        if #page < want then return n, true end
+        for k = 1, #page do
+            local fields = page[k][2]
+            for f = 1, #fields do bytes = bytes + #fields[f] end
+        end
+        from = '(' .. page[#page][1]
+    end
+    return n, false
+end
 local groups = redis.call('XINFO', 'GROUPS', stream)
 for i = 1, #groups do
     local info = {}
@@ -257,8 +305,17 @@ for i = 1, #groups do
     for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
     local lag = info['lag']
     if type(lag) ~= 'number' then
-        lag = #redis.call('XRANGE', stream, '(' .. info['last-delivered-id'], '+', 'COUNT', cap)
-    elseif lag > length then
+        local counted, complete = count_after(info['last-delivered-id'], math.min(cap, SCAN))
+        lag = counted
+        if not complete and counted < cap then
+            local bound = length
+            local read = info['entries-read']
+            local total = entries_added()
+            if type(read) == 'number' and total and total - read < bound then bound = total - read end
+            lag = math.max(counted, bound)
+        end
+    end
+    if lag > length then
         -- The server's lag overstates once entries past the group's position were trimmed (its read
         -- counter is not corrected; valkey-io/valkey#1952): no more can be undelivered than are there.
         lag = length
@@ -333,7 +390,7 @@ def pack_publish(
     )  # fmt: skip
     args: list[Arg] = [
         ttl_ms, "" if maxlen is None else maxlen, b"1" if approximate else b"0", due_mode, due_value,
-        PURGE_PER_CALL, len(planned),
+        max(PURGE_PER_CALL, len(planned)), len(planned),
     ]  # fmt: skip
     for event in planned:
         args += [event.dedup_key, event.schedule_id, event.payload, len(event.headers), *event.headers]
