@@ -197,7 +197,7 @@ def _double_move() -> None:
 def _greedy_trim() -> None:
     async def trim_greedily(self: Trimmer) -> TrimReply:
         removed = int(await self.client.eval(_GREEDY_TRIM, 1, self.settings.stream))
-        return TrimReply(removed, 0, 0, None, None, None, None, None, 0, 0, 1, False)
+        return TrimReply(removed, 0, 0, None, None, None, None, None, 0, 0, 1, False, 0)
 
     Trimmer.trim_once = trim_greedily  # type: ignore[method-assign]  # the sabotage itself
 

@@ -32,6 +32,9 @@ from .transport import Arg, Script
 
 # Dry runs count what they would remove with XRANGE, at most this many entries per range.
 COUNT_CAP = 10_000
+# Expired dedup keys one trim forgets at most: a worker trims every second, so this outpaces any steady
+# rate of keyed publishes that stopped, in bounded work per call.
+DEDUP_FORGET_PER_TRIM = 1_000
 
 _IDS = """
 local function split(id)
@@ -73,13 +76,16 @@ local function field(info, name)
 end
 """
 
-# Trim one stream and its dead-letter stream.
-# KEYS: stream, totals hash, dead-letter stream.
+# Trim one stream and its dead-letter stream, and forget expired dedup keys.
+# KEYS: stream, totals hash, dead-letter stream, dedup index, dedup expiry.
 # ARGV: retention ('1': trim what every group acknowledged), keep_acked_ms, max_len ('' none),
-#       dlq_max_age_ms ('' none), dlq_max_len ('' none), dry_run ('1'), count cap (dry runs).
+#       dlq_max_age_ms ('' none), dlq_max_len ('' none), dry_run ('1'), count cap (dry runs),
+#       dedup keys to forget at most.
 # Returns {removed, dropped, length after, safe id, holding group, cut id, first id dropped, first id kept
 # after the drop, dead letters expired, dead-letter length after, groups, estimated ('1': a dry run's count
-# was capped)}; '' where there is no such id or group.
+# was capped), dedup keys forgotten}; '' where there is no such id or group.
+# Publishes with dedup keys forget expired keys too, but only while such publishes go on: the workers'
+# trims forget them after a stream's last keyed publish, so the index does not keep them for ever.
 # Approximate trims (`~`) remove whole macro nodes below the cut, never an entry at or above it; the
 # max_len cap trims exactly, after an exact trim to the cut, so that only entries some group still needs
 # are counted as dropped. Counts are XLEN before and after, so they are exact whatever `~` removed.
@@ -190,8 +196,19 @@ if not dry then
     if dropped > 0 then redis.call('HINCRBY', totals, 'dropped_over_max_len', dropped) end
     if expired > 0 then redis.call('HINCRBY', totals, 'dead_letters_expired', expired) end
 end
+local forgotten = 0
+if not dry then
+    -- ZRANGE BYSCORE, not ZRANGEBYSCORE: the operator's documented ACL (SECURITY.md) grants ZRANGE.
+    local stale = redis.call('ZRANGE', KEYS[5], '-inf', now_once(), 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[8]))
+    for i = 1, #stale, 1000 do
+        local last = math.min(i + 999, #stale)
+        redis.call('HDEL', KEYS[4], unpack(stale, i, last))
+        redis.call('ZREM', KEYS[5], unpack(stale, i, last))
+    end
+    forgotten = #stale
+end
 return {removed, dropped, after, safe or '', held_by or '', cut or '', drop_first, drop_after, expired,
-        dlq_after, n_groups, estimated}
+        dlq_after, n_groups, estimated, forgotten}
 """
 )
 
@@ -279,6 +296,7 @@ class TrimReply(NamedTuple):
     dead_letters_after: int
     groups: int
     estimated: bool  # a dry run's count reached the cap: at least that many
+    dedup_keys_forgotten: int  # expired dedup keys removed from the index (none in a dry run)
 
 
 class GroupDeleteReply(NamedTuple):
@@ -308,6 +326,7 @@ def _parse_trim(reply: Sequence[Any]) -> TrimReply:
         dead_letters_after=int(reply[9]),
         groups=int(reply[10]),
         estimated=int(reply[11]) == 1,
+        dedup_keys_forgotten=int(reply[12]),
     )
 
 
@@ -335,10 +354,13 @@ def trim_call(
     dry_run: bool,
 ) -> tuple[list[str], list[Arg]]:
     """TRIM's keys and arguments."""
-    script_keys = [stream, keys.totals_key(stream), keys.dlq_key(stream)]
+    script_keys = [
+        stream, keys.totals_key(stream), keys.dlq_key(stream), keys.dedup_index_key(stream),
+        keys.dedup_expiry_key(stream),
+    ]  # fmt: skip
     args: list[Arg] = [
         b"1" if retention else b"0", keep_acked_ms, _optional(max_len), _optional(dlq_max_age_ms),
-        _optional(dlq_max_len), b"1" if dry_run else b"0", COUNT_CAP,
+        _optional(dlq_max_len), b"1" if dry_run else b"0", COUNT_CAP, DEDUP_FORGET_PER_TRIM,
     ]  # fmt: skip
     return script_keys, args
 
@@ -374,7 +396,10 @@ def _raise_mapped(stream: str, exc: ResponseError, what: str, wrong: tuple[str, 
 # Which keys of a script's call can raise WRONGTYPE, what TYPE each must be (or none) and what to call it:
 # to say which key is of another type, which the error's text does not. Looked up only after such an error.
 _KeyKinds = Sequence[tuple[int, str, str]]  # (index in the script's keys, TYPE, name)
-_TRIM_KINDS: _KeyKinds = ((0, "stream", "a stream"), (2, "stream", "a stream"), (1, "hash", "a hash"))
+_TRIM_KINDS: _KeyKinds = (
+    (0, "stream", "a stream"), (2, "stream", "a stream"), (1, "hash", "a hash"), (3, "hash", "a hash"),
+    (4, "zset", "a sorted set"),
+)  # fmt: skip
 _DELETE_KINDS: _KeyKinds = ((0, "stream", "a stream"), (1, "stream", "a stream"), (5, "hash", "a hash"))
 
 
