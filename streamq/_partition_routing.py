@@ -97,10 +97,20 @@ def partition_keys_for(events: list[Event], given: PartitionKeys) -> list[str | 
 
 
 def check_partition_key(key: object) -> None:
-    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_CHARS):
+    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_CHARS and _is_text(key)):
         raise ConfigurationError(
-            f"a partition key must be None or a string of 1 to {MAX_KEY_CHARS} characters, got {key!r}"
+            f"a partition key must be None or a string of 1 to {MAX_KEY_CHARS} characters of valid text,"
+            f" got {key!r:.80}"
         )
+
+
+def _is_text(key: str) -> bool:
+    """Whether `key` has UTF-8 bytes to hash: a lone surrogate has none (UnicodeEncodeError otherwise)."""
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def recorded(stream: str, declared: int | None, reply: Any) -> int | None:

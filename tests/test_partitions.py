@@ -323,6 +323,8 @@ async def test_a_key_on_a_plain_stream_or_another_count_is_refused(redis_url: st
             await producer.publish_many(unique, [Ping(1), Ping(2)], key="k")
         with pytest.raises(ConfigurationError, match="key has 1 keys for 2 events"):
             await producer.publish_many(unique, [Ping(1), Ping(2)], key=["k"])
+        with pytest.raises(ConfigurationError, match="valid text"):  # a lone surrogate has no UTF-8
+            await producer.publish_many(unique, [Ping(1), Ping(2)], key=["k", "\udc00"])
     with pytest.raises(ConfigurationError, match="partitions must be"):
         streamq.Producer(redis_url, partitions={unique: 0})
 
