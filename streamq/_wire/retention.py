@@ -32,6 +32,13 @@ from .transport import Arg, Script
 
 # Dry runs count what they would remove with XRANGE, at most this many entries per range.
 COUNT_CAP = 10_000
+# Entries one TRIM call removes at most (XTRIM ... LIMIT): about 2 ms of the server's time. Without an
+# explicit LIMIT, `XTRIM MINID ~` removes at most 100 nodes' worth (10,000 entries at the default node
+# size), so a worker trimming every second fell behind any stream faster than 10,000 events a second and
+# the stream grew without end. A call that removes at least half of this is followed by another at once
+# (trim() below), so a backlog of any size is trimmed in steps that never block the server for long.
+TRIM_LIMIT = 100_000
+MAX_TRIM_CALLS = 100  # calls in a row at most (10 million entries), then the next interval goes on
 # Expired dedup keys one trim forgets at most: a worker trims every second, so this outpaces any steady
 # rate of keyed publishes that stopped, in bounded work per call.
 DEDUP_FORGET_PER_TRIM = 1_000
@@ -80,7 +87,7 @@ end
 # KEYS: stream, totals hash, dead-letter stream, dedup index, dedup expiry.
 # ARGV: retention ('1': trim what every group acknowledged), keep_acked_ms, max_len ('' none),
 #       dlq_max_age_ms ('' none), dlq_max_len ('' none), dry_run ('1'), count cap (dry runs),
-#       dedup keys to forget at most.
+#       dedup keys to forget at most, entries to trim at most (XTRIM's LIMIT).
 # Returns {removed, dropped, length after, safe id, holding group, cut id, first id dropped, first id kept
 # after the drop, dead letters expired, dead-letter length after, groups, estimated ('1': a dry run's count
 # was capped), dedup keys forgotten}; '' where there is no such id or group.
@@ -145,7 +152,7 @@ if cut then
         end
         after = length - removed
     else
-        redis.call('XTRIM', stream, 'MINID', '~', cut)
+        redis.call('XTRIM', stream, 'MINID', '~', cut, 'LIMIT', ARGV[9])
         after = redis.call('XLEN', stream)
         if max_len and after > max_len then
             redis.call('XTRIM', stream, 'MINID', cut)
@@ -360,7 +367,7 @@ def trim_call(
     ]  # fmt: skip
     args: list[Arg] = [
         b"1" if retention else b"0", keep_acked_ms, _optional(max_len), _optional(dlq_max_age_ms),
-        _optional(dlq_max_len), b"1" if dry_run else b"0", COUNT_CAP, DEDUP_FORGET_PER_TRIM,
+        _optional(dlq_max_len), b"1" if dry_run else b"0", COUNT_CAP, DEDUP_FORGET_PER_TRIM, TRIM_LIMIT,
     ]  # fmt: skip
     return script_keys, args
 
@@ -465,11 +472,14 @@ async def trim(
         stream, retention=retention, keep_acked_ms=keep_acked_ms, max_len=max_len,
         dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
     )  # fmt: skip
-    try:
-        return _parse_trim(await _run(client, TRIM, script_keys, args))
-    except ResponseError as exc:
-        _raise_mapped(stream, exc, "trim", await _wrong_type(client, exc, script_keys, _TRIM_KINDS))
-        raise
+    replies: list[TrimReply] = []
+    while _more_to_trim(replies, dry_run):
+        try:
+            replies.append(_parse_trim(await _run(client, TRIM, script_keys, args)))
+        except ResponseError as exc:
+            _raise_mapped(stream, exc, "trim", await _wrong_type(client, exc, script_keys, _TRIM_KINDS))
+            raise
+    return _joined_trims(replies)
 
 
 def trim_sync(
@@ -488,11 +498,34 @@ def trim_sync(
         stream, retention=retention, keep_acked_ms=keep_acked_ms, max_len=max_len,
         dlq_max_age_ms=dlq_max_age_ms, dlq_max_len=dlq_max_len, dry_run=dry_run,
     )  # fmt: skip
-    try:
-        return _parse_trim(_run_sync(client, TRIM, script_keys, args))
-    except ResponseError as exc:
-        _raise_mapped(stream, exc, "trim", _wrong_type_sync(client, exc, script_keys, _TRIM_KINDS))
-        raise
+    replies: list[TrimReply] = []
+    while _more_to_trim(replies, dry_run):
+        try:
+            replies.append(_parse_trim(_run_sync(client, TRIM, script_keys, args)))
+        except ResponseError as exc:
+            _raise_mapped(stream, exc, "trim", _wrong_type_sync(client, exc, script_keys, _TRIM_KINDS))
+            raise
+    return _joined_trims(replies)
+
+
+def _more_to_trim(replies: list[TrimReply], dry_run: bool) -> bool:
+    """Whether to call TRIM (again): first, and after a call that took half of TRIM_LIMIT or more (there
+    may be more below the cut), up to MAX_TRIM_CALLS. A dry run changes nothing: one call says it all."""
+    if not replies:
+        return True
+    return not dry_run and len(replies) < MAX_TRIM_CALLS and replies[-1].removed >= TRIM_LIMIT // 2
+
+
+def _joined_trims(replies: list[TrimReply]) -> TrimReply:
+    """Calls in a row as one: what they removed added up, the state as the last one left it."""
+    last = replies[-1]
+    return last._replace(
+        removed=sum(r.removed for r in replies),
+        dropped=sum(r.dropped for r in replies),
+        dropped_first=next((r.dropped_first for r in replies if r.dropped_first), None),
+        dead_letters_expired=sum(r.dead_letters_expired for r in replies),
+        dedup_keys_forgotten=sum(r.dedup_keys_forgotten for r in replies),
+    )
 
 
 async def delete_group(
