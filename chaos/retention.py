@@ -38,6 +38,11 @@ from streamq.embedded import EmbeddedServer
 from .run import pick_binary
 
 FAST, SLOW = "fast", "slow"
+# While both groups keep up, the stream may hold at most this many seconds of traffic (what is in flight,
+# plus a trim interval of 1 s, with room for a slow machine) plus one node; after the final drain, at most
+# what `XTRIM MINID ~` leaves (the node holding the cut).
+BOUND_S = 5
+SLACK_ENTRIES = 1_000
 
 
 class Tick(streamq.Event, tag="retention.tick"):
@@ -68,12 +73,28 @@ class Report:
     server: str = ""
 
     @property
+    def bound(self) -> int:
+        return self.rate * BOUND_S + SLACK_ENTRIES
+
+    @property
+    def bounded(self) -> bool:
+        """The stream ended each phase where both groups kept up, and the run, within the bound: a trimmer
+        that falls behind (one call of XTRIM MINID ~ without LIMIT removes 10,000 entries at most) makes it
+        grow without end, though it never removes what it must not."""
+        keeping_up = [phase for phase in self.phases if phase.name != "stalled"]
+        return (
+            all(phase.last_length <= self.bound for phase in keeping_up)
+            and self.final_length <= SLACK_ENTRIES
+        )
+
+    @property
     def passed(self) -> bool:
         return (
             not self.early_trims
             and not any(self.missing.values())
             and not any(self.deleted_pending.values())
             and self.trimmed > 0
+            and self.bounded
         )
 
 
@@ -240,6 +261,8 @@ def render(report: Report) -> str:
         lines.append(f"{phase.name:<10} {phase.seconds:>8.0f} {phase.max_length:>11} {phase.last_length:>14}")
     lines += [
         f"final length {report.final_length}, trimmed {report.trimmed}",
+        f"bounded (phases keeping up end under {report.bound}, final under {SLACK_ENTRIES}):"
+        f" {'yes' if report.bounded else 'NO'}",
         f"handled: {report.handled}, missing: {report.missing}, duplicates: {report.duplicates}",
         f"snapshots with an unacknowledged entry removed: {report.early_trims}",
         f"pending entries trimmed away (deleted_pending): {report.deleted_pending}",

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio
 
 from chaos import retention
+from streamq._wire import retention as retention_wire
 from streamq._worker import trimming
 
 PHASES = [("steady", 2.0), ("stalled", 2.0), ("resumed", 2.0)]
@@ -43,3 +44,16 @@ async def test_the_run_catches_a_trimmer_that_removes_unacknowledged_entries(
     report = await retention.run(redis_url, rate=400, phases=PHASES, stream=unique, drain_s=5.0)
     assert not report.passed
     assert report.early_trims > 0 and report.missing["slow"] > 0
+
+
+async def test_the_run_catches_a_trimmer_that_falls_behind(
+    redis_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trimmer that removes only a little per call (as `XTRIM MINID ~` without LIMIT does: 10,000
+    entries, here one node of 100 a call against 1000 events/s) never removes what it must not, yet the
+    stream grows without end: the run fails on its bound, not on its other checks."""
+    monkeypatch.setattr(retention_wire, "TRIM_LIMIT", 100)
+    monkeypatch.setattr(retention_wire, "MAX_TRIM_CALLS", 1)
+    report = await retention.run(redis_url, rate=1000, phases=PHASES, stream=unique, drain_s=2.0)
+    assert not report.bounded and not report.passed
+    assert report.trimmed > 0 and not report.early_trims and not any(report.missing.values())
