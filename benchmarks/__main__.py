@@ -39,6 +39,7 @@ SCENARIO_MODULES = (
     "benchmarks.scenarios_pool",
     "benchmarks.scenarios_cluster",
     "benchmarks.scenarios_metrics",
+    "benchmarks.scenarios_retention",
 )
 
 EPILOG = """\
