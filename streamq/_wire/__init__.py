@@ -79,6 +79,7 @@ from .replies import (
     raise_for_key,
     read_reply,
     settled,
+    waits_out,
     xadd_ids,
 )
 from .steps import (
@@ -174,6 +175,7 @@ __all__ = [
     "set_deliveries",
     "settle",
     "settled",
+    "waits_out",
     "xadd_fields_sync",
     "xadd_ids",
     "xadd_many",

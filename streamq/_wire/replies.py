@@ -122,6 +122,11 @@ def passes(error: BaseException) -> bool:
     return text.startswith(("BUSY ", "READONLY", "MASTERDOWN")) or isinstance(error, ReadOnlyError)
 
 
+def waits_out(error: BaseException) -> bool:
+    """Whether whoever meets `error` waits and tries again: TRANSIENT, or a reply that passes()."""
+    return isinstance(error, TRANSIENT) or passes(error)
+
+
 def is_denied(error: ResponseError) -> bool:
     """An ACL denial, of a command sent or of one a script called (which does not name the command)."""
     text = str(error)

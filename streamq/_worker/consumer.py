@@ -269,7 +269,7 @@ class Consumer:
                     if not worked and burst and await self._drained(link):
                         break
                 except (*TRANSIENT, ResponseError) as exc:
-                    if not isinstance(exc, TRANSIENT) and not _wire.passes(exc):
+                    if not _wire.waits_out(exc):
                         if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                             raise
                         # The stream or group vanished (XGROUP DESTROY, a DEL, a server restarted without
@@ -311,7 +311,7 @@ class Consumer:
                 await step()
                 return
             except (*TRANSIENT, ResponseError) as exc:
-                if not isinstance(exc, TRANSIENT) and not _wire.passes(exc):
+                if not _wire.waits_out(exc):
                     raise
                 self.redis_errors += 1
                 if stopping.is_set():
@@ -728,7 +728,7 @@ class Consumer:
                     done = await _wire.settle(link, self.group, self.name, plans, resent=resent)
                     break
                 except (*TRANSIENT, ResponseError) as exc:
-                    if not isinstance(exc, TRANSIENT) and not _wire.passes(exc):
+                    if not _wire.waits_out(exc):
                         raise
                     self.redis_errors += 1
                     self.log.warning("settle failed, retrying", error=describe_error(exc), retry_in_s=delay_s)

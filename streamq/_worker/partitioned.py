@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from .. import keys
 from .._wire import partitioning as wire
-from .._wire import passes
+from .._wire import waits_out
 from ..errors import describe_error
 from ..partitions import partition_stream, refuse_other_count
 from ..settings import ConsumerSettings
@@ -207,7 +207,7 @@ class PartitionedConsumer:
                     self.reconnects += 1
                 return
             except (*TRANSIENT, ResponseError) as exc:
-                if not isinstance(exc, TRANSIENT) and not passes(exc):
+                if not waits_out(exc):
                     raise
                 self.redis_errors += 1
                 self.ready = False
